@@ -1,0 +1,258 @@
+"""EmbeddingModel = backbone + attention switch + pooler + normalisation; one class for every design.
+
+Saved as one folder (sentence-transformers/peft style): `poolattn_config.json`, the LoRA adapter in peft format
+(`adapter/`) or full backbone weights (`backbone/`) when trained, `pooler.safetensors`, and the tokenizer.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, field_validator
+from torch import nn
+
+from . import __version__
+from .attention import set_attention
+from .backbone import DEFAULT_BACKBONE, load_backbone, load_tokenizer
+from .pooling import build_pooler, check_pooling_name
+
+log = logging.getLogger(__name__)
+CONFIG_NAME = "poolattn_config.json"
+POOLER_NAME = "pooler.safetensors"
+
+
+class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: str | list[str] = "all-linear"
+
+
+class ModelConfig(BaseModel):
+    """A design: which backbone, which attention, which pooling. Everything else follows from it."""
+    model_config = ConfigDict(extra="forbid")
+    backbone: str = DEFAULT_BACKBONE
+    attention: Literal["causal", "bidirectional"] = "causal"
+    pooling: str = "eos"
+    pooling_kwargs: dict[str, Any] = {}
+    max_length: int = 512
+    dtype: str = "auto"
+    normalize: bool = True
+    padding_side: Literal["left", "right"] = "right"
+    instruction_template: str = "Instruct: {instruction}\nQuery: {text}"
+    lora: LoraSettings | None = None  # set once add_lora() was called; the saved adapter then must exist
+    full_finetune: bool = False  # backbone weights saved too
+
+    @field_validator("pooling")
+    @classmethod
+    def _known_pooling(cls, v: str) -> str:
+        return check_pooling_name(v)
+
+    @property
+    def name(self) -> str:
+        return f"{self.pooling}+{self.attention}"
+
+
+class EmbeddingModel(nn.Module):
+    def __init__(self, config: ModelConfig | None = None, **overrides: Any):
+        super().__init__()
+        config = (config or ModelConfig()).model_copy(update=overrides) if overrides else (config or ModelConfig())
+        self.config = ModelConfig.model_validate(config.model_dump())
+        self.tokenizer = load_tokenizer(self.config.backbone)
+        self.tokenizer.padding_side = self.config.padding_side
+        self.backbone = set_attention(load_backbone(self.config.backbone, self.config.dtype), self.config.attention)
+        bc = self.backbone.config
+        self.pooler = build_pooler(self.config.pooling, bc.hidden_size, bc.num_hidden_layers,
+                                   **self.config.pooling_kwargs)
+        self._warned_truncation = False
+
+    # ---- construction -------------------------------------------------------------------------------------
+    def add_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.1,
+                 target_modules: str | list[str] = "all-linear") -> "EmbeddingModel":
+        """Wrap the backbone with peft LoRA on all linear projections; the pooler stays fully trainable."""
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        settings = LoraSettings(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
+        lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                          task_type=TaskType.FEATURE_EXTRACTION)
+        self.backbone = get_peft_model(self.backbone, lora)
+        self.config = self.config.model_copy(update={"lora": settings})
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.pooler.output_dim
+
+    # ---- tokenization -------------------------------------------------------------------------------------
+    def format(self, texts: list[str], instruction: str | None = None) -> list[str]:
+        if not instruction:
+            return list(texts)
+        return [self.config.instruction_template.format(instruction=instruction, text=t) for t in texts]
+
+    def _token_ids(self, texts: list[str], instruction: str | None) -> list[list[int]]:
+        """Token ids with EOS appended (as the paper does), truncated to max_length with one warning."""
+        tok = self.tokenizer
+        ids = tok(self.format(texts, instruction), add_special_tokens=True, truncation=False)["input_ids"]
+        limit = self.config.max_length - 1
+        truncated = sum(len(x) > limit for x in ids)
+        if truncated:
+            log.warning("%d of %d texts are longer than max_length=%d tokens and were truncated",
+                        truncated, len(ids), self.config.max_length)
+        return [x[:limit] + [tok.eos_token_id] for x in ids]
+
+    def _pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        width = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id
+        left = self.config.padding_side == "left"
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, x in enumerate(ids):
+            sl = slice(width - len(x), width) if left else slice(0, len(x))
+            input_ids[i, sl] = torch.tensor(x)
+            mask[i, sl] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    def tokenize(self, texts: list[str], instruction: str | None = None) -> dict[str, torch.Tensor]:
+        return self._pad(self._token_ids(list(texts), instruction))
+
+    # ---- forward / encode ---------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # Positions count real tokens only, so left padding does not shift them (exact for absolute positions too).
+        position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=False,
+                            output_hidden_states=self.pooler.needs_all_layers)
+        states = out.hidden_states if self.pooler.needs_all_layers else (out.last_hidden_state,)
+        emb = self.pooler(states, attention_mask).float()
+        return F.normalize(emb, dim=-1) if self.config.normalize else emb
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str] | str, instruction: str | None = None, batch_size: int = 32,
+               show_progress_bar: bool | None = None) -> np.ndarray:
+        """float32 [N, D]; batches sorted by length so padding is small, results in input order."""
+        from tqdm.auto import tqdm
+
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if not texts:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        was_training = self.training
+        self.eval()
+        ids = self._token_ids(texts, instruction)
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
+        device = self.device
+        show = len(texts) > batch_size if show_progress_bar is None else show_progress_bar
+        with tqdm(total=len(texts), desc="encode", unit="text", disable=not show) as bar:
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                batch = self._pad([ids[i] for i in idx])
+                emb = self(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                out[idx] = emb.float().cpu().numpy()
+                bar.update(len(idx))
+        self.train(was_training)
+        return out[0] if single else out
+
+    # ---- identity, save, load -----------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights that differ from the backbone on disk: LoRA (or the whole backbone when fully fine-tuned)
+        and the pooler."""
+        state = {f"pooler.{k}": v for k, v in self.pooler.state_dict().items()}
+        if self.config.lora is not None or self.config.full_finetune:
+            for k, v in self.backbone.state_dict().items():
+                if self.config.full_finetune or "lora_" in k:
+                    state[f"backbone.{k}"] = v
+        return state
+
+    def fingerprint(self) -> str:
+        """Stable hash of the design and its trained weights: the key of embedding caches."""
+        # pooling_kwargs is left out: the pooler's full config (defaults included) stands for it.
+        h = hashlib.sha256(self.config.model_dump_json(exclude={"pooling_kwargs"}).encode())
+        h.update(json.dumps(self.pooler.get_config(), sort_keys=True).encode())
+        for k, v in sorted(self.trainable_state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write the model folder whole or not at all (temporary folder, then rename)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+        try:
+            meta = {"poolattn_version": __version__, "config": self.config.model_dump(),
+                    "pooler": {"name": self.config.pooling, **self.pooler.get_config()},
+                    "embedding_dim": self.embedding_dim}
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.pooler.state_dict().items()},
+                      str(tmp / POOLER_NAME), metadata={"format": "pt"})
+            if self.config.full_finetune:
+                base = self.backbone.merge_and_unload() if self.config.lora else self.backbone
+                base.save_pretrained(tmp / "backbone")
+            elif self.config.lora is not None:
+                self.backbone.save_pretrained(tmp / "adapter")
+            self.tokenizer.save_pretrained(tmp)
+            if folder.exists():
+                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+                os.replace(folder, old)
+                os.replace(tmp, folder)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, **overrides: Any) -> "EmbeddingModel":
+        """Load a saved folder; `overrides` (e.g. dtype='float32') change the config before loading."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not (folder / CONFIG_NAME).exists():
+            raise FileNotFoundError(f"{folder} is not a poolattn model folder (no {CONFIG_NAME})")
+        meta = json.loads((folder / CONFIG_NAME).read_text())
+        config = ModelConfig.model_validate({**meta["config"], **overrides})
+        lora, full = config.lora, config.full_finetune
+        # Build the pooler from the options it was saved with, so later changes of defaults cannot alter it.
+        options = {k: v for k, v in meta["pooler"].items() if k != "name"}
+        base_config = config.model_copy(update={"lora": None, "pooling_kwargs": options})
+        if full:
+            base_config = base_config.model_copy(update={"backbone": str(folder / "backbone")})
+        model = cls(base_config)
+        model.config = config.model_copy(update={"pooling_kwargs": options})
+        if lora is not None and not full:
+            from peft import PeftModel
+
+            if not (folder / "adapter").exists():
+                raise ValueError(f"{folder}: config says LoRA but there is no adapter/ folder")
+            model.backbone = PeftModel.from_pretrained(model.backbone, folder / "adapter")
+        state = load_file(str(folder / POOLER_NAME))
+        expected = model.pooler.state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        shapes = [f"{k}: saved {tuple(state[k].shape)} vs config {tuple(v.shape)}"
+                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
+        if missing or unexpected or shapes:
+            raise ValueError(f"{folder / POOLER_NAME} does not match the pooler its config describes "
+                             f"({config.pooling}, {meta['pooler']}): missing {missing}, unexpected {unexpected}, "
+                             f"shape mismatch {shapes}")
+        model.pooler.load_state_dict(state)
+        model.tokenizer.padding_side = config.padding_side
+        return model
