@@ -2,7 +2,7 @@
 
 Every pooler takes `hidden_states` (the backbone's tuple: input embeddings, then one tensor per layer, each
 [batch, tokens, hidden]) and the [batch, tokens] attention mask, which may be left- or right-padded.
-Trainable poolers compute in float32 whatever the backbone's dtype, so bf16 backbones stay numerically safe.
+Trainable poolers compute in their parameters' dtype (float32 unless cast), whatever the backbone's dtype.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from torch import nn
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[B, T, D], [B, T] -> [B, D]; an all-pad row gives zeros rather than NaN."""
-    m = mask.to(x.dtype).unsqueeze(-1)
-    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+    """[B, T, D], [B, T] -> [B, D] float32 (bf16 sums lose digits); an all-pad row gives zeros rather than NaN."""
+    m = mask.float().unsqueeze(-1)
+    return (x.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -70,19 +70,33 @@ class WeightedMeanPooling(Pooler):
 
 
 class CrossAttention(nn.Module):
-    """Multi-head cross-attention with pre-norm on both sides: the building block of the two trainable poolers."""
+    """Multi-head cross-attention with pre-norm on both sides: the building block of both trainable poolers.
+
+    Written out rather than nn.MultiheadAttention because one side is a shared latent array: passed as a 2-D
+    tensor, its projection is computed once per batch instead of once per text.
+    """
 
     def __init__(self, dim: int, context_dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads, self.dropout = num_heads, dropout
         self.norm_q, self.norm_kv = nn.LayerNorm(dim), nn.LayerNorm(context_dim)
-        self.attn = nn.MultiheadAttention(dim, num_heads, kdim=context_dim, vdim=context_dim, dropout=dropout,
-                                          batch_first=True)
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_kv = nn.Linear(context_dim, 2 * dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, key_padding_mask: torch.Tensor | None = None):
-        kv = self.norm_kv(context)
-        return self.attn(self.norm_q(x), kv, kv, key_padding_mask=key_padding_mask, need_weights=False)[0]
+    def _heads(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        if x.dim() == 2:  # shared across the batch
+            x = x.unsqueeze(0).expand(batch, -1, -1)
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0] if x.dim() == 3 else context.shape[0]
+        q = self._heads(self.to_q(self.norm_q(x)), batch)
+        k, v = (self._heads(t, batch) for t in self.to_kv(self.norm_kv(context)).chunk(2, dim=-1))
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.to_out(out.transpose(1, 2).flatten(2))
 
 
 class GEGLU(nn.Module):
@@ -108,7 +122,7 @@ class LatentAttentionPooling(Pooler):
     """
     name = "latent"
 
-    def __init__(self, hidden_size: int, num_layers: int, num_latents: int = 128, num_heads: int = 8,
+    def __init__(self, hidden_size: int, num_layers: int, num_latents: int = 64, num_heads: int = 8,
                  ff_mult: int = 2, dropout: float = 0.0):
         super().__init__(hidden_size, num_layers)
         self.num_latents, self.num_heads, self.ff_mult, self.dropout = num_latents, num_heads, ff_mult, dropout
@@ -121,11 +135,10 @@ class LatentAttentionPooling(Pooler):
                 "dropout": self.dropout}
 
     def forward(self, hidden_states, mask):
-        h = hidden_states[-1].float()
-        latents = self.latents.unsqueeze(0).expand(h.shape[0], -1, -1)
-        x = h + self.cross(h, latents)
+        h = hidden_states[-1].to(self.latents.dtype)
+        x = h + self.cross(h, self.latents)
         x = x + self.ff(x)
-        return masked_mean(x, mask)
+        return masked_mean(x, mask).to(x.dtype)
 
 
 def select_layers(spec: str | int | Sequence[int], num_layers: int) -> list[int]:
@@ -159,7 +172,7 @@ class MultiLayerPooling(Pooler):
     needs_all_layers = True
 
     def __init__(self, hidden_size: int, num_layers: int, layers: str | int | Sequence[int] = "all",
-                 num_latents: int = 64, num_heads: int = 8, layer_embedding: bool = True, ff_mult: int = 2,
+                 num_latents: int = 16, num_heads: int = 8, layer_embedding: bool = True, ff_mult: int = 2,
                  dropout: float = 0.0):
         super().__init__(hidden_size, num_layers)
         self.layers = select_layers(layers, num_layers)
@@ -181,12 +194,11 @@ class MultiLayerPooling(Pooler):
         if len(hidden_states) != self.num_layers + 1:
             raise ValueError(f"multilayer pooling expects {self.num_layers + 1} hidden states (embeddings + "
                              f"{self.num_layers} layers), got {len(hidden_states)}")
-        vectors = torch.stack([masked_mean(hidden_states[i].float(), mask) for i in self.layers], dim=1)
+        vectors = torch.stack([masked_mean(hidden_states[i], mask) for i in self.layers], dim=1).to(self.latents.dtype)
         if self.layer_embedding is not None:
             vectors = vectors + self.layer_embedding.weight.unsqueeze(0)
-        queries = self.latents.unsqueeze(0).expand(vectors.shape[0], -1, -1)
         # No residual from the queries: they are input-independent and would add the same vector to every text.
-        x = self.cross(queries, vectors)
+        x = self.cross(self.latents, vectors)
         x = x + self.ff(x)
         return F.normalize(x.mean(1), dim=-1)
 

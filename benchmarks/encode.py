@@ -1,0 +1,131 @@
+"""Encode speed of poolattn against sentence-transformers on the same backbone, in one run.
+
+Prints sentences/s and tokens/s, the largest 1 - cos between the two outputs, the overhead of the trainable
+poolers against eos, and achieved GFLOP/s against a bf16 GEMM measured here.
+
+    python benchmarks/encode.py [--n 2000] [--batch-size 32] [--data ../shared/data]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def sentences(data: Path, n: int) -> list[str]:
+    seen, out = set(), []
+    for line in (data / "mteb/STSBenchmark/test.jsonl").open():
+        row = json.loads(line)
+        for s in (row["sentence1"], row["sentence2"]):
+            if s not in seen:
+                seen.add(s)
+                out.append(s)
+    return out[:n]
+
+
+def timed(fn, repeats: int = 2) -> tuple[float, object]:
+    fn()  # warm-up (first call pays allocation and kernel selection)
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, result
+
+
+def gemm_gflops(dtype=torch.bfloat16, n: int = 2048) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    sec, _ = timed(lambda: a @ b, repeats=5)
+    return 2 * n ** 3 / sec / 1e9
+
+
+def forward_flops(model, token_lengths: list[int]) -> float:
+    """2 x non-embedding parameters per token, plus attention scores and mixing (4 x T^2 x d per layer)."""
+    cfg = model.backbone.config
+    params = sum(p.numel() for n, p in model.backbone.named_parameters() if "embed_tokens" not in n)
+    t = np.asarray(token_lengths, dtype=np.float64)
+    return float(2 * params * t.sum() + 4 * cfg.num_hidden_layers * cfg.hidden_size * (t ** 2).sum())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--data", default=os.environ.get("POOLATTN_DATA", "../shared/data"))
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count())
+
+    from sentence_transformers import SentenceTransformer, models
+
+    from poolattn import EmbeddingModel, ModelConfig
+    from poolattn.backbone import local_source
+
+    texts = sentences(Path(args.data), args.n)
+    ours = {p: EmbeddingModel(ModelConfig(pooling=p, dtype="bfloat16")) for p in ("eos", "mean", "latent", "multilayer")}
+    eos_model = ours["eos"]
+    lengths = [len(x) for x in eos_model._token_ids(texts, None)]
+    flops = forward_flops(eos_model, lengths)
+    print(f"backbone smollm2-135m (bf16), {len(texts)} STSBenchmark sentences, {sum(lengths)} tokens "
+          f"(EOS included), batch {args.batch_size}, {torch.get_num_threads()} threads")
+
+    # sentence-transformers on the same dense folder; EOS appended as text so both see the same tokens.
+    folder = local_source("smollm2-135m")
+    eos = eos_model.tokenizer.eos_token
+    st_texts = [t + eos for t in texts]
+    rows = []
+    for mode in ("lasttoken", "mean"):
+        # Plain-text modality: sentence-transformers 6 would otherwise wrap each text in the chat template.
+        tr = models.Transformer(folder, max_seq_length=512, model_kwargs={"dtype": torch.bfloat16},
+                                modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+                                module_output_name="token_embeddings")
+        st = SentenceTransformer(modules=[tr, models.Pooling(tr.get_word_embedding_dimension(), mode),
+                                          models.Normalize()], device="cpu")
+        st_sec, st_emb = timed(lambda: st.encode(st_texts, batch_size=args.batch_size, convert_to_numpy=True),
+                               args.repeats)
+        p = "eos" if mode == "lasttoken" else "mean"
+        our_sec, our_emb = timed(lambda: ours[p].encode(texts, batch_size=args.batch_size,
+                                                        show_progress_bar=False), args.repeats)
+        cos = (st_emb * our_emb).sum(1) / np.linalg.norm(st_emb, axis=1) / np.linalg.norm(our_emb, axis=1)
+        rows.append((p, our_sec, st_sec, float((1 - cos).max())))
+
+    # Same check in fp32, where batch composition cannot move the numbers: the two must agree to rounding.
+    sub = texts[:200]
+    tr = models.Transformer(folder, max_seq_length=512, model_kwargs={"dtype": torch.float32},
+                            modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+                            module_output_name="token_embeddings")
+    st32 = SentenceTransformer(modules=[tr, models.Pooling(tr.get_word_embedding_dimension(), "lasttoken"),
+                                        models.Normalize()], device="cpu")
+    a = st32.encode([t + eos for t in sub], batch_size=args.batch_size)
+    b = EmbeddingModel(ModelConfig(pooling="eos", dtype="float32")).encode(sub, batch_size=args.batch_size,
+                                                                           show_progress_bar=False)
+    fp32_dcos = float((1 - (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).max())
+
+    gemm = gemm_gflops()
+    print(f"\n{'pooling':<12}{'poolattn s/s':>14}{'ST s/s':>10}{'speed-up':>10}{'tok/s':>9}{'GFLOP/s':>9}"
+          f"{'max|1-cos|':>12}")
+    for p, ours_s, st_s, dcos in rows:
+        print(f"{p:<12}{len(texts) / ours_s:>14.1f}{len(texts) / st_s:>10.1f}{st_s / ours_s:>9.2f}x"
+              f"{sum(lengths) / ours_s:>9.0f}{flops / ours_s / 1e9:>9.1f}{dcos:>12.2e}")
+
+    print(f"fp32, 200 sentences, eos: max|1-cos| = {fp32_dcos:.2e} (bf16 differences above come from batch "
+          f"composition: the two libraries group texts by different lengths)")
+    eos_sec = rows[0][1]
+    print(f"\n{'pooling':<12}{'sentences/s':>12}{'overhead vs eos':>17}")
+    for p in ("latent", "multilayer"):
+        sec, _ = timed(lambda: ours[p].encode(texts, batch_size=args.batch_size, show_progress_bar=False),
+                       args.repeats)
+        print(f"{p:<12}{len(texts) / sec:>12.1f}{(sec / eos_sec - 1) * 100:>16.1f}%")
+    print(f"\nbf16 GEMM 2048^3 here: {gemm:.1f} GFLOP/s; poolattn eos encode reaches "
+          f"{flops / eos_sec / 1e9:.1f} GFLOP/s ({flops / eos_sec / 1e9 / gemm * 100:.0f}% of it)")
+
+
+if __name__ == "__main__":
+    main()
