@@ -133,10 +133,19 @@ def local_source(name: str) -> str:
     return path
 
 
+def _not_found(name: str, err: Exception) -> OSError:
+    return OSError(f"cannot load backbone {name!r}: not an alias ({', '.join(ALIASES)}), a local folder, "
+                   f"a .gguf file, or a reachable hub id ({err})")
+
+
 def load_tokenizer(name: str):
+    from huggingface_hub.errors import HFValidationError
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(local_source(name))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(local_source(name))
+    except (OSError, HFValidationError) as err:
+        raise _not_found(name, err) from err
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer of {name!r} has no EOS token; EOS pooling needs one")
     if tokenizer.pad_token_id is None:
@@ -155,5 +164,4 @@ def load_backbone(name: str, dtype: str | torch.dtype = "auto", attn_implementat
         with quiet_transformers():
             return AutoModel.from_pretrained(local_source(name), **kwargs)
     except OSError as err:
-        raise OSError(f"cannot load backbone {name!r}: not an alias ({', '.join(ALIASES)}), a local folder, "
-                      f"a .gguf file, or a reachable hub id ({err})") from err
+        raise _not_found(name, err) from err
