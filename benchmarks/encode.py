@@ -88,7 +88,7 @@ def main():
                                 module_output_name="token_embeddings")
         st = SentenceTransformer(modules=[tr, models.Pooling(tr.get_word_embedding_dimension(), mode),
                                           models.Normalize()], device="cpu")
-        st_sec, st_emb = timed(lambda: st.encode(st_texts, batch_size=args.batch_size, convert_to_numpy=True),
+        st_sec, st_emb = timed(lambda: st.encode(st_texts, batch_size=args.batch_size, convert_to_numpy=True, show_progress_bar=False),
                                args.repeats)
         p = "eos" if mode == "lasttoken" else "mean"
         our_sec, our_emb = timed(lambda: ours[p].encode(texts, batch_size=args.batch_size,
@@ -103,7 +103,7 @@ def main():
                             module_output_name="token_embeddings")
     st32 = SentenceTransformer(modules=[tr, models.Pooling(tr.get_word_embedding_dimension(), "lasttoken"),
                                         models.Normalize()], device="cpu")
-    a = st32.encode([t + eos for t in sub], batch_size=args.batch_size)
+    a = st32.encode([t + eos for t in sub], batch_size=args.batch_size, show_progress_bar=False)
     b = EmbeddingModel(ModelConfig(pooling="eos", dtype="float32")).encode(sub, batch_size=args.batch_size,
                                                                            show_progress_bar=False)
     fp32_dcos = float((1 - (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).max())
