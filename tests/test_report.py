@@ -1,0 +1,133 @@
+import base64
+import json
+import re
+
+import pytest
+from pydantic import ValidationError
+from synthetic import write_synthetic_experiment
+from typer.testing import CliRunner
+
+from poolattn.cli import app
+from poolattn.report import collect_environment, load_experiment, load_items, write_report
+
+A, B, COPY = "1-eos-causal", "4-latent-bidirectional", "1-eos-causal-copy"  # B is clearly better; COPY == A
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    folder = write_synthetic_experiment(tmp_path_factory.mktemp("exp") / "experiment")
+    paths = write_report(folder, progress=False)
+    return folder, paths, json.loads(paths["json"].read_text()), paths["md"].read_text()
+
+
+def test_report_files_and_tables(report):
+    folder, paths, data, md = report
+    for name in ["report.md", "report.html", "report.json", "category_scores.png", "task_differences.png"]:
+        assert (folder / name).stat().st_size > 500, name
+        assert paths and (folder / name) in paths.values()
+    for png in ["category_scores.png", "task_differences.png"]:
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for section in ["## Scores per task", "## Category averages", f"## Differences against {A}",
+                    "## Wilcoxon signed-rank test across datasets", "## Win / tie / loss", "## Configuration",
+                    "## Environment"]:
+        assert section in md
+    header = next(line for line in md.splitlines() if line.startswith("| task | type |"))
+    assert header == f"| task | type | {A} | {B} | {COPY} | baseline (untrained) |"
+    sts1 = next(line for line in md.splitlines() if line.startswith("| STS1 |")).split(" | ")
+    assert sts1[3].startswith("**") and sts1[3].endswith("▲**")  # B: best in row and better than the reference
+    assert "▲" not in sts1[4] and "▼" not in sts1[4]  # COPY: identical to the reference
+    assert "synthetic CPU" in md and "n_resamples: 200" in md  # environment and config
+    assert data["settings"]["n_resamples"] == 200 and data["reference"] == A  # from experiment.yaml's report:
+
+
+def test_significance_in_report(report):
+    _, _, data, md = report
+    n_tasks = len(data["tasks"])
+    assert data["win_tie_loss"][B][A] == [n_tasks, 0, 0] and data["win_tie_loss"][A][B] == [0, 0, n_tasks]
+    assert data["win_tie_loss"][COPY][A] == [0, n_tasks, 0]
+    wil = {(w["a"], w["b"], w["category"]): w for w in data["wilcoxon"]}
+    assert wil[A, B, "STS"]["p_holm"] < 0.05 and wil[A, B, "STS"]["mean_diff"] > 0
+    assert wil[A, COPY, "STS"]["p_value"] is None
+    assert not wil[A, B, "Retrieval"]["reachable"]
+    assert "cannot reach p<0.05 with n=2 datasets; min achievable p=0.5" in md
+    wtl = next(line for line in md.splitlines() if line.startswith(f"| {B} | 14/0/0"))
+    assert wtl.count("▲") == 2  # significant over all tasks against both A and COPY
+    assert len(data["paired_tests"]) == 3 * n_tasks  # 3 pairs of designs; the baseline is not tested by default
+
+
+def test_html_is_self_contained(report):
+    folder, _, _, _ = report
+    page = (folder / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 2 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
+    assert "<style>" in page and not re.search(r'(src|href)="(http|/|\.)', page) and "<link" not in page
+    assert "<b>" in page and "<table" in page
+
+
+def test_cli_report_with_options(tmp_path):
+    folder = write_synthetic_experiment(tmp_path / "exp", designs={A: (0.0, 1), B: (1.0, 2)},
+                                        tasks={"STS1": ("STS", 80), "ClusterA": ("Clustering", 10)})
+    res = CliRunner().invoke(app, ["report", str(folder), "--reference", B, "--n-resamples", "100",
+                                   "--baseline-in-tests", "--output", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["reference"] == B and data["settings"]["n_resamples"] == 100 and "baseline" in data["tested"]
+    assert len(data["paired_tests"]) == 3 * 2  # A, B, baseline: 3 pairs x 2 tasks
+    assert "## Differences against 4-latent-bidirectional" in (tmp_path / "out" / "report.md").read_text()
+    res = CliRunner().invoke(app, ["report", str(folder), "--reference", "nope"])
+    assert res.exit_code != 0 and A in res.output
+
+
+def test_partial_experiment_and_bad_items(tmp_path):
+    folder = write_synthetic_experiment(tmp_path / "exp", designs={A: (0.0, 1), B: (1.0, 2)},
+                                        tasks={"STS1": ("STS", 50), "RetrievalA": ("Retrieval", 30)})
+    (folder / "runs" / B / "eval" / "RetrievalA.items.json").unlink()
+    (folder / "runs" / A / "eval" / "STS1.items.json").write_text('{"metric": "spearman", "gold": [1, 2]}')
+    cfg = (folder / "experiment.yaml").read_text().replace("designs:\n", "designs:\n- name: 9-not-run\n  pooling: x\n")
+    (folder / "experiment.yaml").write_text(cfg)
+    exp = load_experiment(folder)
+    assert exp.designs == [A, B] and exp.missing == ["9-not-run"] and exp.baseline == "baseline"
+    data = json.loads(write_report(folder, progress=False)["json"].read_text())
+    notes = "\n".join(data["notes"])
+    assert "9-not-run" in notes and "STS1.items.json" in notes and "RetrievalA" in notes
+    assert data["paired_tests"] == [] and data["tasks"]["STS1"]["scores"][A] is not None
+
+
+def test_input_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an experiment folder"):
+        load_experiment(tmp_path)
+    (tmp_path / "x.items.json").write_text('{"gold": [1]}')
+    with pytest.raises(ValueError, match="x.items.json"):
+        load_items(tmp_path / "x.items.json")
+    folder = write_synthetic_experiment(tmp_path / "exp", designs={A: (0.0, 1)}, tasks={"C": ("Clustering", 10)},
+                                        report={"n_resample": 10})
+    with pytest.raises(ValidationError, match="n_resample"):
+        write_report(folder, progress=False)
+
+
+def test_collect_environment():
+    env = collect_environment()
+    assert env["python"].count(".") == 2 and env["cpu_cores"] >= 1 and isinstance(env["gpus"], list)
+    assert env["packages"]["numpy"] and env["packages"]["scipy"] and "mteb" in env["packages"]
+    json.dumps(env)
+
+
+def test_load_items_formats(tmp_path):
+    path = tmp_path / "t.items.json"
+    path.write_text(json.dumps({"metric": "ndcg_at_10", "ids": ["a", "b"], "scores": [0.5, 1.0]}))  # flat
+    assert load_items(path).score() == 0.75 and load_items(path).ids == ["a", "b"]
+    sts = {"split": "test", "gold": [1, 2, 3, 4], "similarity": [0.1, 0.3, 0.2, 0.4]}
+    path.write_text(json.dumps({"type": "STS", "parts": [sts | {"subset": "en"}, sts | {"subset": "de"}]}))
+    parts = load_items(path)
+    assert len(parts) == 2 and parts[0].metric == "spearman" and parts[0].score() == pytest.approx(0.8)
+    clf = {"gold": [0, 1, 1], "predictions": [[0, 1, 0], [0, 0, 0]]}  # no correct_rate: computed from predictions
+    path.write_text(json.dumps({"type": "Classification", "parts": [clf]}))
+    assert list(load_items(path).scores) == [1.0, 0.5, 0.0]
+    rr = {"query_ids": ["q1", "q2"], "ndcg_at_10": [0.2, 0.4], "map_at_1000": [0.1, 0.3]}
+    path.write_text(json.dumps({"type": "Reranking", "main_metric": "map_at_1000", "parts": [rr]}))
+    assert load_items(path).metric == "map_at_1000" and load_items(path).score() == pytest.approx(0.2)
+    path.write_text(json.dumps({"type": "Clustering", "parts": [{"v_measure": {"Level 0": [0.3, 0.5]}}]}))
+    assert load_items(path).score() == pytest.approx(0.4)
+    path.write_text(json.dumps({"type": "Summarization", "parts": [{}]}))
+    with pytest.raises(ValueError, match="t.items.json.*Summarization"):
+        load_items(path)
