@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .model import ModelConfig
+from .report import ReportSettings
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class ExperimentConfig(BaseModel):
     train: dict[str, Any] = {}  # TrainConfig fields, shared by every design (model and output_dir are set here)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     seed: int = 42
-    report: dict[str, Any] = {}
+    report: ReportSettings = Field(default_factory=ReportSettings)
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -92,3 +93,77 @@ class ExperimentConfig(BaseModel):
 
         raw = yaml.safe_load(Path(path).read_text()) or {}
         return cls.model_validate(apply_overrides(raw, overrides or []))
+
+
+def _write_yaml_once(folder: Path, config: ExperimentConfig) -> None:
+    """Pin the config a folder was started with; a resumed run must not silently change the experiment."""
+    path = folder / "experiment.yaml"
+    dumped = config.model_dump(mode="json")
+    if path.exists():
+        before = yaml.safe_load(path.read_text())
+        # Where the run lives and how it is reported may change; what it computes may not.
+        keep = ("output_dir", "report")
+        if {k: v for k, v in before.items() if k not in keep} != {k: v for k, v in dumped.items() if k not in keep}:
+            raise ValueError(f"{path} holds a different experiment config; use a new output_dir or restore it")
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(dumped, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def train_config_for(config: ExperimentConfig, design: Design, run_dir: Path):
+    """Every design gets the same training settings, data and seed: only the model config differs."""
+    from .training import TrainConfig
+
+    raw = {**config.train, "model": config.model_config_for(design).model_dump(),
+           "output_dir": str(run_dir / "train"), "seed": config.seed}
+    raw.setdefault("data_dir", config.eval.data_dir)
+    return TrainConfig.model_validate(raw)
+
+
+def _evaluate(model, config: ExperimentConfig, out: Path) -> None:
+    from .evaluation import evaluate
+
+    evaluate(model, config.eval.tasks, data_dir=config.eval.data_dir, output_dir=out,
+             instructions=config.eval.instructions, batch_size=config.eval.batch_size)
+
+
+def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict[str, Path]:
+    """Train and evaluate every design (skipping finished ones, resuming interrupted ones), then report."""
+    from rich.console import Console
+
+    import torch
+
+    from .losses import world
+    from .model import EmbeddingModel
+    from .report import collect_environment, write_report
+    from .training import train
+
+    console = Console(stderr=True)
+    folder = Path(config.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("RANK", "0") == "0":  # launchers set RANK before any process group exists
+        _write_yaml_once(folder, config)
+        (folder / "environment.json").write_text(json.dumps(collect_environment(), indent=2))
+    started = time.time()
+    steps = ([config.baseline] if config.baseline else []) + config.all_designs()
+    for k, design in enumerate(steps, 1):
+        run_dir = folder / "runs" / design.name
+        eval_dir = run_dir / "eval"
+        if (eval_dir / "summary.json").exists():
+            console.print(f"[dim]({k}/{len(steps)}) {design.name}: done, skipped[/dim]")
+            continue
+        elapsed = time.time() - started
+        console.rule(f"({k}/{len(steps)}) {design.name}  [{elapsed / 60:.1f} min so far]")
+        final = None if design is config.baseline else train(train_config_for(config, design, run_dir))
+        rank, size = world()  # under accelerate/torchrun every process trains; the main one evaluates
+        if rank == 0:
+            # The baseline is the untrained backbone: a reference row, not a design.
+            model = EmbeddingModel.from_pretrained(final) if final else EmbeddingModel(config.model_config_for(design))
+            _evaluate(model, config, eval_dir)
+            del model
+        if size > 1:
+            torch.distributed.barrier()
+    console.print(f"all designs done in {(time.time() - started) / 60:.1f} min; writing the report")
+    if world()[0] != 0:
+        return {}
+    return write_report(folder, progress=progress)

@@ -158,3 +158,40 @@ def sample_texts(data_dir: Path, n: int = 1000, task: str = "STSBenchmark") -> l
             if len(seen) >= n:
                 break
     return list(seen)[:n]
+
+
+def analyze_layers(model: EmbeddingModel, tasks: Sequence[str], output: str | Path, data_dir: str | Path | None = None,
+                   n_texts: int = 1000, batch_size: int = 32, poolings: Sequence[str] = LAYER_POOLINGS) -> dict:
+    """CKA between every pair of layers on `n_texts` probe sentences, and every layer's score on `tasks`.
+
+    Writes layers.json, layer_similarity.png and layer_scores.png into `output`; returns the JSON as a dict.
+    """
+    import os
+
+    from .evaluation import evaluate
+
+    data_dir = Path(data_dir or os.environ.get("POOLATTN_DATA", "../shared/data"))
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = LayerCache(model, batch_size)
+    L = model.backbone.config.num_hidden_layers
+    probe = sample_texts(data_dir, n_texts)
+    cache.fill(probe)
+    cka = {p: cka_matrix(np.stack([cache.get(probe, layer, p) for layer in range(1, L + 1)])) for p in poolings}
+    scores: dict[str, dict[str, list[float]]] = {t: {p: [] for p in poolings} for t in tasks}
+    for p in poolings:
+        for layer in range(1, L + 1):
+            results = evaluate(LayerEncoder(cache, layer, p), list(tasks), data_dir=data_dir,
+                               output_dir=out / "eval" / f"{p}-layer{layer:02d}", batch_size=batch_size,
+                               cache=False, progress=False)
+            for t in tasks:
+                scores[t][p].append(float(results[t].main_score))
+    name = model.config.backbone
+    plot_cka(cka, out / "layer_similarity.png", f"{name} ({model.config.attention})")
+    plot_layer_scores(scores, out / "layer_scores.png", f"{name} ({model.config.attention}): score of each layer")
+    result = {"model": name, "attention": model.config.attention, "num_layers": L, "n_texts": len(probe),
+              "cka": {p: m.round(4).tolist() for p, m in cka.items()}, "scores": scores,
+              "best_layer": {t: {p: int(np.argmax(v)) + 1 for p, v in by.items()} for t, by in scores.items()},
+              "files": [str(out / f) for f in ("layers.json", "layer_similarity.png", "layer_scores.png")]}
+    (out / "layers.json").write_text(json.dumps(result, indent=1))
+    return result

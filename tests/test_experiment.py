@@ -1,0 +1,83 @@
+import json
+
+import pytest
+import yaml
+
+from poolattn.experiment import Design, ExperimentConfig, run_experiment
+
+PAIRS = [("a man plays a guitar", "someone is playing music", "a cat sleeps"),
+         ("the dog runs in the park", "a dog is running outside", "the stock market fell"),
+         ("what is the capital of france", "paris is the capital of france", "berlin is in germany"),
+         ("a woman slices an onion", "someone is cutting vegetables", "two men play chess"),
+         ("how do i reset my password", "steps to change your password", "the weather is sunny"),
+         ("the cat sat on the mat", "a cat is sitting on a rug", "a plane takes off")]
+
+
+def mini_pack(data_dir, root, rows=100):
+    """A two-task pack (the first `rows` pairs of BIOSSES and STS13) so the end-to-end test stays fast."""
+    tasks = json.loads((data_dir / "tasks.json").read_text())["tasks"]
+    out = {}
+    for name in ("BIOSSES", "STS13"):
+        entry = tasks[name]
+        (root / entry["path"]).mkdir(parents=True)
+        lines = (data_dir / entry["path"] / "test.jsonl").read_text().splitlines()[:rows]
+        (root / entry["path"] / "test.jsonl").write_text("\n".join(lines) + "\n")
+        out[name] = entry
+    (root / "tasks.json").write_text(json.dumps({"tasks": out, "train": {}}))
+    return root
+
+
+def _config(tmp_path, backbone, data_dir):
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text("".join(json.dumps({"query": q, "positive": p, "negative": n}) + "\n" for q, p, n in PAIRS * 3))
+    return ExperimentConfig(
+        name="tiny", output_dir=str(tmp_path / "exp"),
+        base={"backbone": backbone, "dtype": "float32", "max_length": 32},
+        designs=[Design(name="eos-causal", pooling="eos"),
+                 Design(name="multilayer-bi", pooling="multilayer", attention="bidirectional",
+                        pooling_kwargs={"num_latents": 4, "num_heads": 4})],
+        train={"data": [{"path": str(train_file)}], "batch_size": 4, "max_steps": 3, "warmup_steps": 1,
+               "save_every": 2, "progress": False, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        eval={"tasks": ["BIOSSES", "STS13"], "data_dir": str(mini_pack(data_dir, tmp_path / "pack")),
+              "batch_size": 64},
+        report={"n_resamples": 200},
+    )
+
+
+def test_tiny_experiment_end_to_end_and_resume(tiny_llama, data_dir, tmp_path):
+    cfg = _config(tmp_path, tiny_llama, data_dir)
+    paths = run_experiment(cfg, progress=False)
+    exp = tmp_path / "exp"
+    for design in ("baseline", "eos-causal", "multilayer-bi"):
+        summary = json.loads((exp / "runs" / design / "eval" / "summary.json").read_text())
+        assert summary and (exp / "runs" / design / "eval" / "BIOSSES.items.json").exists()
+    assert (exp / "runs" / "eos-causal" / "train" / "final" / "poolattn_config.json").exists()
+    report = paths["md"].read_text()
+    assert "BIOSSES" in report and "multilayer-bi" in report and "cannot reach" in report
+    assert paths["html"].read_text().count("data:image/png;base64") >= 2
+    pinned = yaml.safe_load((exp / "experiment.yaml").read_text())
+    assert [d["name"] for d in pinned["designs"]] == ["eos-causal", "multilayer-bi"]
+
+    # A second run finds everything done: nothing is retrained or re-evaluated.
+    stamp = (exp / "runs" / "eos-causal" / "eval" / "summary.json").stat().st_mtime_ns
+    run_experiment(cfg, progress=False)
+    assert (exp / "runs" / "eos-causal" / "eval" / "summary.json").stat().st_mtime_ns == stamp
+
+    # A changed experiment in the same folder is refused rather than silently mixed.
+    changed = cfg.model_copy(update={"seed": 7})
+    with pytest.raises(ValueError, match="different experiment"):
+        run_experiment(changed, progress=False)
+
+
+def test_default_configs_validate():
+    for name in ("configs/default.yaml", "configs/paper.yaml"):
+        cfg = ExperimentConfig.load(name)
+        assert len(cfg.designs) == 5
+        assert {(d.pooling, d.attention) for d in cfg.designs} == {
+            ("eos", "causal"), ("latent", "causal"), ("multilayer", "causal"), ("latent", "bidirectional"),
+            ("multilayer", "bidirectional")}
+
+
+def test_duplicate_design_names_rejected():
+    with pytest.raises(ValueError, match="unique"):
+        ExperimentConfig(designs=[Design(name="a", pooling="eos"), Design(name="a", pooling="mean")])
