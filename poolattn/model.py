@@ -220,6 +220,7 @@ class EmbeddingModel(nn.Module):
             if self.config.full_finetune:
                 base = self.backbone.merge_and_unload() if self.config.lora else self.backbone
                 base.save_pretrained(tmp / "backbone")
+                self.tokenizer.save_pretrained(tmp / "backbone")  # from_pretrained loads the backbone from here
             elif self.config.lora is not None:
                 self.backbone.save_pretrained(tmp / "adapter")
             self.tokenizer.save_pretrained(tmp)

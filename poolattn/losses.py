@@ -1,0 +1,70 @@
+"""InfoNCE with in-batch and hard negatives, scored against the global batch of every process.
+
+Embeddings are all-gathered *with* their gradient (torch.distributed.nn's all_gather, whose backward sums the
+gradient every process computed for each slice and returns it to its owner), so N processes with b rows each
+give exactly the loss and gradients of one process with N*b rows.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without an initialised process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate `t` of every process along dim 0 (rank order), keeping the autograd graph."""
+    rank, size = world()
+    if size == 1:
+        return t
+    from torch.distributed.nn.functional import all_gather
+
+    with warnings.catch_warnings():  # deprecated in favour of a private functional-collectives API; still correct
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = list(all_gather(t))
+    return torch.cat(parts, dim=0)
+
+
+def info_nce(query: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None = None,
+             negative_mask: torch.Tensor | None = None, scale: float = 20.0, gather: bool = True) -> torch.Tensor:
+    """Mean cross-entropy of each local query against all positives and hard negatives of the global batch.
+
+    query, positive: [b, D]; negative: [b, D] (row i is query i's hard negative; rows without one are zeros and
+    False in negative_mask [b]). Similarity is cosine x scale (scale 20 = temperature 0.05). Every process must
+    call this with the same b and the same presence of `negative`.
+    """
+    q = F.normalize(query.float(), dim=-1)
+    cands = F.normalize(positive.float(), dim=-1)
+    valid = None
+    if negative is not None:
+        if negative_mask is None:
+            negative_mask = torch.ones(negative.shape[0], dtype=torch.bool, device=negative.device)
+        cands = torch.cat([cands, F.normalize(negative.float(), dim=-1)])
+        valid = torch.cat([torch.ones(positive.shape[0], dtype=torch.bool, device=q.device),
+                           negative_mask.to(q.device, torch.bool)])
+    rank, size = world() if gather else (0, 1)
+    if size > 1:
+        b = positive.shape[0]
+        parts = gather_with_grad(cands).split(cands.shape[0])  # per rank: [positives; negatives]
+        pos = torch.cat([p[:b] for p in parts])
+        neg = [p[b:] for p in parts]
+        cands = torch.cat([pos, *neg])
+        if valid is not None:
+            v8 = valid.to(torch.uint8)  # gloo has no bool all_gather
+            vparts = [torch.empty_like(v8) for _ in range(size)]
+            dist.all_gather(vparts, v8)
+            vparts = [v.bool() for v in vparts]
+            valid = torch.cat([torch.cat([v[:b] for v in vparts]), *[v[b:] for v in vparts]])
+    logits = scale * q @ cands.T
+    if valid is not None:
+        logits = logits.masked_fill(~valid, float("-inf"))
+    labels = torch.arange(q.shape[0], device=q.device) + rank * positive.shape[0]
+    return F.cross_entropy(logits, labels)

@@ -1,0 +1,583 @@
+"""One contrastive trainer for every design: LoRA (peft) + fully trained pooler, InfoNCE with in-batch and hard
+negatives over the global batch, optional GradCache, DDP through accelerate, atomic checkpoints and exact resume.
+
+A design is only `config.model`; nothing here branches on pooling or attention.
+
+Run folder (`output_dir`):
+    config.yaml, config.json      the config as run
+    metrics.jsonl                 one line per step: step, loss, lr, grad_norm, seqs_per_s, tokens_per_s, source
+    checkpoints/step-NNNNNN/      trainable weights, optimizer, scheduler, RNG states, data position (last K kept)
+    final/                        EmbeddingModel.save_pretrained folder
+    train_summary.json            status (completed | time_budget), steps, elapsed time
+Calling `train` again with the same output_dir resumes from the newest checkpoint, or returns at once when done.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Literal, Sequence
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .data import Example, MixedBatchSampler, SourceConfig, load_sources
+from .losses import info_nce
+from .model import EmbeddingModel, LoraSettings, ModelConfig
+
+log = logging.getLogger(__name__)
+
+# Fields that may change when a run is resumed: they do not change what the run computes.
+RESUMABLE_FIELDS = {"max_time_minutes", "save_every", "keep_last", "log_every", "output_dir", "data_dir",
+                    "progress", "num_threads"}
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss or gradient norm became NaN/inf; the last good checkpoint is kept."""
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraSettings | None = Field(default_factory=LoraSettings)  # None: no adapter (pooler only, or full)
+    full_finetune: bool = False  # train every backbone weight (use model.dtype float32 for fp32 master weights)
+    data: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig(path="train")])
+    data_dir: str = Field(default_factory=lambda: os.environ.get("POOLATTN_DATA", "../shared/data"))
+    batch_size: int = Field(32, ge=1)  # contrastive (global) batch: rows per step over all processes
+    chunk_size: int | None = Field(None, ge=1)  # GradCache chunk (texts per forward); None: no GradCache
+    lr: float = Field(1e-4, gt=0)
+    pooler_lr: float | None = Field(None, gt=0)  # trainable pooler's own lr (it starts random); None: lr
+    warmup_steps: int = Field(100, ge=0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    weight_decay: float = 0.01
+    max_grad_norm: float | None = 1.0
+    max_steps: int = Field(1000, ge=1)
+    max_length: int | None = None  # training truncation; None: model.max_length (the saved model keeps model's)
+    scale: float = 20.0  # cosine similarity x scale = 1 / temperature
+    seed: int = 42
+    gradient_checkpointing: bool = True
+    num_threads: int | None = Field(None, ge=1)  # torch intra-op threads (process-wide); None: torch's default
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 autocast where bf16 is fast
+    save_every: int = Field(100, ge=1)
+    keep_last: int = Field(2, ge=1)
+    log_every: int = Field(1, ge=1)
+    output_dir: str = "runs/train"
+    max_time_minutes: float | None = None  # stop cleanly (checkpoint + final model) after this much training time
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.model.lora is not None:
+            raise ValueError("set LoRA under `lora:`, not `model.lora` (that field records a trained adapter)")
+        if self.full_finetune and self.lora is not None:
+            raise ValueError("full_finetune trains every weight: set `lora: null` too")
+        if not self.data:
+            raise ValueError("data: give at least one training source")
+        return self
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        return cls.model_validate(apply_overrides(raw, overrides or []))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`a.b=c` (value parsed as YAML; `data.0.weight=2` indexes lists) applied to a copy of `raw`."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value (e.g. lr=2e-4 or model.pooling=mean)")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        parsed = yaml.safe_load(value) if value.strip() else None
+        try:
+            node: Any = out
+            for part in parts[:-1]:
+                if isinstance(node, list):
+                    node = node[int(part)]
+                else:
+                    if node.get(part) is None:  # absent, or `null` in the file (e.g. lora: null)
+                        node[part] = {}
+                    node = node[part]
+            if isinstance(node, list):
+                node[int(parts[-1])] = parsed
+            else:
+                node[parts[-1]] = parsed
+        except (AttributeError, IndexError, ValueError, TypeError) as err:
+            raise ValueError(f"override {item!r}: {key} does not name a config field ({err})") from None
+    return out
+
+
+# ---- GradCache ----------------------------------------------------------------------------------------------------
+class RandContext:
+    """Snapshot the CPU/CUDA RNG now; entering replays it (and restores the outer state on exit), so a chunk's
+    second forward draws the same dropout masks (LoRA dropout) as its first. The same ~10 lines as GradCache's and
+    sentence-transformers' RandContext, whose home in sentence-transformers is private and moves between versions."""
+
+    def __init__(self, *tensors: torch.Tensor):
+        from torch.utils.checkpoint import get_device_states
+
+        self.cpu_state = torch.get_rng_state()
+        self.devices, self.device_states = get_device_states(*tensors)
+
+    def __enter__(self):
+        from torch.utils.checkpoint import set_device_states
+
+        self._fork = torch.random.fork_rng(devices=self.devices)
+        self._fork.__enter__()
+        torch.set_rng_state(self.cpu_state)
+        set_device_states(self.devices, self.device_states)
+
+    def __exit__(self, *exc):
+        self._fork.__exit__(*exc)
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    return [v for v in x.values() if isinstance(v, torch.Tensor)] if isinstance(x, dict) else [x]
+
+
+def contrastive_backward(embed: Callable[[Any], torch.Tensor], groups: Sequence[Sequence[Any]],
+                         loss_fn: Callable[[list[torch.Tensor | None]], torch.Tensor], *, grad_cache: bool,
+                         backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+                         no_sync: Callable[[], ContextManager] = nullcontext,
+                         embed_first: Callable[[Any], torch.Tensor] | None = None) -> torch.Tensor:
+    """Forward every chunk of every group, loss on the concatenated group embeddings, backward; return the loss.
+
+    groups: per group (queries, positives, ...) a list of chunk inputs for `embed`; an empty group gives None.
+    grad_cache=False: one graph over all chunks. grad_cache=True (Gao et al. 2021): (1) every chunk forward
+    without keeping its graph, RNG state saved; (2) loss on detached embeddings -> d loss / d embedding;
+    (3) each chunk forward again under its saved RNG state and backward of <embedding, cached gradient>.
+    Memory then depends on the chunk size only. `no_sync` (DDP) wraps all but the last chunk of step (3), so
+    gradients are all-reduced once. `embed_first` (default `embed`) runs step (1): the unwrapped model under DDP.
+    """
+    if not grad_cache:
+        reps = [torch.cat([embed(c) for c in g]) if len(g) else None for g in groups]
+        loss = loss_fn(reps)
+        backward(loss)
+        return loss.detach()
+
+    embed_first = embed_first or embed
+    saved: list[list[tuple[RandContext, int]]] = []  # per chunk: RNG state before its forward, its row offset
+    reps: list[torch.Tensor | None] = []
+    for g in groups:
+        outs, saved_g, offset = [], [], 0
+        for c in g:
+            rc = RandContext(*_tensors(c))
+            # Grad mode stays on (detach drops the graph at once): the forward must be the very same computation
+            # as in step (3), and EmbeddingModel switches to an inference copy of its pooler under no_grad.
+            outs.append(embed_first(c).detach())
+            saved_g.append((rc, offset))
+            offset += outs[-1].shape[0]
+        saved.append(saved_g)
+        reps.append(torch.cat(outs).requires_grad_() if outs else None)
+    loss = loss_fn(reps)
+    loss.backward()
+    grads = [None if r is None else (r.grad if r.grad is not None else torch.zeros_like(r)) for r in reps]
+    chunks = [(gi, ci) for gi, g in enumerate(groups) for ci in range(len(g))]
+    for gi, ci in chunks:
+        rc, offset = saved[gi][ci]
+        with rc, (nullcontext() if (gi, ci) == chunks[-1] else no_sync()):
+            emb = embed(groups[gi][ci])
+            backward((emb * grads[gi][offset:offset + emb.shape[0]]).sum())
+    return loss.detach()
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------------------------
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    """Make a fully written temporary checkpoint folder visible under its final name in one rename."""
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(final.parent)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run folder, oldest first (temporary folders of interrupted saves are ignored)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.exists():
+        return []
+    done = [p for p in root.glob("step-*") if (p / "trainer_state.json").exists()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def load_trainable_state(model: EmbeddingModel, state: dict[str, torch.Tensor]) -> None:
+    """Inverse of EmbeddingModel.trainable_state_dict: copy pooler and LoRA (or full backbone) weights in place."""
+    expected = set(model.trainable_state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.pooler.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("pooler.")})
+    backbone = {k[9:]: v for k, v in state.items() if k.startswith("backbone.")}
+    if backbone:
+        model.backbone.load_state_dict(backbone, strict=False)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _FirstOnly(logging.Filter):
+    """Let the first record through: the model warns about truncation on every batch otherwise."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record):
+        seen, self.seen = self.seen, True
+        return not seen
+
+
+# ---- trainer ------------------------------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, config: TrainConfig, callbacks: Sequence[Callable[[int, dict], None]] = ()):
+        self.config = config
+        self.callbacks = list(callbacks)
+        self.out = Path(config.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.acc = None
+
+    # -- run folder -------------------------------------------------------------------------------------------
+    def finished(self) -> bool:
+        """A previous call already reached max_steps or spent the time budget and wrote the final model."""
+        path = self.out / "train_summary.json"
+        if not (path.exists() and (self.out / "final").exists()):
+            return False
+        s = json.loads(path.read_text())
+        budget = self.config.max_time_minutes
+        return s["steps"] >= self.config.max_steps or (budget is not None and s["elapsed_s"] >= budget * 60)
+
+    def _check_config(self) -> None:
+        saved = self.out / "config.json"
+        if saved.exists():
+            old = json.loads(saved.read_text())
+            new = self.config.model_dump(mode="json")
+            diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k))
+            if diff:
+                raise ValueError(f"{self.out} holds a run with a different config ({', '.join(diff)} differ); "
+                                 f"use another output_dir (only {', '.join(sorted(RESUMABLE_FIELDS))} may change "
+                                 f"on resume)")
+
+    def _write_config(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        dump = self.config.model_dump(mode="json")
+        (self.out / "config.json").write_text(json.dumps(dump, indent=2))
+        (self.out / "config.yaml").write_text(yaml.safe_dump(dump, sort_keys=False))
+
+    # -- setup ------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+        from transformers import get_scheduler
+
+        from .backbone import _fast_bf16
+
+        cfg = self.config
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
+        # Accelerate does placement, DDP and no_sync; autocast is ours (below): its mixed-precision setting is a
+        # process-wide singleton that cannot change between runs, and the experiment trains many in one process.
+        # cpu=True where there is no accelerator: without it accelerate leaves torchrun's CPU processes in
+        # DistributedType.NO (each believing it is alone) although it opens the process group.
+        accel = getattr(torch, "accelerator", None)
+        cpu_only = not (accel.is_available() if accel is not None else torch.cuda.is_available())
+        self.acc = acc = Accelerator(cpu=cpu_only,
+                                     kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+        self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.world} processes")
+        self.local_batch = cfg.batch_size // self.world
+        self._check_config()
+        acc.wait_for_everyone()  # every process has read the old config before the main one rewrites it
+        if self.main:
+            self._write_config()
+            for stale in self.ckpt_dir.glob(".tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        acc.wait_for_everyone()
+
+        self.sampler = MixedBatchSampler(load_sources(cfg.data, cfg.data_dir), cfg.batch_size, cfg.seed)
+
+        set_seed(cfg.seed)  # pooler and LoRA initialisation
+        model = EmbeddingModel(cfg.model)
+        self.saved_max_length = model.config.max_length
+        if cfg.max_length is not None:
+            model.config = model.config.model_copy(update={"max_length": cfg.max_length})
+        if cfg.lora is not None:
+            with warnings.catch_warnings():  # peft asks transformers a deprecated question; not ours to fix
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+                model.add_lora(**cfg.lora.model_dump())
+        elif cfg.full_finetune:
+            model.backbone.requires_grad_(True)
+            model.config = model.config.model_copy(update={"full_finetune": True})
+            if next(model.backbone.parameters()).dtype != torch.float32:
+                log.warning("full fine-tuning with %s weights: set model.dtype: float32 for fp32 master weights",
+                            next(model.backbone.parameters()).dtype)
+        else:
+            model.backbone.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            base = model.backbone.get_base_model() if hasattr(model.backbone, "get_base_model") else model.backbone
+            # Non-reentrant checkpointing: LoRA gradients flow without enable_input_require_grads (which the
+            # reentrant variant needs, the inputs being frozen embeddings), and it works under DDP.
+            enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
+            enable({"use_reentrant": False})
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError(f"nothing to train: pooling {cfg.model.pooling!r} has no parameters and lora is null")
+        pooler_ids = {id(p) for p in model.pooler.parameters()}
+        groups = []
+        for is_pooler in (False, True):
+            for decay in (True, False):  # no weight decay on biases and norms
+                ps = [p for p in self.params if (id(p) in pooler_ids) == is_pooler and (p.ndim >= 2) == decay]
+                if ps:
+                    groups.append({"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
+                                   "lr": (cfg.pooler_lr or cfg.lr) if is_pooler else cfg.lr})
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        name = {"constant": "constant_with_warmup"}.get(cfg.schedule, cfg.schedule)
+        self.scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps,
+                                       num_training_steps=cfg.max_steps)
+        self.unwrapped = model
+        with warnings.catch_warnings():
+            # broadcast_buffers=False is wanted: buffer syncs in forward would be collectives, and processes run
+            # different numbers of forwards (GradCache chunks of hard negatives vary per process).
+            warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+            self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.first_pass_model = acc.unwrap_model(self.model)  # GradCache step (1): no DDP hooks needed
+        # transformers loads models in eval mode, which also turns gradient checkpointing off in every layer.
+        self.model.train()
+        self.amp = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and _fast_bf16())
+
+        self.step, self.elapsed_before = 0, 0.0
+        checkpoints = list_checkpoints(self.out)
+        if checkpoints:
+            self.load_checkpoint(checkpoints[-1])
+        else:
+            set_seed(cfg.seed, device_specific=True)  # different dropout per process
+        if self.main:
+            self._truncate_metrics()
+        acc.wait_for_everyone()
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        from safetensors.torch import save_file
+
+        acc, name = self.acc, f"step-{self.step:06d}"
+        final, tmp = self.ckpt_dir / name, self.ckpt_dir / f".tmp-{name}"
+        if self.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        torch.save(_rng_state(), tmp / f"rng_state_{self.rank}.pt")
+        if self.main:
+            state = {k: v.detach().contiguous().cpu() for k, v in self.unwrapped.trainable_state_dict().items()}
+            save_file(state, str(tmp / "trainable.safetensors"))
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps(
+                {"step": self.step, "elapsed_s": self._elapsed(), "world_size": self.world,
+                 "sampler": self.sampler.state_dict()}, indent=2))
+        acc.wait_for_everyone()
+        if self.main:
+            _commit(tmp, final)
+            for old in list_checkpoints(self.out)[:-self.config.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = json.loads((path / "trainer_state.json").read_text())
+        load_trainable_state(self.unwrapped, load_file(str(path / "trainable.safetensors")))
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.acc.device,
+                                                  weights_only=True))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        self.sampler.load_state_dict(state["sampler"])
+        self.step, self.elapsed_before = state["step"], state["elapsed_s"]
+        rng = path / f"rng_state_{self.rank}.pt"
+        if rng.exists():
+            _set_rng_state(torch.load(rng, weights_only=False))  # our own file; holds numpy/python RNG tuples
+        else:  # resumed on more processes than saved
+            from accelerate.utils import set_seed
+
+            set_seed(self.config.seed + self.step, device_specific=True)
+        if self.main:
+            _say(f"resuming {self.out} from {path.name} (step {self.step}/{self.config.max_steps})")
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines past the resumed step: those steps are about to be run again."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, path)
+
+    # -- one step -----------------------------------------------------------------------------------------------
+    def _embed(self, module: torch.nn.Module) -> Callable[[dict], torch.Tensor]:
+        device = self.acc.device
+
+        def embed(enc: dict[str, torch.Tensor]) -> torch.Tensor:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp):
+                return module(enc["input_ids"].to(device), enc["attention_mask"].to(device))
+        return embed
+
+    def backward_step(self, examples: list[Example], grad_cache: bool | None = None) -> tuple[torch.Tensor, int, int]:
+        """Forward + backward of this process's rows (gradients accumulate in .grad); (loss, texts, tokens).
+        grad_cache=False with a chunk_size: plain backward over the same chunks (tests compare the two)."""
+        cfg, m = self.config, self.unwrapped
+        queries = [m.format([e.query], e.instruction)[0] for e in examples]
+        has_neg = [i for i, e in enumerate(examples) if e.negative is not None]
+        texts = (queries, [e.positive for e in examples], [examples[i].negative for i in has_neg])
+        size = cfg.chunk_size or len(examples)
+        groups = [[m.tokenize(t[i:i + size]) for i in range(0, len(t), size)] for t in texts]
+        device = self.acc.device
+        neg_index = torch.tensor(has_neg, dtype=torch.long, device=device)
+        neg_mask = torch.zeros(len(examples), dtype=torch.bool, device=device)
+        neg_mask[neg_index] = True
+
+        def loss_fn(reps: list[torch.Tensor | None]) -> torch.Tensor:
+            q, p, n = reps
+            negative = q.new_zeros(q.shape) if n is None else q.new_zeros(q.shape).index_copy(0, neg_index, n)
+            return info_nce(q, p, negative, neg_mask, scale=cfg.scale)
+
+        loss = contrastive_backward(self._embed(self.model), groups, loss_fn, backward=self.acc.backward,
+                                    grad_cache=cfg.chunk_size is not None if grad_cache is None else grad_cache,
+                                    no_sync=lambda: self.acc.no_sync(self.model),
+                                    embed_first=self._embed(self.first_pass_model))
+        tokens = sum(int(c["attention_mask"].sum()) for g in groups for c in g)
+        return loss, sum(len(t) for t in texts), tokens
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + (time.perf_counter() - self._t0)
+
+    # -- loop ---------------------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.config, self.acc
+        if acc is None:
+            self.setup()
+            acc = self.acc
+        self._t0 = time.perf_counter()
+        budget = cfg.max_time_minutes * 60 if cfg.max_time_minutes is not None else None
+        status, last_saved = "completed", self.step if list_checkpoints(self.out) else -1
+        model_log = logging.getLogger("poolattn.model")
+        once = _FirstOnly()
+        model_log.addFilter(once)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc=f"train {cfg.model.name}", unit="step",
+                   disable=not (self.main and cfg.progress), dynamic_ncols=True)
+        metrics_file = open(self.out / "metrics.jsonl", "a") if self.main else None
+        try:
+            while self.step < cfg.max_steps:
+                if budget is not None and self._elapsed() >= budget:
+                    acc.set_trigger()
+                if acc.check_trigger():
+                    status = "time_budget"
+                    break
+                t = time.perf_counter()
+                batch = self.sampler.next_batch()
+                mine = batch.examples[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+                loss, n_texts, n_tokens = self.backward_step(mine)
+                norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm or float("inf"))
+                stats = acc.reduce(torch.tensor([float(loss), n_texts, n_tokens], dtype=torch.float64,
+                                                 device=acc.device), "sum")
+                loss_value = float(stats[0]) / self.world
+                if not (math.isfinite(loss_value) and math.isfinite(float(norm))):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    good = list_checkpoints(self.out)
+                    raise TrainingDiverged(
+                        f"loss {loss_value} / gradient norm {float(norm)} at step {self.step + 1} (source "
+                        f"{batch.source}); stopped before the update. Last good checkpoint: "
+                        f"{good[-1] if good else 'none'}. The run is deterministic, so resuming diverges again: "
+                        f"start a new output_dir with a lower lr or max_grad_norm")
+                lr = self.scheduler.get_last_lr()[0]
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                dt = time.perf_counter() - t
+                record = {"step": self.step, "loss": round(loss_value, 6), "lr": lr, "grad_norm": round(float(norm), 6),
+                          "seqs_per_s": round(float(stats[1]) / dt, 2), "tokens_per_s": round(float(stats[2]) / dt, 1),
+                          "source": batch.source, "elapsed_s": round(self._elapsed(), 2)}
+                if metrics_file and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", seqs_s=f"{record['seqs_per_s']:.1f}",
+                                refresh=False)
+                bar.update(1)
+                if self.step % cfg.save_every == 0:
+                    self.save_checkpoint()
+                    last_saved = self.step
+                for cb in self.callbacks:
+                    cb(self.step, record)
+            if last_saved != self.step:
+                self.save_checkpoint()
+            final = self.out / "final"
+            if self.main:
+                m = self.unwrapped
+                trained_config = m.config
+                m.config = m.config.model_copy(update={"max_length": self.saved_max_length})
+                m.save_pretrained(final)
+                m.config = trained_config
+                (self.out / "train_summary.json").write_text(json.dumps(
+                    {"status": status, "steps": self.step, "max_steps": cfg.max_steps,
+                     "elapsed_s": round(self._elapsed(), 2), "final_model": "final", "world_size": self.world},
+                    indent=2))
+                _say(f"{status}: {self.step} steps in {self._elapsed() / 60:.1f} min -> {final}")
+            acc.wait_for_everyone()
+            return final
+        finally:
+            bar.close()
+            model_log.removeFilter(once)
+            if metrics_file:
+                metrics_file.close()
+
+
+def _say(msg: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+
+
+def train(config: TrainConfig, callbacks: Sequence[Callable[[int, dict], None]] = ()) -> Path:
+    """Train (or resume, or return at once if done) and return the final model folder."""
+    trainer = Trainer(config, callbacks)
+    trainer._check_config()
+    if trainer.finished():
+        return trainer.out / "final"
+    return trainer.run()

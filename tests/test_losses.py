@@ -1,0 +1,86 @@
+import os
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from poolattn.losses import gather_with_grad, info_nce
+
+
+def embeddings(seed, b=6, d=16):
+    g = torch.Generator().manual_seed(seed)
+    q, p, n = (torch.randn(b, d, generator=g) for _ in range(3))
+    mask = torch.tensor([True, False, True, True, False, True][:b])
+    return q, p, n * mask[:, None], mask
+
+
+def reference(q, p, n, mask, scale):
+    """Cross-entropy written out: candidates = all positives, then the hard negatives that exist."""
+    q, cands = F.normalize(q, dim=-1), F.normalize(torch.cat([p, n[mask]]), dim=-1)
+    logits = scale * q @ cands.T
+    return torch.stack([torch.logsumexp(logits[i], 0) - logits[i, i] for i in range(len(q))]).mean()
+
+
+def test_info_nce_matches_written_out_cross_entropy():
+    q, p, n, mask = embeddings(0)
+    assert torch.allclose(info_nce(q, p, n, mask, scale=20), reference(q, p, n, mask, 20), atol=1e-5)
+    assert torch.allclose(info_nce(q, p, scale=7), reference(q, p, n, torch.zeros(6, dtype=bool), 7), atol=1e-5)
+    # scale-invariant inputs: cosine, not dot product
+    assert torch.allclose(info_nce(3 * q, p, n, mask), info_nce(q, 0.5 * p, n, mask), atol=1e-5)
+
+
+def test_info_nce_is_low_for_matching_pairs_and_hard_negatives_count():
+    q = F.normalize(torch.randn(8, 32), dim=-1)
+    assert info_nce(q, q) < 1e-3
+    close_negative = q + 0.01 * torch.randn(8, 32)
+    assert info_nce(q, q, close_negative) > info_nce(q, q) + 0.5
+
+
+def test_gather_is_identity_without_process_group():
+    t = torch.randn(3, 4, requires_grad=True)
+    assert gather_with_grad(t) is t
+
+
+def _worker(rank, world, port, q, p, n, mask, out):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    b = q.shape[0] // world
+    sl = slice(rank * b, (rank + 1) * b)
+    leaves = [t[sl].clone().requires_grad_() for t in (q, p, n)]
+    loss = info_nce(*leaves, mask[sl])
+    loss.backward()
+    losses = [torch.zeros(()) for _ in range(world)]
+    dist.all_gather(losses, loss.detach())
+    grads = [x.grad.new_zeros((world * b, x.grad.shape[1])) for x in leaves]
+    for full, leaf in zip(grads, leaves):
+        full[sl] = leaf.grad
+        dist.all_reduce(full)
+    if rank == 0:
+        torch.save({"loss": torch.stack(losses).mean(), "grads": grads}, out)
+    dist.destroy_process_group()
+
+
+def test_two_processes_score_against_the_global_batch(tmp_path):
+    """Each process holds half the rows; the mean loss and the gradient of every embedding equal one process with
+    the whole batch (gradients of a process's rows include the other process's loss terms, through the gather).
+    DDP averages gradients, so each process's loss is the global mean only after the factor 1/world: the
+    gathered gradients here are summed over processes and compared with world x the single-process gradient."""
+    import torch.multiprocessing as mp
+
+    q, p, n, mask = embeddings(1, b=6)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "dist.pt"
+    mp.spawn(_worker, args=(2, port, q, p, n, mask, out), nprocs=2, join=True)
+    got = torch.load(out)
+    leaves = [t.clone().requires_grad_() for t in (q, p, n)]
+    loss = info_nce(*leaves, mask)
+    loss.backward()
+    assert torch.allclose(got["loss"], loss, atol=1e-6)
+    for g, leaf in zip(got["grads"], leaves):
+        assert torch.allclose(g, 2 * leaf.grad, atol=1e-6)
+    assert got["grads"][0].abs().sum() > 0

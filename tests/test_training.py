@@ -1,0 +1,353 @@
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from poolattn import EmbeddingModel
+from poolattn import training
+from poolattn.training import (TrainConfig, Trainer, TrainingDiverged, apply_overrides, contrastive_backward,
+                               list_checkpoints, train)
+
+WORDS = "the quick brown fox jumps over a lazy dog cat sat on mat man is playing guitar two dogs run in park".split()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU two OpenMP threads can make a
+    millisecond step take seconds; subprocesses get OMP_NUM_THREADS=1 (ENV) for the same reason."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def write_data(folder: Path) -> list[dict]:
+    """Two small sources, one with hard negatives."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    for name, n, neg in (("nli", 60, True), ("pairs", 40, False)):
+        with open(folder / f"{name}.jsonl", "w") as f:
+            for _ in range(n):
+                q = " ".join(rng.choices(WORDS, k=6))
+                row = {"query": q, "positive": q + " " + rng.choice(WORDS)}
+                if neg and rng.random() < 0.7:  # some rows without: processes get different numbers of texts
+                    row["negative"] = " ".join(rng.choices(WORDS, k=5))
+                f.write(json.dumps(row) + "\n")
+    return [{"path": str(folder / "nli.jsonl")}, {"path": str(folder / "pairs.jsonl")}]
+
+
+def tiny_config(backbone: str, tmp_path: Path, **overrides) -> TrainConfig:
+    raw = dict(model=dict(backbone=backbone, pooling="latent", pooling_kwargs={"num_latents": 4, "num_heads": 4},
+                          dtype="float32", max_length=32),
+               data=write_data(tmp_path / "data"), batch_size=8, max_steps=6, save_every=2, warmup_steps=1,
+               lr=1e-3, mixed_precision="no", output_dir=str(tmp_path / "run"), progress=False, seed=0)
+    return TrainConfig.model_validate(apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]))
+
+
+def grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+
+
+def assert_same(a: dict, b: dict, atol=1e-5):
+    assert a.keys() == b.keys() and a
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= atol, worst
+    return worst
+
+
+# ---- config ---------------------------------------------------------------------------------------------------------
+def test_overrides_and_config_validation(tmp_path):
+    raw = {"model": {"pooling": "eos"}, "data": [{"path": "a.jsonl"}], "lr": 1e-5}
+    out = apply_overrides(raw, ["model.pooling=latent", "lr=2.0e-4", "data.0.weight=2", "lora.r=8",
+                                "chunk_size=null"])
+    assert out == {"model": {"pooling": "latent"}, "data": [{"path": "a.jsonl", "weight": 2}], "lr": 2e-4,
+                   "lora": {"r": 8}, "chunk_size": None}
+    assert raw["model"]["pooling"] == "eos"  # a copy
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides(raw, ["lr"])
+    for bad in ("data.3.weight=1", "lr.x=1", "data.first.weight=1"):
+        with pytest.raises(ValueError, match="does not name a config field"):
+            apply_overrides(raw, [bad])
+    assert apply_overrides({"lora": None}, ["lora.r=8"]) == {"lora": {"r": 8}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = TrainConfig.load(path, ["lr=1e-4", "model.attention=bidirectional"])
+    assert cfg.lr == 1e-4 and cfg.model.attention == "bidirectional" and cfg.lora.r == 16
+    for bad, match in [(["bacth_size=3"], "bacth_size"), (["model.pooling=cls"], "weighted_mean"),
+                       (["model.lora.r=4"], "under `lora:`"), (["full_finetune=true"], "lora: null")]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig.load(path, bad)
+
+
+# ---- GradCache ------------------------------------------------------------------------------------------------------
+class Encoder(torch.nn.Module):
+    def __init__(self, dropout):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Dropout(dropout), torch.nn.Tanh(),
+                                       torch.nn.Linear(32, 16))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _run(model, groups, grad_cache, seed):
+    from poolattn.losses import info_nce
+
+    model.zero_grad()
+    torch.manual_seed(seed)
+    loss = contrastive_backward(model, groups, lambda reps: info_nce(*reps[:2], reps[2]), grad_cache=grad_cache)
+    return loss, grads(model)
+
+
+def test_grad_cache_equals_plain_backward():
+    torch.manual_seed(0)
+    x = [torch.randn(12, 8) for _ in range(3)]  # queries, positives, negatives
+    chunked = [list(t.split(5)) for t in x]
+    whole = [[t] for t in x]
+    model = Encoder(dropout=0.0)
+    loss_plain, g_plain = _run(model, whole, False, 0)
+    loss_cached, g_cached = _run(model, chunked, True, 0)
+    assert torch.allclose(loss_plain, loss_cached, atol=1e-6)
+    assert_same(g_plain, g_cached, atol=1e-6)
+
+    # With dropout, the cached second forward must replay the first forward's masks (saved RNG state).
+    model = Encoder(dropout=0.3)
+    loss_plain, g_plain = _run(model, chunked, False, 1)
+    loss_cached, g_cached = _run(model, chunked, True, 1)
+    assert torch.allclose(loss_plain, loss_cached, atol=1e-6)
+    assert_same(g_plain, g_cached, atol=1e-6)
+    _, g_other = _run(model, chunked, True, 2)
+    assert max((g_other[k] - g_plain[k]).abs().max() for k in g_plain) > 1e-3  # dropout is really active
+
+
+def _trainer(cfg):
+    t = Trainer(cfg)
+    t.setup()
+    return t, t.sampler.next_batch().examples
+
+
+def test_grad_cache_on_tiny_embedding_model(tiny_llama, tmp_path):
+    """LoRA (dropout 0) + latent pooler: the GradCache step gives the plain step's loss and gradients."""
+    t, batch = _trainer(tiny_config(tiny_llama, tmp_path, **{"lora.dropout": 0.0}))
+    assert any(e.negative for e in batch) or True
+    loss_plain, *_ = t.backward_step(batch)
+    g_plain = grads(t.unwrapped)
+    t.optimizer.zero_grad()
+    t.config = t.config.model_copy(update={"chunk_size": 3})
+    loss_cached, n_texts, n_tokens = t.backward_step(batch)
+    assert torch.allclose(loss_plain, loss_cached, atol=1e-5)
+    assert_same(g_plain, grads(t.unwrapped), atol=1e-5)
+    assert any("lora_B" in k for k in g_plain) and any(k.startswith("pooler.") for k in g_plain)
+    assert n_texts >= 16 and n_tokens > n_texts
+
+
+def test_lora_dropout_replayed_and_checkpointing_keeps_gradients(tiny_llama, tmp_path):
+    cfg = tiny_config(tiny_llama, tmp_path, chunk_size=3)  # LoRA dropout 0.1
+    t, batch = _trainer(cfg)
+
+    def step(grad_cache, seed):
+        t.optimizer.zero_grad()
+        torch.manual_seed(seed)
+        loss, *_ = t.backward_step(batch, grad_cache=grad_cache)
+        return loss, grads(t.unwrapped)
+
+    loss_plain, g_plain = step(False, 0)  # plain backward over the same chunks
+    loss_cached, g_cached = step(True, 0)
+    assert torch.allclose(loss_plain, loss_cached, atol=1e-5)
+    assert_same(g_plain, g_cached, atol=1e-5)
+    g_other = step(True, 1)[1]  # LoRA dropout is active (on lora_B's gradient: B starts at zero)
+    assert max((g_other[k] - g_cached[k]).abs().max() for k in g_cached if "lora_B" in k) > 1e-4
+
+    # Gradient checkpointing (on by default) changes nothing, including under peft and dropout.
+    t2, _ = _trainer(cfg.model_copy(update={"gradient_checkpointing": False, "output_dir": str(tmp_path / "r2")}))
+    layer = t.unwrapped.backbone.get_base_model().layers[0]
+    assert layer.gradient_checkpointing and layer.training  # transformers checkpoints only in train mode
+    t2.optimizer.zero_grad()
+    torch.manual_seed(0)
+    t2.backward_step(batch, grad_cache=True)
+    assert_same(g_cached, grads(t2.unwrapped), atol=1e-5)
+
+
+# ---- runs -------------------------------------------------------------------------------------------------------------
+def test_train_writes_run_folder_and_loadable_model(tiny_llama, tmp_path):
+    cfg = tiny_config(tiny_llama, tmp_path, chunk_size=4, max_steps=8, save_every=3, keep_last=2, max_length=16)
+    final = train(cfg)
+    out = Path(cfg.output_dir)
+    assert final == out / "final"
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 9))
+    assert {"loss", "lr", "seqs_per_s", "tokens_per_s", "grad_norm", "source"} <= metrics[0].keys()
+    assert metrics[1]["lr"] == pytest.approx(1e-3) and metrics[-1]["lr"] < metrics[1]["lr"]  # warmup, decay
+    assert sum(m["loss"] for m in metrics[-3:]) < sum(m["loss"] for m in metrics[:3])
+    assert [p.name for p in list_checkpoints(out)] == ["step-000006", "step-000008"]  # last 2 kept
+    assert TrainConfig.model_validate(yaml.safe_load((out / "config.yaml").read_text())) == cfg
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 8
+
+    model = EmbeddingModel.from_pretrained(final)
+    assert model.config.max_length == 32 and model.config.lora is not None  # model's max_length, not training's
+    saved = load_file(str(out / "checkpoints" / "step-000008" / "trainable.safetensors"))
+    assert_same(saved, model.trainable_state_dict(), atol=0)
+    assert model.encode(["a man is playing a guitar"]).shape == (1, 64)
+
+    before = (out / "metrics.jsonl").read_text()
+    assert train(cfg) == final and (out / "metrics.jsonl").read_text() == before  # done: returns at once
+    with pytest.raises(ValueError, match="lr differ"):
+        train(cfg.model_copy(update={"lr": 5e-4}))
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from poolattn import training
+cfg = training.TrainConfig.model_validate_json(open(sys.argv[1]).read())
+commit = training._commit
+def kill_mid_save(tmp, final):  # every file of step 4's checkpoint written, not yet renamed
+    if final.name == "step-000004":
+        os.kill(os.getpid(), signal.SIGKILL)
+    commit(tmp, final)
+training._commit = kill_mid_save
+training.train(cfg)
+"""
+
+
+def test_sigkill_and_resume_gives_identical_weights(tiny_llama, tmp_path):
+    """GradCache + LoRA dropout 0.1, killed while writing the step-4 checkpoint, resumed from step 2: the final
+    weights equal an uninterrupted run's (RNG, optimizer, scheduler and data position all restored)."""
+    cfg = tiny_config(tiny_llama, tmp_path, chunk_size=3, max_steps=7, save_every=2)
+    reference = EmbeddingModel.from_pretrained(train(cfg.model_copy(update={"output_dir": str(tmp_path / "ref")})))
+
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    (tmp_path / "kill.py").write_text(KILL_SCRIPT)
+    proc = subprocess.run([sys.executable, str(tmp_path / "kill.py"), str(tmp_path / "cfg.json")],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    out = Path(cfg.output_dir)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert (out / "checkpoints" / ".tmp-step-000004").exists()
+    assert [p.name for p in list_checkpoints(out)] == ["step-000002"] and not (out / "final").exists()
+
+    resumed = EmbeddingModel.from_pretrained(train(cfg))
+    ref, got = reference.trainable_state_dict(), resumed.trainable_state_dict()
+    diff = max((ref[k] - got[k]).abs().max().item() for k in ref)
+    print(f"kill-and-resume max abs weight difference: {diff:.3g}")
+    assert diff == 0.0
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 8))  # the lines of the lost steps 3-4 were replaced, not duplicated
+    ref_loss = [json.loads(x)["loss"] for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()] == ref_loss
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_llama, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_llama, tmp_path)
+    calls = []
+    real = training.info_nce
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(training, "info_nce", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"loss nan .* step 3 .*step-000002"):
+        train(cfg)
+    out = Path(cfg.output_dir)
+    assert [p.name for p in list_checkpoints(out)] == ["step-000002"] and not (out / "final").exists()
+
+
+def test_time_budget_stops_with_checkpoint_and_final_model(tiny_llama, tmp_path):
+    cfg = tiny_config(tiny_llama, tmp_path, max_steps=1000, max_time_minutes=0.02)
+    final = train(cfg)
+    summary = json.loads((Path(cfg.output_dir) / "train_summary.json").read_text())
+    assert summary["status"] == "time_budget" and 1 <= summary["steps"] < 1000
+    assert list_checkpoints(cfg.output_dir)[-1].name == f"step-{summary['steps']:06d}"
+    assert EmbeddingModel.from_pretrained(final).embedding_dim == 64
+    assert train(cfg) == final  # budget spent: nothing more to do
+
+
+def test_cli_train(tiny_llama, tmp_path):
+    from typer.testing import CliRunner
+
+    from poolattn.cli import app
+
+    cfg = tiny_config(tiny_llama, tmp_path)
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    res = CliRunner().invoke(app, ["train", str(path), "--set", "max_steps=2", "--set", "model.pooling=mean",
+                                       "--set", "model.pooling_kwargs={}"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((Path(cfg.output_dir) / "config.json").read_text())
+    assert saved["max_steps"] == 2 and saved["model"]["pooling"] == "mean"
+    res = CliRunner().invoke(app, ["train", str(path), "--set", "batch_size=0"])
+    assert res.exit_code != 0 and "batch_size" in res.output
+
+
+DIST_SCRIPT = """
+import sys, torch
+from poolattn.training import TrainConfig, Trainer, train
+cfg = TrainConfig.model_validate_json(open(sys.argv[1]).read())
+results = {}
+for chunk in (None, 3):
+    t = Trainer(cfg.model_copy(update={"chunk_size": chunk, "output_dir": cfg.output_dir + f"-step{chunk}"}))
+    t.setup()
+    batch = t.sampler.next_batch().examples
+    loss, *_ = t.backward_step(batch[t.rank * t.local_batch:(t.rank + 1) * t.local_batch])
+    results[chunk] = {"loss": t.acc.reduce(loss.detach(), "mean"),
+                      "grads": {n: p.grad.clone() for n, p in t.unwrapped.named_parameters() if p.grad is not None}}
+final = train(cfg)
+if t.main:
+    torch.save(results, sys.argv[2])
+"""
+
+
+def test_two_processes_match_one(tiny_llama, tmp_path):
+    """torchrun, 2 CPU processes on gloo, each half of the global batch: loss and gradients (plain and
+    GradCache) and the weights after a short run equal one process with the whole batch."""
+    cfg = tiny_config(tiny_llama, tmp_path, **{"lora.dropout": 0.0, "max_steps": 3})
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    (tmp_path / "dist.py").write_text(DIST_SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(tmp_path / "dist.py"), str(tmp_path / "cfg.json"), str(tmp_path / "dist.pt")],
+                          capture_output=True, text=True, timeout=600, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = torch.load(tmp_path / "dist.pt")
+    single = cfg.model_copy(update={"output_dir": str(tmp_path / "single")})
+    for chunk in (None, 3):
+        t, batch = _trainer(single.model_copy(update={"chunk_size": chunk,
+                                                      "output_dir": str(tmp_path / f"single-{chunk}")}))
+        loss, *_ = t.backward_step(batch)
+        assert torch.allclose(got[chunk]["loss"], loss, atol=1e-5)
+        worst = assert_same(got[chunk]["grads"], grads(t.unwrapped), atol=1e-5)
+        print(f"2 processes vs 1, chunk_size={chunk}: loss {float(got[chunk]['loss']):.6f} vs {float(loss):.6f}, "
+              f"max abs gradient difference {worst:.2g}")
+    one = EmbeddingModel.from_pretrained(train(single)).trainable_state_dict()
+    two = EmbeddingModel.from_pretrained(Path(cfg.output_dir) / "final").trainable_state_dict()
+    print(f"2 processes vs 1 after 3 steps: max abs weight difference {assert_same(one, two, atol=1e-4):.2g}")
+    assert json.loads((Path(cfg.output_dir) / "train_summary.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.parametrize("mode", ["pooler_only", "full_finetune"])
+def test_pooler_only_and_full_finetuning(tiny_llama, tmp_path, mode):
+    overrides = {"lora": None, "max_steps": 2, "save_every": 2}
+    if mode == "full_finetune":
+        overrides["full_finetune"] = True
+    cfg = tiny_config(tiny_llama, tmp_path, **overrides)
+    model = EmbeddingModel.from_pretrained(train(cfg))
+    base = EmbeddingModel(cfg.model)
+    changed = [k for k, v in base.backbone.state_dict().items()
+               if not torch.equal(v, model.backbone.state_dict()[k])]
+    assert model.config.lora is None and model.config.full_finetune == (mode == "full_finetune")
+    assert bool(changed) == (mode == "full_finetune")
+    assert not torch.equal(base.pooler.latents, model.pooler.latents)
+    if mode == "pooler_only":
+        with pytest.raises(ValueError, match="nothing to train"):
+            train(tiny_config(tiny_llama, tmp_path / "eos", **overrides, **{"model.pooling": "eos",
+                                                                              "model.pooling_kwargs": {}}))
