@@ -129,6 +129,8 @@ def _resolve(path: str, data_dir: str | Path | None) -> Path | None:
 
 def load_sources(specs: list[SourceConfig], data_dir: str | Path | None = None) -> list[Source]:
     """Every source of the config, folders expanded to one source per JSONL file; weights summing to 1."""
+    if any(spec.weight is not None for spec in specs) and any(spec.weight is None for spec in specs):
+        raise ValueError("give every training source a weight, or none (then each is weighted by its size)")
     sources: list[Source] = []
     for spec in specs:
         path = _resolve(spec.path, data_dir)
@@ -150,8 +152,6 @@ def load_sources(specs: list[SourceConfig], data_dir: str | Path | None = None) 
         for s in group:  # a folder's weight is shared among its files by size; no weight: size itself
             s.weight = (spec.weight * len(s.examples) / total) if spec.weight is not None else float(len(s.examples))
         sources.extend(group)
-    if any(spec.weight is not None for spec in specs) and any(spec.weight is None for spec in specs):
-        raise ValueError("give every training source a weight, or none (then each is weighted by its size)")
     names = [s.name for s in sources]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

@@ -151,7 +151,8 @@ class EmbeddingModel(nn.Module):
                             use_cache=False,
                             output_hidden_states=self.pooler.needs_all_layers)
         states = out.hidden_states if self.pooler.needs_all_layers else (out.last_hidden_state,)
-        pooler = self.pooler if torch.is_grad_enabled() else self._pooler_for(states[-1].dtype)
+        # Training (GradCache's no-grad pass included) uses the fp32 pooler, so both passes agree exactly.
+        pooler = self.pooler if self.training else self._pooler_for(states[-1].dtype)
         emb = pooler(states, attention_mask).float()
         return F.normalize(emb, dim=-1) if self.config.normalize else emb
 
