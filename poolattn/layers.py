@@ -175,7 +175,9 @@ def analyze_layers(model: EmbeddingModel, tasks: Sequence[str], output: str | Pa
     out.mkdir(parents=True, exist_ok=True)
     cache = LayerCache(model, batch_size)
     L = model.backbone.config.num_hidden_layers
-    probe = sample_texts(data_dir, n_texts)
+    # Probe sentences: the first chosen task with a test.jsonl of texts, else STSBenchmark.
+    probe_task = next((t for t in tasks if (data_dir / "mteb" / t / "test.jsonl").exists()), "STSBenchmark")
+    probe = sample_texts(data_dir, n_texts, probe_task)
     cache.fill(probe)
     cka = {p: cka_matrix(np.stack([cache.get(probe, layer, p) for layer in range(1, L + 1)])) for p in poolings}
     scores: dict[str, dict[str, list[float]]] = {t: {p: [] for p in poolings} for t in tasks}
@@ -190,6 +192,7 @@ def analyze_layers(model: EmbeddingModel, tasks: Sequence[str], output: str | Pa
     plot_cka(cka, out / "layer_similarity.png", f"{name} ({model.config.attention})")
     plot_layer_scores(scores, out / "layer_scores.png", f"{name} ({model.config.attention}): score of each layer")
     result = {"model": name, "attention": model.config.attention, "num_layers": L, "n_texts": len(probe),
+              "probe_task": probe_task,
               "cka": {p: m.round(4).tolist() for p, m in cka.items()}, "scores": scores,
               "best_layer": {t: {p: int(np.argmax(v)) + 1 for p, v in by.items()} for t, by in scores.items()},
               "files": [str(out / f) for f in ("layers.json", "layer_similarity.png", "layer_scores.png")]}

@@ -69,6 +69,25 @@ def test_tiny_experiment_end_to_end_and_resume(tiny_llama, data_dir, tmp_path):
         run_experiment(changed, progress=False)
 
 
+def test_layer_analysis_writes_heatmap_scores_and_json(tiny_llama, data_dir, tmp_path):
+    import numpy as np
+
+    from poolattn import EmbeddingModel, ModelConfig
+    from poolattn.layers import analyze_layers, linear_cka
+
+    x = np.random.default_rng(0).normal(size=(50, 8))
+    assert abs(linear_cka(x, x @ np.diag(np.arange(1, 9.0)) * 0 + 3 * x) - 1) < 1e-9  # invariant to scale
+    assert linear_cka(x, np.random.default_rng(1).normal(size=(50, 8))) < 0.5
+    model = EmbeddingModel(ModelConfig(backbone=tiny_llama, dtype="float32"))
+    pack = mini_pack(data_dir, tmp_path / "pack")
+    result = analyze_layers(model, ["BIOSSES"], tmp_path / "layers", data_dir=pack, n_texts=60)
+    L = model.backbone.config.num_hidden_layers
+    assert np.allclose(np.diag(result["cka"]["eos"]), 1) and len(result["cka"]["mean"]) == L
+    assert len(result["scores"]["BIOSSES"]["eos"]) == L and 1 <= result["best_layer"]["BIOSSES"]["mean"] <= L
+    for f in ("layers.json", "layer_similarity.png", "layer_scores.png"):
+        assert (tmp_path / "layers" / f).stat().st_size > 0
+
+
 def test_default_configs_validate():
     for name in ("configs/default.yaml", "configs/paper.yaml"):
         cfg = ExperimentConfig.load(name)
