@@ -69,12 +69,131 @@ def info(folder: str = typer.Argument(..., help="saved poolattn model folder")):
 
 
 # --- train command (trainer) ---
+@app.command("train")
+def train_command(
+    config: str = typer.Argument(..., help="training config YAML (see configs/train_cpu.yaml)"),
+    set_: list[str] = typer.Option(None, "--set", help="override a config field: key=value, dotted, repeatable "
+                                                      "(e.g. --set lr=2e-4 --set model.pooling=latent)"),
+):
+    """Train a design contrastively (LoRA + pooler); rerun with the same output_dir to resume."""
+    import os
+
+    import yaml
+    from pydantic import ValidationError
+    from rich import print as rprint
+
+    from .training import TrainConfig, train
+
+    try:
+        cfg = TrainConfig.load(config, set_ or [])
+    except (ValidationError, ValueError, OSError, yaml.YAMLError) as err:
+        raise typer.BadParameter(str(err), param_hint="CONFIG / --set") from err
+    final = train(cfg)
+    if os.environ.get("RANK", "0") == "0":  # one line under torchrun / accelerate launch
+        rprint(f"[green]final model[/green] -> {final}")
+
 
 # --- eval command (evaluation) ---
+@app.command("eval")
+def eval_(
+    model: str = typer.Option(..., "--model", "-m", help="saved poolattn folder, sentence-transformers folder, "
+                              "backbone alias, local HF folder, GGUF or hub id (all-MiniLM-L6-v2: the peer)"),
+    tasks: str = typer.Option("lite", "--tasks", "-t", help="comma-separated task names, suites (lite, full) and "
+                              "categories (sts, retrieval, classification, clustering, pairclassification, reranking)"),
+    output: str = typer.Option(..., "--output", "-o", help="folder for <task>.json, <task>.items.json, summary.*"),
+    data: str = typer.Option(None, "--data", help="data pack folder (default: $POOLATTN_DATA or ../shared/data)"),
+    instructions: str = typer.Option(None, help="YAML/JSON file {task: instruction} overriding the built-in table"),
+    batch_size: int = typer.Option(32),
+    no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the embedding cache"),
+    pooling: str = typer.Option(None, help="poolattn models: eos | mean | weighted_mean | latent | multilayer"),
+    attention: str = typer.Option(None, help="poolattn models: causal | bidirectional"),
+):
+    """Score a model on MTEB tasks (mteb's evaluators) from the data pack or the hub; per-item scores included."""
+    from pathlib import Path
+
+    from rich import print as rprint
+
+    from .evaluation import TaskUnavailable, evaluate, load_model, resolve_tasks
+
+    try:
+        names = resolve_tasks(tasks, data)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--tasks") from e
+    try:
+        scores = evaluate(load_model(model, pooling=pooling, attention=attention), names, data_dir=data,
+                          output_dir=output, instructions=instructions, batch_size=batch_size, cache=not no_cache)
+    except TaskUnavailable as e:
+        rprint(f"[red]{e}[/red]")
+        raise typer.Exit(1) from e
+    rprint(f"[green]{len(scores)} task(s)[/green] -> {output}")
+    rprint((Path(output) / "summary.md").read_text())
+
 
 # --- report command (report) ---
+@app.command("report")
+def report_command(
+    folder: str = typer.Argument(..., help="experiment folder (layout: see poolattn.report)"),
+    reference: str = typer.Option(None, help="design the per-task differences are drawn against "
+                                             "(default: experiment.yaml report.reference, else the first design)"),
+    n_resamples: int = typer.Option(None, help="permutations and bootstrap resamples per per-dataset test "
+                                               "(default 1000)"),
+    alpha: float = typer.Option(None, help="significance level (default 0.05)"),
+    seed: int = typer.Option(None, help="resampling seed (default 0)"),
+    baseline_in_tests: bool = typer.Option(None, "--baseline-in-tests/--no-baseline-in-tests",
+                                           help="also test every design against the untrained baseline"),
+    output: str = typer.Option(None, help="where to write the report (default: the experiment folder)"),
+):
+    """Tables, significance tests and plots of an experiment: report.md, report.html, report.json, PNGs."""
+    from pydantic import ValidationError
+    from rich import print as rprint
+
+    from .report import write_report
+
+    try:
+        paths = write_report(folder, output, reference=reference, n_resamples=n_resamples, alpha=alpha, seed=seed,
+                             baseline_in_tests=baseline_in_tests)
+    except (FileNotFoundError, ValueError, ValidationError) as err:
+        raise typer.BadParameter(str(err), param_hint="FOLDER / options") from err
+    for kind, path in paths.items():
+        rprint(f"[green]{kind:>11}[/green] {path}")
+
 
 # --- experiment/layers commands (experiment) ---
+@app.command()
+def experiment(
+    config: str = typer.Argument(..., help="experiment YAML (see configs/default.yaml)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config value, e.g. --set train.max_steps=50"),
+):
+    """Train every design, evaluate each and the untrained backbone, test the differences, write the report.
+    Run it again to resume: finished designs are skipped, an interrupted one resumes from its checkpoint."""
+    from rich import print as rprint
+
+    from .experiment import ExperimentConfig, run_experiment
+
+    cfg = ExperimentConfig.load(config, set_)
+    paths = run_experiment(cfg)
+    rprint(f"[green]report[/green]: {paths['md']}  {paths['html']}")
+
+
+@app.command()
+def layers(
+    model: str = typer.Option("smollm2-135m", help="saved poolattn folder, backbone alias, local folder or hub id"),
+    tasks: str = typer.Option("STSBenchmark", help="comma-separated task names to score every layer on"),
+    output: str = typer.Option("runs/layers", help="folder for layers.json and the PNGs"),
+    data: str = typer.Option(None, help="data pack folder (default ../shared/data or POOLATTN_DATA)"),
+    attention: str = typer.Option(None, help="causal | bidirectional (default: as saved, else causal)"),
+    n_texts: int = typer.Option(1000, help="texts for the layer-similarity (CKA) heatmap"),
+    dtype: str = typer.Option(None),
+):
+    """Per-layer EOS and mean embeddings: layer x layer CKA heatmap (paper Fig. 1) and per-layer task scores (Fig. 2)."""
+    from rich import print as rprint
+
+    from .layers import analyze_layers
+
+    m = _load_model(model, attention, None, dtype, None)
+    result = analyze_layers(m, [t for t in tasks.split(",") if t], output, data_dir=data, n_texts=n_texts)
+    rprint(f"[green]layer analysis[/green] -> {result['files']}")
+
 
 
 if __name__ == "__main__":

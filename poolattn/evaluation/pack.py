@@ -1,0 +1,363 @@
+"""Which tasks to run, and mteb task objects filled from the offline data pack (or left to mteb's hub loader).
+
+Every task is scored by mteb's own task class; only the data loading is ours. A pack task's rows go straight into the
+`dataset` attribute in the shape each AbsTask subtype evaluates (the pack stores them already transformed, e.g. the
+flat clustering list that `.v2` tasks use), and `data_loaded` is set, so mteb never touches the hub for it.
+Nano retrieval tasks are scored through their base task's definition (tasks.json `mteb_task`).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+SUPPORTED_TYPES = ("STS", "Classification", "Clustering", "PairClassification", "Retrieval", "Reranking")
+# category name (what --tasks accepts) -> mteb task type
+CATEGORIES: dict[str, str] = {t.lower(): t for t in SUPPORTED_TYPES}
+
+# One or more tasks of every category the paper discusses, cheap to encode. Measured for SmolLM2-135M (mean pooling,
+# instructions): 4.1x all-MiniLM-L6-v2's time on the same tasks, i.e. about 3.5 minutes on 2 idle cores (MiniLM:
+# 47 s); see notes/eval_figures.md. Left to `full`: SciFactNano/NFCorpusNano (2,000 abstracts of up to 512 tokens
+# each), SICK-R (19,854 sentences), TwitterURLCorpus, Banking77 and the full retrieval sets.
+LITE: tuple[str, ...] = (
+    "STSBenchmark", "STS13", "BIOSSES",
+    "EmotionClassification",
+    "TwentyNewsgroupsClustering",
+    "ARCChallengeNano", "SIQANano",
+)
+SUITES = ("lite", "full")
+
+
+class TaskUnavailable(RuntimeError):
+    """A task that is neither in the data pack nor loadable from the hub."""
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("POOLATTN_DATA", "../shared/data"))
+
+
+@lru_cache(maxsize=8)
+def _read_pack(data_dir: str) -> dict[str, dict[str, Any]]:
+    path = Path(data_dir) / "tasks.json"
+    if not path.exists():
+        return {}
+    try:
+        tasks = json.loads(path.read_text(encoding="utf-8"))["tasks"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"{path}: not a data-pack index ({e})") from e
+    return tasks
+
+
+def pack_tasks(data_dir: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """tasks.json's entries ({} when the folder has none)."""
+    return _read_pack(str(Path(data_dir or default_data_dir()).resolve()))
+
+
+@lru_cache(maxsize=256)
+def _mteb_has(name: str) -> bool:
+    import mteb
+
+    try:
+        mteb.get_task(name)
+    except KeyError:
+        return False
+    return True
+
+
+def mteb_name(name: str, entry: dict[str, Any]) -> str:
+    """The mteb task that scores a pack task: `mteb_task`, the flat `.v2` form of a clustering task, or the name."""
+    if entry.get("mteb_task"):
+        return entry["mteb_task"]
+    if entry.get("type") == "Clustering" and _mteb_has(f"{name}.v2"):
+        return f"{name}.v2"
+    return name
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task to run: our name (a pack name, e.g. SciFactNano), the mteb task that scores it, where its data is."""
+    name: str
+    mteb_task: str
+    type: str
+    data_dir: Path  # the data pack consulted
+    entry: dict[str, Any] | None = None  # its tasks.json entry; None: mteb loads the data from the hub
+
+    @property
+    def source(self) -> str:
+        return "pack" if self.entry is not None else "hub"
+
+    @property
+    def category(self) -> str:
+        return self.type.lower()
+
+
+def _unknown(name: str, data_dir: Path, pack: dict[str, Any], hint: str) -> ValueError:
+    listed = ", ".join(pack) if pack else f"(no tasks.json in {data_dir})"
+    return ValueError(f"unknown task {name!r} ({hint}). Tasks in the data pack {data_dir}: {listed}. Suites: "
+                      f"{', '.join(SUITES)}. Categories: {', '.join(CATEGORIES)}. Any other MTEB task name is loaded "
+                      f"from the Hugging Face hub.")
+
+
+def task_spec(name: str, data_dir: str | Path | None = None) -> TaskSpec:
+    """One task by name: a pack task, the mteb name of one (e.g. TwentyNewsgroupsClustering.v2), or a hub task."""
+    import mteb
+
+    data_dir = Path(data_dir or default_data_dir())
+    pack = pack_tasks(data_dir)
+    if name not in pack:  # an mteb name that the pack holds under its own name
+        alias = [n for n, e in pack.items() if mteb_name(n, e) == name and not n.endswith("Nano")]
+        name = alias[0] if alias else name
+    if name in pack:
+        entry = pack[name]
+        if entry.get("type") not in SUPPORTED_TYPES:
+            raise ValueError(f"{data_dir / 'tasks.json'}: task {name!r} has type {entry.get('type')!r}; "
+                             f"supported: {', '.join(SUPPORTED_TYPES)}")
+        target = mteb_name(name, entry)
+        try:
+            mteb.get_task(target)
+        except KeyError as e:
+            raise ValueError(f"{data_dir / 'tasks.json'}: task {name!r} is scored by mteb task {target!r}, which "
+                             f"mteb {mteb.__version__} does not define") from e
+        return TaskSpec(name, target, entry["type"], data_dir, entry)
+    try:
+        task = mteb.get_task(name)
+    except KeyError as e:
+        raise _unknown(name, data_dir, pack, str(e).strip("'\"").removeprefix("KeyError: ")) from None
+    if task.metadata.type not in SUPPORTED_TYPES:
+        raise ValueError(f"task {name!r} is of type {task.metadata.type}; supported: {', '.join(SUPPORTED_TYPES)}")
+    return TaskSpec(name, name, task.metadata.type, data_dir, None)
+
+
+def resolve_tasks(spec: str | Iterable[str], data_dir: str | Path | None = None) -> list[str]:
+    """Task names from names, suites (lite, full) and categories (sts, retrieval, ...), comma-separated or a list.
+
+    Unknown names raise ValueError listing the pack's tasks; order is kept, duplicates dropped.
+    """
+    data_dir = Path(data_dir or default_data_dir())
+    pack = pack_tasks(data_dir)
+    tokens = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if t and t.strip()]
+    if not tokens:
+        raise ValueError("no tasks given")
+    out: list[str] = []
+    for token in tokens:
+        key = token.lower()
+        if key == "full":
+            if not pack:
+                raise ValueError(f"suite 'full' means every task of the data pack, and {data_dir} has no tasks.json")
+            names = list(pack)
+        elif key == "lite":
+            names = list(LITE)
+        elif key in CATEGORIES:
+            names = [n for n, e in pack.items() if e.get("type") == CATEGORIES[key]]
+            if not names:
+                raise ValueError(f"the data pack {data_dir} has no {CATEGORIES[key]} task; name MTEB tasks to load "
+                                 f"from the hub instead (e.g. SciDocsRR, AskUbuntuDupQuestions for reranking)")
+        else:
+            names = [task_spec(token, data_dir).name]
+        out += [n for n in names if n not in out]
+    return out
+
+
+# ---- loading the pack's rows into mteb task objects ---------------------------------------------------------------
+
+def _jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing (listed in tasks.json)")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            missing = [k for k in fields if k not in row]
+            if missing:
+                raise ValueError(f"{path}:{lineno}: missing field(s) {missing}; the row has {sorted(row)}")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
+def _qrels(path: Path) -> dict[str, dict[str, int]]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing (listed in tasks.json)")
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open(encoding="utf-8", newline="") as f:
+        for lineno, row in enumerate(csv.reader(f, delimiter="\t"), 1):
+            if lineno == 1 and row[:2] == ["query-id", "corpus-id"]:
+                continue
+            try:
+                qid, did, score = row[0], row[1], int(float(row[2]))
+            except (IndexError, ValueError):
+                raise ValueError(f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score', got {row}") from None
+            qrels.setdefault(qid, {})[did] = score
+    return qrels
+
+
+def _column(rows: list[dict[str, Any]], field: str, path: Path) -> list[Any]:
+    values = [r[field] for r in rows]
+    kinds = {type(v) for v in values}
+    if len(kinds) > 1 and not kinds <= {int, float}:
+        raise ValueError(f"{path}: field {field!r} mixes types {sorted(k.__name__ for k in kinds)}")
+    return values
+
+
+def _split_data(task: Any, spec: TaskSpec, split: str, files: Any) -> Any:
+    """One split of a pack task in the shape task.type's evaluator expects."""
+    from datasets import Dataset
+
+    root = spec.data_dir / spec.entry["path"]
+    if spec.type == "STS":
+        c1, c2 = task.column_names
+        path = root / files
+        rows = _jsonl(path, ("sentence1", "sentence2", "score"))
+        return Dataset.from_dict({c1: _column(rows, "sentence1", path), c2: _column(rows, "sentence2", path),
+                                  "score": [float(r["score"]) for r in rows]})
+    if spec.type == "PairClassification":
+        path = root / files
+        rows = _jsonl(path, ("sentence1", "sentence2", "label"))
+        return Dataset.from_dict({task.input1_column_name: _column(rows, "sentence1", path),
+                                  task.input2_column_name: _column(rows, "sentence2", path),
+                                  task.label_column_name: [int(r["label"]) for r in rows]})
+    if spec.type in ("Classification", "Clustering"):
+        path = root / files
+        rows = _jsonl(path, ("text", "label"))
+        return Dataset.from_dict({task.input_column_name: _column(rows, "text", path),
+                                  task.label_column_name: _column(rows, "label", path)})
+    if spec.type in ("Retrieval", "Reranking"):
+        return _retrieval_split(root, split, files)
+    raise AssertionError(spec.type)
+
+
+def _retrieval_split(root: Path, split: str, files: Any) -> dict[str, Any]:
+    """BEIR layout (corpus/queries/qrels, optional top_ranked JSONL of {query-id, corpus-ids}), or the old reranking
+    rows {query, positive: [...], negative: [...]} converted the way mteb's AbsTaskReranking converts them."""
+    from datasets import Dataset
+
+    if isinstance(files, str):  # old reranking format
+        path = root / files
+        rows = _jsonl(path, ("query", "positive", "negative"))
+        corpus, queries, qrels, top = [], [], {}, {}
+        for i, r in enumerate(rows):
+            if not r["positive"] or not r["negative"]:
+                continue  # as mteb: a query needs at least one positive and one negative
+            qid = f"{split}_query{i}"
+            queries.append({"id": qid, "text": r["query"]})
+            docs = [(f"apositive_{qid}_{j:05d}", d, 1) for j, d in enumerate(r["positive"])]
+            docs += [(f"negative_{qid}_{j:05d}", d, 0) for j, d in enumerate(r["negative"])]
+            corpus += [{"id": d, "title": "", "text": t} for d, t, _ in docs]
+            qrels[qid] = {d: s for d, _, s in docs}
+            top[qid] = [d for d, _, _ in docs]
+        return {"corpus": Dataset.from_list(corpus), "queries": Dataset.from_list(queries), "relevant_docs": qrels,
+                "top_ranked": top}
+    for key in ("corpus", "queries", "qrels"):
+        if key not in files:
+            raise ValueError(f"{root}: split {split!r} lists no {key!r} file in tasks.json")
+    qrels = _qrels(root / files["qrels"])
+    cpath, qpath = root / files["corpus"], root / files["queries"]
+    docs = _jsonl(cpath, ("_id", "text"))
+    queries = [q for q in _jsonl(qpath, ("_id", "text")) if str(q["_id"]) in qrels]
+    top = None
+    if files.get("top_ranked"):
+        top = {str(r["query-id"]): [str(d) for d in r["corpus-ids"]]
+               for r in _jsonl(root / files["top_ranked"], ("query-id", "corpus-ids"))}
+    return {
+        "corpus": Dataset.from_dict({"id": [str(d["_id"]) for d in docs],
+                                     "title": [d.get("title") or "" for d in docs],
+                                     "text": _column(docs, "text", cpath)}),
+        "queries": Dataset.from_dict({"id": [str(q["_id"]) for q in queries], "text": _column(queries, "text", qpath)}),
+        "relevant_docs": qrels,
+        "top_ranked": top,
+    }
+
+
+def _pick_subset(task: Any, spec: TaskSpec) -> str:
+    """The hf subset a pack task holds: tasks.json `subset`, else English."""
+    subsets = list(task.hf_subsets)
+    wanted = spec.entry.get("subset") or spec.entry.get("hf_subset")
+    if wanted:
+        if wanted not in subsets:
+            raise ValueError(f"tasks.json: {spec.name} subset {wanted!r} is not one of {spec.mteb_task}'s {subsets}")
+        return wanted
+    if "default" in subsets:
+        return "default"
+    if "en" in subsets:
+        return "en"
+    english = [s for s, langs in task.metadata.hf_subsets_to_langscripts.items() if "eng-Latn" in langs]
+    if english:
+        return english[0]
+    raise ValueError(f"tasks.json: {spec.name} ({spec.mteb_task}) has subsets {subsets}; say which one the pack "
+                     f"holds with a 'subset' field")
+
+
+def load_task(spec: TaskSpec) -> Any:
+    """A fresh mteb task object with its data loaded: from the pack, else by mteb from the hub (clear error if not)."""
+    import mteb
+    from datasets import DatasetDict
+
+    task = mteb.get_task(spec.mteb_task)
+    if spec.entry is None:
+        try:
+            task.load_data()
+        except Exception as e:  # noqa: BLE001 -- any failure here means the same thing to the user
+            raise TaskUnavailable(f"task {spec.name!r} is not in the data pack and could not be loaded from the "
+                                  f"Hugging Face hub ({type(e).__name__}: {str(e)[:300]}). Tasks in the pack "
+                                  f"{spec.data_dir}: {', '.join(pack_tasks(spec.data_dir)) or 'none'}") from e
+        return task
+    splits = spec.entry.get("splits") or {}
+    eval_splits = [s for s in task.metadata.eval_splits if s in splits]
+    if not eval_splits:
+        raise ValueError(f"tasks.json: {spec.name} has splits {sorted(splits)}, but {spec.mteb_task} evaluates "
+                         f"{task.metadata.eval_splits}")
+    needed = list(eval_splits)
+    if spec.type == "Classification" and task.train_split not in needed:
+        if task.train_split not in splits:
+            raise ValueError(f"tasks.json: {spec.name} needs a {task.train_split!r} split to train the classifier")
+        needed.append(task.train_split)
+    data = {s: _split_data(task, spec, s, splits[s]) for s in needed}
+    subset = _pick_subset(task, spec)
+    if spec.type in ("Retrieval", "Reranking"):
+        task.dataset = {subset: data}
+    else:
+        data = DatasetDict(data)
+        task.dataset = {subset: data} if task.metadata.is_multilingual else data
+    task.hf_subsets = [subset]
+    task.filter_eval_splits(eval_splits)
+    task.data_loaded = True
+    return task
+
+
+def encode_cost(task: Any) -> float:
+    """Characters the task will encode (a proxy for time, for the ETA); mirrors what each evaluator embeds."""
+    def chars(texts: Iterable[Any]) -> int:
+        return sum(len(t) for t in texts if isinstance(t, str))
+
+    total = 0.0
+    for subset in task.hf_subsets:
+        data = task.dataset[subset] if subset in task.dataset else task.dataset
+        for split in task.eval_splits:
+            part = data[split]
+            kind = task.metadata.type
+            if kind in ("Retrieval", "Reranking"):
+                total += chars(part["queries"]["text"]) + chars(part["corpus"]["text"]) + chars(part["corpus"]["title"])
+            elif kind == "STS":
+                total += sum(chars(part[c]) for c in task.column_names)
+            elif kind == "PairClassification":
+                total += chars(part[task.input1_column_name]) + chars(part[task.input2_column_name])
+            elif kind == "Clustering":
+                frac = task.max_fraction_of_documents_to_embed or 1.0
+                total += frac * chars(part[task.input_column_name])
+            elif kind == "Classification":
+                train = data[task.train_split]
+                n_labels = len(set(train[task.label_column_name]))
+                share = min(1.0, task.n_experiments * task.samples_per_label * n_labels / max(len(train), 1))
+                total += chars(part[task.input_column_name]) + share * chars(train[task.input_column_name])
+    return max(total, 1.0)

@@ -1,0 +1,241 @@
+"""evaluate(): run tasks through mteb.evaluate, write mteb result JSONs, per-item scores and a summary."""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .encoders import EncodeRunner, fingerprint, load_model, mteb_encoder
+from .instructions import load_overrides
+from .pack import default_data_dir, encode_cost, load_task, resolve_tasks, task_spec
+
+# per-query metrics kept for retrieval/reranking: our name -> pytrec_eval's
+QUERY_METRICS = {"ndcg_at_10": "ndcg_cut_10", "map_at_10": "map_cut_10", "recall_at_10": "recall_10",
+                 "map_at_1000": "map_cut_1000"}
+
+
+@dataclass
+class TaskScore:
+    task: str            # our name (the pack's, e.g. SciFactNano)
+    mteb_task: str       # the mteb task that scored it
+    type: str            # mteb task type
+    category: str
+    source: str          # "pack" or "hub"
+    main_metric: str
+    main_score: float    # as mteb reports it (0-1)
+    seconds: float       # wall time, encoding included
+    cpu_seconds: float   # CPU time of this process (all threads): wall time / threads when the CPU is not shared
+    encoded: int         # texts run through the model (the rest came from the embedding cache)
+    instruction: str | None
+    result_file: str | None = None
+    items_file: str | None = None
+
+    @property
+    def main_score_x100(self) -> float:
+        return round(100 * self.main_score, 2)
+
+
+def embedding_cache_dir() -> Path:
+    from ..backbone import cache_dir
+
+    return cache_dir() / "embeddings"
+
+
+def _capture_query_scores(task: Any, sink: dict) -> None:
+    """Keep pytrec_eval's per-query scores through AbsTaskRetrieval's task_specific_scores hook."""
+    original = task.task_specific_scores
+
+    def hook(scores, qrels, results, hf_split, hf_subset):
+        sink[(hf_subset, hf_split)] = scores
+        return original(scores, qrels, results, hf_split=hf_split, hf_subset=hf_subset)
+    task.task_specific_scores = hook
+
+
+def _split_rows(task: Any, subset: str, split: str) -> Any:
+    data = task.dataset
+    return data[subset][split] if subset in data else data[split]
+
+
+def _items(task: Any, predictions: dict, query_scores: dict, result: Any) -> list[dict[str, Any]]:
+    """Per-item scores of every (subset, split) evaluated: what paired significance tests need."""
+    kind = task.metadata.type
+    parts = []
+    for split, subset_scores in result.scores.items():
+        for scores in subset_scores:
+            subset = scores["hf_subset"]
+            part: dict[str, Any] = {"split": split, "subset": subset}
+            pred = predictions.get(subset, {}).get(split)
+            if kind == "STS":
+                part["unit"] = "pair"
+                part["similarity"] = pred["cosine_scores"]
+                part["gold"] = list(_split_rows(task, subset, split)["score"])
+            elif kind == "PairClassification":
+                part["unit"] = "pair"
+                part["similarity"] = pred["cosine_scores"]
+                part["gold"] = list(_split_rows(task, subset, split)[task.label_column_name])
+            elif kind == "Classification":
+                rows = _split_rows(task, subset, split)
+                gold = list(rows[task.label_column_name])
+                part["unit"] = "example"
+                part["note"] = (f"predictions of all {len(pred)} experiments (logistic regression trained on a "
+                                f"seeded subsample of {task.samples_per_label} examples per label each)")
+                part["gold"] = gold
+                part["predictions"] = pred
+                part["accuracy_per_experiment"] = [e["accuracy"] for e in scores["scores_per_experiment"]]
+                part["correct_rate"] = [sum(p[i] == g for p in pred) / len(pred) for i, g in enumerate(gold)]
+            elif kind == "Clustering":
+                part["unit"] = "run"
+                part["v_measure"] = scores["v_measures"]  # {"Level 0": [one per k-means run]}
+            else:  # Retrieval, Reranking
+                per_query = query_scores[(subset, split)]
+                qids = sorted(per_query)
+                part["unit"] = "query"
+                part["query_ids"] = qids
+                for ours, theirs in QUERY_METRICS.items():
+                    if qids and theirs in per_query[qids[0]]:
+                        part[ours] = [per_query[q][theirs] for q in qids]
+            parts.append(part)
+    return parts
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def write_summary(scores: Mapping[str, TaskScore], output_dir: Path, header: dict[str, Any]) -> None:
+    rows = [{**asdict(s), "main_score_x100": s.main_score_x100} for s in scores.values()]
+    (output_dir / "summary.json").write_text(json.dumps({**header, "tasks": rows}, indent=2))
+    lines = [f"# {header['model']}", "",
+             f"revision `{header['revision']}`, mteb {header['mteb_version']}, data {header['data_dir']}, "
+             f"total {_fmt_seconds(header['seconds'])}", "",
+             "| task | type | metric | score x100 | seconds | CPU seconds | source |",
+             "|---|---|---|---:|---:|---:|---|"]
+    lines += [f"| {s.task} | {s.type} | {s.main_metric} | {s.main_score_x100:.2f} | {s.seconds:.1f} | "
+              f"{s.cpu_seconds:.1f} | {s.source} |" for s in scores.values()]
+    by_cat: dict[str, list[float]] = {}
+    for s in scores.values():
+        by_cat.setdefault(s.category, []).append(s.main_score_x100)
+    lines += ["", "| category | tasks | mean x100 |", "|---|---:|---:|"]
+    lines += [f"| {c} | {len(v)} | {sum(v) / len(v):.2f} |" for c, v in by_cat.items()]
+    (output_dir / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None = None,
+             output_dir: str | Path | None = None, instructions: Mapping[str, str | None] | str | Path | None = None,
+             batch_size: int = 32, cache: bool = True, progress: bool = True) -> dict[str, TaskScore]:
+    """Score a model on tasks with mteb's evaluators; returns {task name: TaskScore} in task order.
+
+    model: EmbeddingModel, SentenceTransformer, or anything `load_model` takes. tasks: names, suites, categories
+    (see resolve_tasks). instructions: overrides of the instruction table (dict or YAML/JSON file). With output_dir,
+    writes <task>.json (mteb's result format), <task>.items.json (per-item scores), summary.json and summary.md.
+    cache: reuse embeddings under $POOLATTN_CACHE/embeddings/<model fingerprint>/.
+    """
+    import datasets
+    import mteb
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    data_dir = Path(data_dir or default_data_dir())
+    names = resolve_tasks(tasks, data_dir)
+    model = load_model(model)
+    overrides = load_overrides(instructions)
+    encoder, key = mteb_encoder(model, overrides)
+    output = Path(output_dir) if output_dir is not None else None
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True, quiet=not progress)
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, disable=not progress, transient=False)
+    enc_bar = bars.add_task("encode", total=None, visible=False)
+    runner = EncodeRunner(encoder, embedding_cache_dir() / fingerprint(model) if cache else None, key,
+                          on_progress=lambda done, total: bars.update(enc_bar, completed=done, total=total,
+                                                                      visible=True))
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    results: dict[str, TaskScore] = {}
+    start = time.monotonic()
+    try:
+        with bars:
+            console.log(f"loading {len(names)} task(s) from {data_dir}")
+            loaded = []
+            for name in names:
+                spec = task_spec(name, data_dir)
+                task = load_task(spec)
+                try:
+                    cost = encode_cost(task)
+                except Exception:  # noqa: BLE001 -- an odd hub dataset shape only costs the ETA its accuracy
+                    cost = None
+                loaded.append((spec, task, cost))
+            known = [c for _, _, c in loaded if c]
+            costs = [c or (sum(known) / len(known) if known else 1.0) for _, _, c in loaded]
+            overall = bars.add_task("tasks", total=sum(costs))
+            done_cost = 0.0
+            for k, ((spec, task, _), cost) in enumerate(zip(loaded, costs), 1):
+                eta = ""
+                if done_cost:
+                    eta = f"  ETA {_fmt_seconds((time.monotonic() - start) / done_cost * (sum(costs) - done_cost))}"
+                bars.update(overall, description=f"[{k}/{len(loaded)}] {spec.name}{eta}")
+                bars.update(enc_bar, description=f"  encoding ({spec.name})", completed=0, total=None)
+                results[spec.name] = _run_one(spec, task, runner, encoder, batch_size, output, mteb)
+                done_cost += cost
+                bars.update(overall, completed=done_cost)
+                s = results[spec.name]
+                console.log(f"[{k}/{len(loaded)}] {s.task}: {s.main_metric} {s.main_score_x100:.2f} "
+                            f"({s.seconds:.1f} s, {s.encoded} texts encoded)")
+    finally:
+        runner.close()
+        if bars_were_on:
+            datasets.enable_progress_bars()
+    if output is not None:
+        meta = encoder.mteb_model_meta
+        write_summary(results, output, {"model": meta.name, "revision": meta.revision, "mteb_version": mteb.__version__,
+                                        "data_dir": str(data_dir), "seconds": round(time.monotonic() - start, 1)})
+    return results
+
+
+def _run_one(spec: Any, task: Any, runner: EncodeRunner, encoder: Any, batch_size: int, output: Path | None,
+             mteb: Any) -> TaskScore:
+    from mteb.types import PromptType
+
+    if hasattr(encoder, "aliases"):
+        encoder.aliases[spec.mteb_task] = spec.name
+    kind = task.metadata.type
+    query_scores: dict = {}
+    if kind in ("Retrieval", "Reranking"):
+        _capture_query_scores(task, query_scores)
+    encoded_before = runner.encoded
+    t0, c0 = time.monotonic(), time.process_time()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) if kind in ("STS", "PairClassification", "Classification") else None
+        res = mteb.evaluate(runner, task, cache=None, overwrite_strategy="always", prediction_folder=folder,
+                            encode_kwargs={"batch_size": batch_size, "show_progress_bar": False},
+                            show_progress_bar=False, co2_tracker=False, raise_error=True)
+        predictions = {}
+        if folder is not None:
+            predictions = json.loads((folder / task.prediction_file_name).read_text())
+    seconds, cpu_seconds = time.monotonic() - t0, time.process_time() - c0
+    result = res.task_results[0]
+    main_score = float(result.get_score())
+    if result.task_name != spec.name and spec.name.endswith("Nano"):  # a derivative, not the MTEB task: say so
+        result = result.model_copy(update={"task_name": spec.name})
+    instruction = None
+    if hasattr(encoder, "instruction"):
+        instruction = encoder.instruction(task.metadata, PromptType.query if kind in ("Retrieval", "Reranking")
+                                          else None)
+    score = TaskScore(task=spec.name, mteb_task=spec.mteb_task, type=kind, category=spec.category,
+                      source=spec.source, main_metric=task.metadata.main_score, main_score=main_score,
+                      seconds=round(seconds, 2), cpu_seconds=round(cpu_seconds, 2),
+                      encoded=runner.encoded - encoded_before, instruction=instruction)
+    if output is not None:
+        score.result_file = str(output / f"{spec.name}.json")
+        score.items_file = str(output / f"{spec.name}.items.json")
+        result.to_disk(Path(score.result_file))
+        items = {"task": spec.name, "mteb_task": spec.mteb_task, "type": kind, "main_metric": score.main_metric,
+                 "main_score": score.main_score, "parts": _items(task, predictions, query_scores, result)}
+        Path(score.items_file).write_text(json.dumps(items))
+    return score

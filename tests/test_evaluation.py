@@ -1,0 +1,282 @@
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from poolattn.evaluation import (INSTRUCTIONS, LITE, TASK_CATEGORY, TaskUnavailable, evaluate, instruction_for,
+                                 load_model, load_task, resolve_tasks, task_spec)
+
+WORDS = ("the quick brown fox jumps over lazy dog a man is playing guitar two dogs run in park what capital of france "
+         "paris cat sat on mat woman slicing onion how do i reset my password").split()
+
+
+def _sentence(rng: random.Random, n: int = 6) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def tiny_pack(tmp_path_factory) -> Path:
+    """A data pack in the shared layout with one small task of every supported type, scored by real mteb tasks."""
+    root = tmp_path_factory.mktemp("pack")
+    rng = random.Random(0)
+    tasks = {}
+    _write(root / "mteb/STSBenchmark/test.jsonl",
+           [{"sentence1": _sentence(rng), "sentence2": _sentence(rng), "score": rng.uniform(0, 5)} for _ in range(40)])
+    tasks["STSBenchmark"] = {"type": "STS", "path": "mteb/STSBenchmark", "splits": {"test": "test.jsonl"}}
+    labels = ["card", "cash", "fee"]
+    for split, n in (("train", 60), ("test", 30)):
+        _write(root / f"mteb/Banking77Classification/{split}.jsonl",
+               [{"text": _sentence(rng), "label": labels[i % 3]} for i in range(n)])
+    tasks["Banking77Classification"] = {"type": "Classification", "path": "mteb/Banking77Classification",
+                                        "splits": {"test": "test.jsonl", "train": "train.jsonl"}}
+    _write(root / "mteb/TwentyNewsgroupsClustering/test.jsonl",
+           [{"text": _sentence(rng), "label": f"g{i % 4}"} for i in range(200)])
+    tasks["TwentyNewsgroupsClustering"] = {"type": "Clustering", "path": "mteb/TwentyNewsgroupsClustering",
+                                           "splits": {"test": "test.jsonl"}}
+    _write(root / "mteb/TwitterURLCorpus/test.jsonl",
+           [{"sentence1": _sentence(rng), "sentence2": _sentence(rng), "label": i % 2} for i in range(40)])
+    tasks["TwitterURLCorpus"] = {"type": "PairClassification", "path": "mteb/TwitterURLCorpus",
+                                 "splits": {"test": "test.jsonl"}}
+    for name in ("SciFact", "SciFactNano"):
+        d = root / f"mteb/{name}"
+        _write(d / "corpus.jsonl", [{"_id": f"d{i}", "title": f"title {i}", "text": _sentence(rng, 12)}
+                                    for i in range(30)])
+        _write(d / "queries.jsonl", [{"_id": f"q{i}", "text": _sentence(rng)} for i in range(12)])
+        (d / "qrels").mkdir()
+        (d / "qrels/test.tsv").write_text("query-id\tcorpus-id\tscore\n" +
+                                          "".join(f"q{i}\td{3 * i}\t1\n" for i in range(10)))
+        tasks[name] = {"type": "Retrieval", "path": f"mteb/{name}", "mteb_task": "SciFact",
+                       "splits": {"test": {"corpus": "corpus.jsonl", "queries": "queries.jsonl",
+                                           "qrels": "qrels/test.tsv"}}}
+    _write(root / "mteb/SciDocsRR/test.jsonl",
+           [{"query": _sentence(rng), "positive": [_sentence(rng)], "negative": [_sentence(rng) for _ in range(4)]}
+            for _ in range(8)])
+    tasks["SciDocsRR"] = {"type": "Reranking", "path": "mteb/SciDocsRR", "splits": {"test": "test.jsonl"}}
+    (root / "tasks.json").write_text(json.dumps({"tasks": tasks}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_backbones):
+    from poolattn import EmbeddingModel, ModelConfig
+
+    return EmbeddingModel(ModelConfig(backbone=tiny_backbones["llama"], pooling="mean", dtype="float32"))
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("POOLATTN_CACHE", str(tmp_path / "cache"))
+
+
+# ---- task names ---------------------------------------------------------------------------------------------------
+
+def test_resolve_suites_categories_and_aliases(tiny_pack):
+    assert resolve_tasks("full", tiny_pack) == list(json.loads((tiny_pack / "tasks.json").read_text())["tasks"])
+    assert resolve_tasks("retrieval", tiny_pack) == ["SciFact", "SciFactNano"]
+    assert resolve_tasks("sts, STSBenchmark,clustering", tiny_pack) == ["STSBenchmark", "TwentyNewsgroupsClustering"]
+    assert resolve_tasks(["TwentyNewsgroupsClustering.v2"], tiny_pack) == ["TwentyNewsgroupsClustering"]
+    spec = task_spec("TwentyNewsgroupsClustering", tiny_pack)
+    assert (spec.mteb_task, spec.source, spec.category) == ("TwentyNewsgroupsClustering.v2", "pack", "clustering")
+    assert task_spec("SciFactNano", tiny_pack).mteb_task == "SciFact"
+    hub = task_spec("STS16", tiny_pack)
+    assert (hub.source, hub.type) == ("hub", "STS")
+    assert TASK_CATEGORY["STS16"] == "sts"
+
+
+def test_unknown_task_lists_the_pack(tiny_pack):
+    with pytest.raises(ValueError) as err:
+        resolve_tasks("STSBenchmrk", tiny_pack)
+    message = str(err.value)
+    assert "STSBenchmrk" in message and "SciFactNano" in message and "Banking77Classification" in message
+    assert "Did you mean: 'STSBenchmark'" in message
+
+
+def test_lite_suite_names_pack_tasks(data_dir):
+    assert resolve_tasks("lite", data_dir) == list(LITE)
+    for name in LITE:
+        assert task_spec(name, data_dir).source == "pack"
+
+
+def test_hub_task_that_cannot_be_reached_says_so(tiny_pack, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TaskUnavailable, match="not in the data pack and could not be loaded from the Hugging Face hub"):
+        load_task(task_spec("STS16", tiny_pack))
+
+
+def test_bad_row_names_file_and_line(tmp_path):
+    _write(tmp_path / "mteb/STS12/test.jsonl", [{"sentence1": "a", "sentence2": "b", "score": 1.0}])
+    with (tmp_path / "mteb/STS12/test.jsonl").open("a") as f:
+        f.write('{"sentence1": "a", "score": 2}\n')
+    (tmp_path / "tasks.json").write_text(json.dumps({"tasks": {"STS12": {
+        "type": "STS", "path": "mteb/STS12", "splits": {"test": "test.jsonl"}}}}))
+    with pytest.raises(ValueError, match=r"test\.jsonl:2: missing field\(s\) \['sentence2'\]"):
+        load_task(task_spec("STS12", tmp_path))
+
+
+# ---- instructions -------------------------------------------------------------------------------------------------
+
+def test_instruction_table_agrees_with_mteb_prompts():
+    import mteb
+
+    checked = 0
+    for name, text in INSTRUCTIONS.items():
+        prompt = mteb.get_task(name).metadata.prompt
+        prompt = prompt.get("query") if isinstance(prompt, dict) else prompt
+        if prompt:
+            assert prompt == text, name
+            checked += 1
+    assert checked > 30
+
+
+def test_instruction_sides_and_overrides(tiny_model):
+    import mteb
+    from mteb.types import PromptType
+
+    from poolattn.evaluation import PoolattnEncoder
+
+    sts, scifact = mteb.get_task("STS12").metadata, mteb.get_task("SciFact").metadata
+    enc = PoolattnEncoder(tiny_model, overrides={"SciFactNano": "nano wording", "STS12": None})
+    assert enc.instruction(scifact, PromptType.query) == INSTRUCTIONS["SciFact"]
+    assert enc.instruction(scifact, PromptType.document) is None
+    enc.aliases["SciFact"] = "SciFactNano"
+    assert enc.instruction(scifact, PromptType.query) == "nano wording"
+    assert enc.instruction(sts, None) is None  # switched off by the override
+    assert instruction_for(["STS13"]) == "Retrieve semantically similar text."
+
+
+# ---- models -------------------------------------------------------------------------------------------------------
+
+def test_load_model_resolution(tiny_model, tiny_backbones, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from poolattn import EmbeddingModel
+
+    assert load_model(tiny_model) is tiny_model
+    tiny_model.save_pretrained(tmp_path / "saved")
+    assert isinstance(load_model(str(tmp_path / "saved")), EmbeddingModel)
+    fresh = load_model(tiny_backbones["qwen2"], pooling="mean", attention="bidirectional")
+    assert isinstance(fresh, EmbeddingModel) and fresh.config.name == "mean+bidirectional"
+    st = load_model("all-MiniLM-L6-v2")
+    assert isinstance(st, SentenceTransformer) and st.poolattn_name == "sentence-transformers/all-MiniLM-L6-v2"
+    with pytest.raises(ValueError, match="not to sentence-transformers"):
+        load_model("all-MiniLM-L6-v2", pooling="mean")
+
+
+# ---- end to end on every task type ----------------------------------------------------------------------------------
+
+def test_evaluate_every_type_writes_results_items_and_uses_the_cache(tiny_model, tiny_pack, tmp_path):
+    from mteb.results import TaskResult
+
+    out = tmp_path / "out"
+    scores = evaluate(tiny_model, "full", data_dir=tiny_pack, output_dir=out, progress=False)
+    assert list(scores) == resolve_tasks("full", tiny_pack)
+    for name, s in scores.items():
+        assert 0.0 <= s.main_score <= 1.0 and s.seconds > 0, name
+        result = json.loads((out / f"{name}.json").read_text())
+        assert result["task_name"] == (name if name.endswith("Nano") else s.mteb_task)
+        if not name.endswith("Nano"):
+            assert TaskResult.from_disk(out / f"{name}.json").get_score() == pytest.approx(s.main_score, abs=1e-6)
+        items = json.loads((out / f"{name}.items.json").read_text())
+        part = items["parts"][0]
+        if s.type == "STS":
+            assert spearmanr(part["similarity"], part["gold"])[0] == pytest.approx(s.main_score, abs=1e-6)
+            assert len(part["gold"]) == 40
+        elif s.type == "PairClassification":
+            assert len(part["similarity"]) == len(part["gold"]) == 40
+        elif s.type == "Classification":
+            assert len(part["predictions"]) == 10 and all(len(p) == 30 for p in part["predictions"])
+            assert np.mean(part["accuracy_per_experiment"]) == pytest.approx(s.main_score, abs=1e-6)
+            assert np.mean(part["correct_rate"]) == pytest.approx(s.main_score, abs=1e-6)
+        elif s.type == "Clustering":
+            assert np.mean(part["v_measure"]["Level 0"]) == pytest.approx(s.main_score, abs=1e-6)
+        elif s.type == "Retrieval":
+            assert len(part["query_ids"]) == 10  # queries without relevant documents are dropped, as mteb does
+            assert np.mean(part["ndcg_at_10"]) == pytest.approx(s.main_score, abs=1e-5)
+        else:  # Reranking: mteb's main score for SciDocsRR is MAP@1000
+            assert np.mean(part["map_at_1000"]) == pytest.approx(s.main_score, abs=1e-5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [t["task"] for t in summary["tasks"]] == list(scores)
+    assert "| SciFactNano | Retrieval | ndcg_at_10 |" in (out / "summary.md").read_text()
+    assert scores["SciFactNano"].instruction == INSTRUCTIONS["SciFact"]
+
+    again = evaluate(tiny_model, "full", data_dir=tiny_pack, progress=False)
+    assert all(s.encoded == 0 for s in again.values())
+    assert {k: s.main_score for k, s in again.items()} == {k: s.main_score for k, s in scores.items()}
+    changed = evaluate(tiny_model, "STSBenchmark", data_dir=tiny_pack, progress=False,
+                       instructions={"STSBenchmark": "a different instruction"})
+    assert changed["STSBenchmark"].encoded > 0  # the cache is keyed by instruction too
+
+
+def test_cli_eval(tiny_pack, tiny_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from poolattn.cli import app
+
+    tiny_model.save_pretrained(tmp_path / "m")
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", "--model", str(tmp_path / "m"), "--tasks", "sts,TwitterURLCorpus",
+                              "--data", str(tiny_pack), "--output", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o/STSBenchmark.items.json").exists() and (tmp_path / "o/TwitterURLCorpus.json").exists()
+    res = runner.invoke(app, ["eval", "--model", str(tmp_path / "m"), "--tasks", "nope",
+                              "--data", str(tiny_pack), "--output", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "unknown task 'nope'" in res.output
+
+
+# ---- the real data pack -------------------------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_every_pack_task_loads_with_its_rows(data_dir):
+    from poolattn.evaluation import pack_tasks
+
+    for name, entry in pack_tasks(data_dir).items():
+        task = load_task(task_spec(name, data_dir))
+        root = data_dir / entry["path"]
+        if entry["type"] == "Retrieval":
+            split = task.dataset["default"]["test"]
+            assert len(split["corpus"]) == sum(1 for _ in (root / "corpus.jsonl").open()), name
+            assert len(split["queries"]) == len(split["relevant_docs"]), name
+        else:
+            data = task.dataset
+            assert len(data["test"]) == sum(1 for _ in (root / "test.jsonl").open()), name
+
+
+def _reference(data_dir: Path) -> tuple[dict, dict]:
+    published = json.loads((data_dir / "reference/all-MiniLM-L6-v2.json").read_text())["tasks"]
+    pack = json.loads((data_dir / "reference/all-MiniLM-L6-v2.pack.json").read_text())
+    return published, pack
+
+
+def _check_fidelity(data_dir: Path, tasks: list[str], tmp_path: Path) -> None:
+    published, pack = _reference(data_dir)
+    scores = evaluate("all-MiniLM-L6-v2", tasks, data_dir=data_dir, output_dir=tmp_path, cache=False, progress=False)
+    for name in tasks:
+        ours = scores[name].main_score_x100
+        assert ours == pytest.approx(pack[name]["main_score_x100"], abs=0.05), name
+        if name in published:  # SciFact/NFCorpus: the README quotes the published score, equal to the pack run's
+            assert ours == pytest.approx(100 * published[name]["main_score"], abs=0.05), name
+
+
+CI_FIDELITY = ["STSBenchmark", "STS12", "STS13", "STS15", "SICK-R", "Banking77Classification", "EmotionClassification"]
+
+
+@pytest.mark.integration
+def test_minilm_reproduces_published_scores(data_dir, tmp_path):
+    _check_fidelity(data_dir, CI_FIDELITY, tmp_path)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["SciFact", "NFCorpus"])
+def test_minilm_reproduces_published_retrieval_scores(data_dir, tmp_path, task):
+    _check_fidelity(data_dir, [task], tmp_path)
