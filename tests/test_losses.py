@@ -60,6 +60,7 @@ def _worker(rank, world, port, q, p, n, mask, out):
         dist.all_reduce(full)
     if rank == 0:
         torch.save({"loss": torch.stack(losses).mean(), "grads": grads}, out)
+    dist.barrier()  # nobody tears gloo down while the other is still communicating
     dist.destroy_process_group()
 
 
