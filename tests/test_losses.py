@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 import socket
 
 import pytest
@@ -42,26 +44,27 @@ def test_gather_is_identity_without_process_group():
     assert gather_with_grad(t) is t
 
 
-def _worker(rank, world, port, q, p, n, mask, out):
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    b = q.shape[0] // world
-    sl = slice(rank * b, (rank + 1) * b)
-    leaves = [t[sl].clone().requires_grad_() for t in (q, p, n)]
-    loss = info_nce(*leaves, mask[sl])
-    loss.backward()
-    losses = [torch.zeros(()) for _ in range(world)]
-    dist.all_gather(losses, loss.detach())
-    grads = [x.grad.new_zeros((world * b, x.grad.shape[1])) for x in leaves]
-    for full, leaf in zip(grads, leaves):
-        full[sl] = leaf.grad
-        dist.all_reduce(full)
-    if rank == 0:
-        torch.save({"loss": torch.stack(losses).mean(), "grads": grads}, out)
-    dist.barrier()  # nobody tears gloo down while the other is still communicating
-    dist.destroy_process_group()
+WORKER = """
+import sys, torch, torch.distributed as dist
+from poolattn.losses import info_nce
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+q, p, n, mask = torch.load(sys.argv[1])
+b = q.shape[0] // world
+sl = slice(rank * b, (rank + 1) * b)
+leaves = [t[sl].clone().requires_grad_() for t in (q, p, n)]
+loss = info_nce(*leaves, mask[sl])
+loss.backward()
+losses = [torch.zeros(()) for _ in range(world)]
+dist.all_gather(losses, loss.detach())
+grads = [x.grad.new_zeros((world * b, x.grad.shape[1])) for x in leaves]
+for full, leaf in zip(grads, leaves):
+    full[sl] = leaf.grad
+    dist.all_reduce(full)
+if rank == 0:
+    torch.save({"loss": torch.stack(losses).mean(), "grads": grads}, sys.argv[2])
+dist.barrier()
+"""
 
 
 def test_two_processes_score_against_the_global_batch(tmp_path):
@@ -69,14 +72,21 @@ def test_two_processes_score_against_the_global_batch(tmp_path):
     the whole batch (gradients of a process's rows include the other process's loss terms, through the gather).
     DDP averages gradients, so each process's loss is the global mean only after the factor 1/world: the
     gathered gradients here are summed over processes and compared with world x the single-process gradient."""
-    import torch.multiprocessing as mp
-
+    # A fresh torchrun (as users launch it), not mp.spawn: spawned ranks aborted in gloo's teardown when the
+    # whole suite had run in the parent first.
     q, p, n, mask = embeddings(1, b=6)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    torch.save((q, p, n, mask), tmp_path / "inputs.pt")
+    (tmp_path / "worker.py").write_text(WORKER)
     out = tmp_path / "dist.pt"
-    mp.spawn(_worker, args=(2, port, q, p, n, mask, out), nprocs=2, join=True)
+    # About one launch in eight, a rank aborts at exit with "terminate called without an active exception"
+    # (a torch/gloo thread teardown issue, after all results are written): such a launch is retried, twice at most.
+    for _ in range(3):
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               str(tmp_path / "worker.py"), str(tmp_path / "inputs.pt"), str(out)],
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0 or "terminate called without an active exception" not in proc.stderr:
+            break
+    assert proc.returncode == 0, proc.stderr[-4000:]
     got = torch.load(out)
     leaves = [t.clone().requires_grad_() for t in (q, p, n)]
     loss = info_nce(*leaves, mask)
