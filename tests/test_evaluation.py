@@ -217,6 +217,23 @@ def test_evaluate_every_type_writes_results_items_and_uses_the_cache(tiny_model,
     assert changed["STSBenchmark"].encoded > 0  # the cache is keyed by instruction too
 
 
+def test_retrieval_plumbing_finds_a_query_that_is_its_document(tiny_model, tmp_path):
+    """Ids, qrels and the title+text join line up: a query that reads exactly like its document ranks it first."""
+    rng = random.Random(1)
+    docs = [{"_id": f"d{i}", "title": f"t{i}", "text": _sentence(rng, 10)} for i in range(25)]
+    d = tmp_path / "mteb/SciFact"
+    _write(d / "corpus.jsonl", docs)
+    _write(d / "queries.jsonl", [{"_id": f"q{i}", "text": f"{docs[3 * i]['title']} {docs[3 * i]['text']}"}
+                                 for i in range(8)])
+    (d / "qrels").mkdir()
+    (d / "qrels/test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{3 * i}\t1\n" for i in range(8)))
+    (tmp_path / "tasks.json").write_text(json.dumps({"tasks": {"SciFact": {
+        "type": "Retrieval", "path": "mteb/SciFact",
+        "splits": {"test": {"corpus": "corpus.jsonl", "queries": "queries.jsonl", "qrels": "qrels/test.tsv"}}}}}))
+    scores = evaluate(tiny_model, "SciFact", data_dir=tmp_path, instructions={"SciFact": None}, progress=False)
+    assert scores["SciFact"].main_score == pytest.approx(1.0)
+
+
 def test_cli_eval(tiny_pack, tiny_model, tmp_path):
     from typer.testing import CliRunner
 
