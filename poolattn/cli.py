@@ -15,7 +15,7 @@ def _load_model(model: str, attention: str | None, pooling: str | None, dtype: s
     overrides = {k: v for k, v in dict(attention=attention, pooling=pooling, dtype=dtype,
                                        max_length=max_length).items() if v is not None}
     if (Path(model) / CONFIG_NAME).exists():
-        return EmbeddingModel.from_pretrained(model, **overrides)
+        return EmbeddingModel.from_pretrained(model, inference=True, **overrides)  # inference only
     return EmbeddingModel(ModelConfig(backbone=model, **overrides))
 
 

@@ -154,13 +154,19 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict[str,
             continue
         elapsed = time.time() - started
         console.rule(f"({k}/{len(steps)}) {design.name}  [{elapsed / 60:.1f} min so far]")
+        t0 = time.time()
         final = None if design is config.baseline else train(train_config_for(config, design, run_dir))
+        t1 = time.time()
         rank, size = world()  # under accelerate/torchrun every process trains; the main one evaluates
         if rank == 0:
             # The baseline is the untrained backbone: a reference row, not a design.
-            model = EmbeddingModel.from_pretrained(final) if final else EmbeddingModel(config.model_config_for(design))
+            model = EmbeddingModel.from_pretrained(final, inference=True) if final else EmbeddingModel(
+                config.model_config_for(design))
             _evaluate(model, config, eval_dir)
             del model
+            # Wall time of this invocation's work (a resumed training counts only its resumed part).
+            (run_dir / "timing.json").write_text(json.dumps(
+                {"train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.time() - t1, 1)}))
         if size > 1:
             torch.distributed.barrier()
     console.print(f"all designs done in {(time.time() - started) / 60:.1f} min; writing the report")

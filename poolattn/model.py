@@ -89,6 +89,26 @@ class EmbeddingModel(nn.Module):
         self.config = self.config.model_copy(update={"lora": settings})
         return self
 
+    def for_inference(self) -> "EmbeddingModel":
+        """Cast the LoRA weights to the backbone's dtype, as training's bf16 autocast ran them.
+
+        Left in fp32, every linear layer of a bf16 backbone upcasts its input for an fp32 LoRA path: encoding a
+        trained SmolLM2 ran at half speed (42 vs 83 texts/s). Merging the adapter into bf16 weights instead would
+        round most of the small LoRA update away (min cosine to the fp32-adapter vectors 0.996 vs 0.998 here).
+        The fingerprint is pinned first, so caches keyed by it still match; the model is then for encoding only
+        (load the folder anew to train or save)."""
+        if self.config.lora is None or getattr(self, "_inference_only", False):
+            return self
+        self._pinned_fingerprint = self.fingerprint()
+        params = dict(self.backbone.named_parameters())
+        dtype = next(p.dtype for n, p in params.items() if "lora_" not in n)
+        for name, p in params.items():
+            if "lora_" in name:
+                p.data = p.data.to(dtype)
+        self._inference_only = True
+        self.eval()
+        return self
+
     @property
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
@@ -196,6 +216,8 @@ class EmbeddingModel(nn.Module):
 
     def fingerprint(self) -> str:
         """Stable hash of the design and its trained weights: the key of embedding caches."""
+        if getattr(self, "_pinned_fingerprint", None):
+            return self._pinned_fingerprint
         # pooling_kwargs is left out: the pooler's full config (defaults included) stands for it.
         h = hashlib.sha256(self.config.model_dump_json(exclude={"pooling_kwargs"}).encode())
         h.update(json.dumps(self.pooler.get_config(), sort_keys=True).encode())
@@ -208,6 +230,9 @@ class EmbeddingModel(nn.Module):
         """Write the model folder whole or not at all (temporary folder, then rename)."""
         from safetensors.torch import save_file
 
+        if getattr(self, "_inference_only", False):
+            raise ValueError("this model was prepared for inference (for_inference: LoRA weights cast to the backbone "
+                             "dtype); load the folder again without inference=True to save or train it")
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
@@ -238,8 +263,10 @@ class EmbeddingModel(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, **overrides: Any) -> "EmbeddingModel":
-        """Load a saved folder; `overrides` (e.g. dtype='float32') change the config before loading."""
+    def from_pretrained(cls, folder: str | os.PathLike, inference: bool = False,
+                        **overrides: Any) -> "EmbeddingModel":
+        """Load a saved folder; `overrides` (e.g. dtype='float32') change the config before loading;
+        `inference` prepares it for encoding only (faster; see for_inference())."""
         from safetensors.torch import load_file
 
         folder = Path(folder)
@@ -272,4 +299,4 @@ class EmbeddingModel(nn.Module):
                              f"shape mismatch {shapes}")
         model.pooler.load_state_dict(state)
         model.tokenizer.padding_side = config.padding_side
-        return model
+        return model.for_inference() if inference else model

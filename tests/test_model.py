@@ -60,6 +60,30 @@ def test_save_load_roundtrip_identical(tiny_llama, tmp_path, pooling):
     assert loaded.fingerprint() == m.fingerprint()
     assert loaded.config.attention == "bidirectional" and loaded.config.lora.r == 4
 
+    # An inference load keeps the vectors (fp32 backbone: nothing to cast) and the fingerprint, and refuses to save.
+    inference = EmbeddingModel.from_pretrained(folder, inference=True)
+    assert np.abs(inference.encode(TEXTS) - a).max() < 1e-6
+    assert inference.fingerprint() == m.fingerprint()
+    with pytest.raises(ValueError, match="inference"):
+        inference.save_pretrained(tmp_path / "again")
+
+
+def test_inference_load_casts_lora_to_a_bf16_backbone(tiny_llama, tmp_path):
+    m = _model(tiny_llama, pooling="mean", dtype="bfloat16")
+    m.add_lora(r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for n, p in m.backbone.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    folder = m.save_pretrained(tmp_path / "model")
+    trained = EmbeddingModel.from_pretrained(folder)
+    fast = EmbeddingModel.from_pretrained(folder, inference=True)
+    dtypes = lambda mm: {p.dtype for n, p in mm.backbone.named_parameters() if "lora_" in n}  # noqa: E731
+    assert dtypes(trained) == {torch.float32} and dtypes(fast) == {torch.bfloat16}
+    assert fast.fingerprint() == trained.fingerprint()
+    cos = (fast.encode(TEXTS) * trained.encode(TEXTS)).sum(1)
+    assert cos.min() > 0.99
+
 
 def test_fingerprint_changes_with_weights_and_design(tiny_llama):
     m = _model(tiny_llama, pooling="latent", pooling_kwargs={"num_latents": 4, "num_heads": 4})

@@ -68,7 +68,7 @@ def load_model(spec: Any, **design: Any) -> Any:
         name = str(spec)
         folder = Path(name).expanduser()
         if folder.is_dir() and (folder / CONFIG_NAME).exists():
-            return EmbeddingModel.from_pretrained(folder, **design)
+            return EmbeddingModel.from_pretrained(folder, inference=True, **design)  # inference only
         if folder.is_dir() and (folder / "modules.json").exists():
             model = _named(SentenceTransformer(str(folder), device="cpu"), f"local/{folder.resolve().name}")
         elif name.lower() in MINILM_ALIASES and _minilm_folder():
