@@ -1,9 +1,11 @@
 """evaluate(): run tasks through mteb.evaluate, write mteb result JSONs, per-item scores and a summary."""
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -198,6 +200,29 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
     return results
 
 
+@contextlib.contextmanager
+def _quiet_superseded():
+    """mteb warns twice (log + warning) per run that e.g. STSBenchmark has a .v2; we run the original tasks on
+    purpose (their published scores are the leaderboard's), so the message is noise here."""
+    import logging
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "is superseded by" not in record.getMessage()
+
+    drop = _Drop()
+    loggers = [logging.getLogger(n) for n in ("mteb.abstasks.abstask", "mteb")]
+    for lg in loggers:
+        lg.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is superseded by.*")
+            yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(drop)
+
+
 def _run_one(spec: Any, task: Any, runner: EncodeRunner, encoder: Any, batch_size: int, output: Path | None,
              mteb: Any) -> TaskScore:
     from mteb.types import PromptType
@@ -212,9 +237,10 @@ def _run_one(spec: Any, task: Any, runner: EncodeRunner, encoder: Any, batch_siz
     t0, c0 = time.monotonic(), time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) if kind in ("STS", "PairClassification", "Classification") else None
-        res = mteb.evaluate(runner, task, cache=None, overwrite_strategy="always", prediction_folder=folder,
-                            encode_kwargs={"batch_size": batch_size, "show_progress_bar": False},
-                            show_progress_bar=False, co2_tracker=False, raise_error=True)
+        with _quiet_superseded():
+            res = mteb.evaluate(runner, task, cache=None, overwrite_strategy="always", prediction_folder=folder,
+                                encode_kwargs={"batch_size": batch_size, "show_progress_bar": False},
+                                show_progress_bar=False, co2_tracker=False, raise_error=True)
         predictions = {}
         if folder is not None:
             predictions = json.loads((folder / task.prediction_file_name).read_text())
