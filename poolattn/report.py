@@ -174,6 +174,28 @@ def load_experiment(folder: str | Path) -> Experiment:
                       [d for d in configured if d not in scores])
 
 
+def training_summary(folder: Path, designs: list[str]) -> dict[str, dict]:
+    """Per design: steps trained, time, and the loss at the start and end (mean of the first and last 5 steps),
+    from the trainer's train_summary.json / metrics.jsonl and the runner's timing.json. A design trained for fewer
+    steps than configured (a time cap) is a confound the reader must see."""
+    out = {}
+    for d in designs:
+        run = folder / "runs" / d
+        row: dict[str, Any] = {}
+        for name in ("train/train_summary.json", "timing.json"):
+            if (run / name).exists():
+                row.update(json.loads((run / name).read_text()))
+        metrics = run / "train" / "metrics.jsonl"
+        if metrics.exists():
+            losses = [r["loss"] for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]
+            if losses:
+                row["loss_first"] = float(np.mean(losses[:5]))
+                row["loss_last"] = float(np.mean(losses[-5:]))
+        if row:
+            out[d] = row
+    return out
+
+
 def collect_environment() -> dict:
     """Versions and hardware of this machine, for environment.json (the experiment runner writes it)."""
     from importlib import metadata
@@ -308,6 +330,7 @@ def analyse(exp: Experiment, settings: ReportSettings, progress: bool = True) ->
         "paired_tests": [{"a": a, "b": b, "task": t, **r.to_dict()} for (a, b, t), r in tests.items()],
         "wilcoxon": [{"a": a, "b": b, "category": g, **r.to_dict()} for (a, b, g), r in wilcoxon.items()],
         "win_tie_loss": wtl, "notes": notes, "config": exp.config, "environment": exp.environment,
+        "training": training_summary(exp.folder, exp.columns),
     }
 
 
@@ -531,6 +554,24 @@ def render(data: dict, out: Path, plots: dict[str, Path]) -> _Doc:
                  json.dumps(designs_cfg.get(d, {}).get("pooling_kwargs") or {})] for d in data["designs"]]
         doc.h(2, "Designs")
         doc.table(["design", "pooling", "attention", "pooling kwargs"], rows, numeric=False)
+
+    training = data.get("training") or {}
+    if training:
+        doc.h(2, "Training")
+        rows = []
+        for c in cols:
+            t = training.get(c, {})
+            steps = f"{t['steps']} / {t['max_steps']}" if "steps" in t else "untrained"
+            if "steps" in t and t["steps"] < t["max_steps"]:
+                steps += " (stopped early)"
+            mins = lambda k: f"{t[k] / 60:.1f}" if t.get(k) is not None else "—"  # noqa: E731
+            loss = (f"{t['loss_first']:.3f} → {t['loss_last']:.3f}" if "loss_first" in t else "—")
+            rows.append([label(c), steps, loss, mins("elapsed_s"), mins("eval_seconds")])
+        doc.table(["design", "steps", "loss (first 5 → last 5 steps)", "training (min)", "evaluation (min)"], rows)
+        total = sum((t.get("train_seconds") or 0) + (t.get("eval_seconds") or 0) for t in training.values())
+        if total:
+            doc.p(f"Training and evaluation took {total / 60:.1f} min in all (runner's wall time, this folder's "
+                  f"runs; a resumed run counts only its last invocation).")
 
     doc.h(2, "Scores per task")
     doc.p(f"Bold: best in the row. {UP}/{DOWN}: significantly better/worse than the reference **{ref}** on that "

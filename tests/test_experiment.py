@@ -55,6 +55,10 @@ def test_tiny_experiment_end_to_end_and_resume(tiny_llama, data_dir, tmp_path):
     report = paths["md"].read_text()
     assert "BIOSSES" in report and "multilayer-bi" in report and "cannot reach" in report
     assert paths["html"].read_text().count("data:image/png;base64") >= 2
+    training = json.loads(paths["json"].read_text())["training"]
+    assert training["eos-causal"]["steps"] == 3 and training["multilayer-bi"]["max_steps"] == 3
+    assert training["eos-causal"]["eval_seconds"] > 0 and "steps" not in training["baseline"]
+    assert "| multilayer-bi | 3 / 3 |" in report and "baseline (untrained) | untrained" in report
     pinned = yaml.safe_load((exp / "experiment.yaml").read_text())
     assert [d["name"] for d in pinned["designs"]] == ["eos-causal", "multilayer-bi"]
 
