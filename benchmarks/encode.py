@@ -3,7 +3,7 @@
 Prints sentences/s and tokens/s, the largest 1 - cos between the two outputs, the overhead of the trainable
 poolers against eos, and achieved GFLOP/s against a bf16 GEMM measured here.
 
-    python benchmarks/encode.py [--n 2000] [--batch-size 32] [--data ../shared/data]
+    python benchmarks/encode.py [--n 2000] [--batch-size 32] [--repeats 5] [--data ../shared/data]
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def main():
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--data", default=os.environ.get("POOLATTN_DATA", "../shared/data"))
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
 
@@ -80,21 +80,31 @@ def main():
     folder = local_source("smollm2-135m")
     eos = eos_model.tokenizer.eos_token
     st_texts = [t + eos for t in texts]
-    rows = []
-    for mode in ("lasttoken", "mean"):
+    runs = {}
+    for mode, p in (("lasttoken", "eos"), ("mean", "mean")):
         # Plain-text modality: sentence-transformers 6 would otherwise wrap each text in the chat template.
         tr = models.Transformer(folder, max_seq_length=512, model_kwargs={"dtype": torch.bfloat16},
                                 modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
                                 module_output_name="token_embeddings")
         st = SentenceTransformer(modules=[tr, models.Pooling(tr.get_word_embedding_dimension(), mode),
                                           models.Normalize()], device="cpu")
-        st_sec, st_emb = timed(lambda: st.encode(st_texts, batch_size=args.batch_size, convert_to_numpy=True, show_progress_bar=False),
-                               args.repeats)
-        p = "eos" if mode == "lasttoken" else "mean"
-        our_sec, our_emb = timed(lambda: ours[p].encode(texts, batch_size=args.batch_size,
-                                                        show_progress_bar=False), args.repeats)
-        cos = (st_emb * our_emb).sum(1) / np.linalg.norm(st_emb, axis=1) / np.linalg.norm(our_emb, axis=1)
-        rows.append((p, our_sec, st_sec, float((1 - cos).max())))
+        runs[f"st-{p}"] = lambda st=st: st.encode(st_texts, batch_size=args.batch_size, convert_to_numpy=True,
+                                                  show_progress_bar=False)
+    for p, m in ours.items():
+        runs[p] = lambda m=m: m.encode(texts, batch_size=args.batch_size, show_progress_bar=False)
+
+    # Interleaved rounds: every configuration runs once per round, so a slow spell of a shared machine hits all of
+    # them alike; ratios are taken within a round and the median over rounds is printed (one-shot timings on this
+    # VM moved by +-20% between back-to-back runs).
+    out = {name: fn() for name, fn in runs.items()}  # warm-up, and the vectors for the agreement check
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    med = {name: float(np.median(v)) for name, v in times.items()}
+    ratio = lambda a, b: float(np.median(np.asarray(times[a]) / np.asarray(times[b])))  # noqa: E731
 
     # Same check in fp32, where batch composition cannot move the numbers: the two must agree to rounding.
     sub = texts[:200]
@@ -109,23 +119,23 @@ def main():
     fp32_dcos = float((1 - (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).max())
 
     gemm = gemm_gflops()
-    print(f"\n{'pooling':<12}{'poolattn s/s':>14}{'ST s/s':>10}{'speed-up':>10}{'tok/s':>9}{'GFLOP/s':>9}"
-          f"{'max|1-cos|':>12}")
-    for p, ours_s, st_s, dcos in rows:
-        print(f"{p:<12}{len(texts) / ours_s:>14.1f}{len(texts) / st_s:>10.1f}{st_s / ours_s:>9.2f}x"
-              f"{sum(lengths) / ours_s:>9.0f}{flops / ours_s / 1e9:>9.1f}{dcos:>12.2e}")
-
+    print(f"\n{args.repeats} interleaved rounds; medians (spread = slowest/fastest round)")
+    print(f"{'pooling':<12}{'poolattn s/s':>14}{'ST s/s':>10}{'speed-up':>10}{'tok/s':>9}{'GFLOP/s':>9}"
+          f"{'max|1-cos|':>12}{'spread':>9}")
+    for p in ("eos", "mean"):
+        st_emb, our_emb = out[f"st-{p}"], out[p]
+        cos = (st_emb * our_emb).sum(1) / np.linalg.norm(st_emb, axis=1) / np.linalg.norm(our_emb, axis=1)
+        spread = max(times[p]) / min(times[p])
+        print(f"{p:<12}{len(texts) / med[p]:>14.1f}{len(texts) / med[f'st-{p}']:>10.1f}{ratio(f'st-{p}', p):>9.2f}x"
+              f"{sum(lengths) / med[p]:>9.0f}{flops / med[p] / 1e9:>9.1f}{float((1 - cos).max()):>12.2e}"
+              f"{spread:>8.2f}x")
     print(f"fp32, 200 sentences, eos: max|1-cos| = {fp32_dcos:.2e} (bf16 differences above come from batch "
           f"composition: the two libraries group texts by different lengths)")
-    eos_sec = rows[0][1]
     print(f"\n{'pooling':<12}{'sentences/s':>12}{'overhead vs eos':>17}")
     for p in ("latent", "multilayer"):
-        sec, _ = timed(lambda: ours[p].encode(texts, batch_size=args.batch_size, show_progress_bar=False),
-                       args.repeats)
-        print(f"{p:<12}{len(texts) / sec:>12.1f}{(sec / eos_sec - 1) * 100:>16.1f}%")
+        print(f"{p:<12}{len(texts) / med[p]:>12.1f}{(ratio(p, 'eos') - 1) * 100:>16.1f}%")
     print(f"\nbf16 GEMM 2048^3 here: {gemm:.1f} GFLOP/s; poolattn eos encode reaches "
-          f"{flops / eos_sec / 1e9:.1f} GFLOP/s ({flops / eos_sec / 1e9 / gemm * 100:.0f}% of it)")
-
+          f"{flops / med['eos'] / 1e9:.1f} GFLOP/s ({flops / med['eos'] / 1e9 / gemm * 100:.0f}% of it)")
 
 if __name__ == "__main__":
     main()
