@@ -32,7 +32,8 @@ def _config(tmp_path, backbone, data_dir):
     train_file.write_text("".join(json.dumps({"query": q, "positive": p, "negative": n}) + "\n" for q, p, n in PAIRS * 3))
     return ExperimentConfig(
         name="tiny", output_dir=str(tmp_path / "exp"),
-        base={"backbone": backbone, "dtype": "float32", "max_length": 32},
+        base={"backbone": backbone, "dtype": "float32", "max_length": 128},  # byte-level tokens: room for
+        # the instruction and the text (at 32 every text was cut to the same instruction prefix)
         designs=[Design(name="eos-causal", pooling="eos"),
                  Design(name="multilayer-bi", pooling="multilayer", attention="bidirectional",
                         pooling_kwargs={"num_latents": 4, "num_heads": 4})],
@@ -51,6 +52,7 @@ def test_tiny_experiment_end_to_end_and_resume(tiny_llama, data_dir, tmp_path):
     for design in ("baseline", "eos-causal", "multilayer-bi"):
         summary = json.loads((exp / "runs" / design / "eval" / "summary.json").read_text())
         assert summary and (exp / "runs" / design / "eval" / "BIOSSES.items.json").exists()
+        assert all(0 < abs(row["main_score"]) <= 1 for row in summary["tasks"]), summary  # no degenerate NaN
     assert (exp / "runs" / "eos-causal" / "train" / "final" / "poolattn_config.json").exists()
     report = paths["md"].read_text()
     assert "BIOSSES" in report and "multilayer-bi" in report and "cannot reach" in report
@@ -71,6 +73,28 @@ def test_tiny_experiment_end_to_end_and_resume(tiny_llama, data_dir, tmp_path):
     changed = cfg.model_copy(update={"seed": 7})
     with pytest.raises(ValueError, match="different experiment"):
         run_experiment(changed, progress=False)
+
+
+def test_seeds_replicate_every_design_and_the_report_averages_them(tiny_llama, data_dir, tmp_path):
+    cfg = _config(tmp_path, tiny_llama, data_dir).model_copy(update={
+        "designs": [Design(name="eos-causal", pooling="eos")], "seeds": [1, 2], "baseline": None})
+    cfg.eval.tasks = ["BIOSSES"]
+    paths = run_experiment(cfg, progress=False)
+    exp = tmp_path / "exp"
+    seeds = {d: json.loads((exp / "runs" / d / "train" / "config.json").read_text())["seed"]
+             for d in ("eos-causal-s1", "eos-causal-s2")}
+    assert seeds == {"eos-causal-s1": 1, "eos-causal-s2": 2}
+    a, b = (json.loads((exp / "runs" / d / "eval" / "summary.json").read_text()) for d in seeds)
+    assert a != b  # different seeds, different models
+    rep = json.loads(paths["json"].read_text())["replicates"]["eos-causal"]
+    assert rep["runs"] == ["eos-causal-s1", "eos-causal-s2"] and rep["sd"]["STS"] >= 0
+    assert "Mean over seeds" in paths["md"].read_text()
+
+    # A folder pinned before a config field existed still resumes (the field compares at its default).
+    pinned = yaml.safe_load((exp / "experiment.yaml").read_text())
+    pinned["designs"][0].pop("replicate_of")
+    (exp / "experiment.yaml").write_text(yaml.safe_dump(pinned))
+    run_experiment(cfg, progress=False)
 
 
 def test_layer_analysis_writes_heatmap_scores_and_json(tiny_llama, data_dir, tmp_path):
