@@ -36,6 +36,8 @@ class Design(BaseModel):
     pooling: str
     attention: Literal["causal", "bidirectional"] = "causal"
     pooling_kwargs: dict[str, Any] = {}
+    seed: int | None = None  # set when the grid is replicated over `seeds` (the name then ends in -s<seed>)
+    replicate_of: str | None = None  # the configured design this replicate belongs to
 
 
 PAPER_DESIGNS = [
@@ -70,6 +72,9 @@ class ExperimentConfig(BaseModel):
     train: dict[str, Any] = {}  # TrainConfig fields, shared by every design (model and output_dir are set here)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     seed: int = 42
+    # Replicates: with two or more seeds every design is trained once per seed (data order and initialisation of
+    # LoRA and pooler change with it) as `<design>-s<seed>`; the report adds the mean and spread over seeds.
+    seeds: list[int] | None = None
     report: ReportSettings = Field(default_factory=ReportSettings)
 
     @model_validator(mode="after")
@@ -80,8 +85,22 @@ class ExperimentConfig(BaseModel):
             raise ValueError(f"design names must be unique; repeated: {dup}")
         return self
 
+    @model_validator(mode="after")
+    def _seeds(self):
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
+        return self
+
     def all_designs(self) -> list[Design]:
-        return self.designs + (MEAN_BASELINES if self.include_mean_baselines else [])
+        """The configured designs (and mean baselines), once per seed when there are several seeds."""
+        designs = self.designs + (MEAN_BASELINES if self.include_mean_baselines else [])
+        if not self.seeds or len(self.seeds) == 1:
+            return designs
+        return [d.model_copy(update={"name": f"{d.name}-s{s}", "seed": s, "replicate_of": d.name})
+                for d in designs for s in self.seeds]
+
+    def seed_for(self, design: Design) -> int:
+        return design.seed if design.seed is not None else (self.seeds[0] if self.seeds else self.seed)
 
     def model_config_for(self, design: Design) -> ModelConfig:
         return self.base.model_copy(update={"pooling": design.pooling, "attention": design.attention,
@@ -100,7 +119,8 @@ def _write_yaml_once(folder: Path, config: ExperimentConfig) -> None:
     path = folder / "experiment.yaml"
     dumped = config.model_dump(mode="json")
     if path.exists():
-        before = yaml.safe_load(path.read_text())
+        # Validated again so fields added since the folder was started compare at their defaults.
+        before = ExperimentConfig.model_validate(yaml.safe_load(path.read_text())).model_dump(mode="json")
         # Where the run lives and how it is reported may change; what it computes may not.
         keep = ("output_dir", "report")
         if {k: v for k, v in before.items() if k not in keep} != {k: v for k, v in dumped.items() if k not in keep}:
@@ -115,7 +135,7 @@ def train_config_for(config: ExperimentConfig, design: Design, run_dir: Path):
     from .training import TrainConfig
 
     raw = {**config.train, "model": config.model_config_for(design).model_dump(),
-           "output_dir": str(run_dir / "train"), "seed": config.seed}
+           "output_dir": str(run_dir / "train"), "seed": config.seed_for(design)}
     raw.setdefault("data_dir", config.eval.data_dir)
     return TrainConfig.model_validate(raw)
 

@@ -151,6 +151,17 @@ def _read_summary(path: Path) -> dict[str, TaskScore]:
                          f"({type(err).__name__}: {err})") from err
 
 
+def design_table(config: dict) -> dict[str, dict]:
+    """Every design the config runs (replicated per seed when it lists several), with its settings."""
+    from .experiment import ExperimentConfig  # here: experiment imports this module
+
+    try:
+        designs = ExperimentConfig.model_validate(config).all_designs()
+    except Exception:  # noqa: BLE001 -- a hand-edited or older config: take its design list as written
+        return {d["name"]: d for d in config.get("designs") or [] if isinstance(d, dict) and "name" in d}
+    return {d.name: d.model_dump() for d in designs}
+
+
 def load_experiment(folder: str | Path) -> Experiment:
     folder = Path(folder)
     cfg_path = folder / "experiment.yaml"
@@ -162,7 +173,7 @@ def load_experiment(folder: str | Path) -> Experiment:
     environment = json.loads(env_path.read_text()) if env_path.exists() else None
 
     baseline = (config.get("baseline") or {}).get("name", "baseline")
-    configured = [d["name"] for d in config.get("designs") or []]
+    configured = list(design_table(config))
     on_disk = sorted(p.parent.parent.name for p in (folder / "runs").glob("*/eval/summary.json"))
     scores = {name: _read_summary(folder / "runs" / name / "eval" / "summary.json") for name in on_disk}
     designs = [d for d in configured if d in scores] + [d for d in on_disk if d not in configured and d != baseline]
@@ -331,7 +342,23 @@ def analyse(exp: Experiment, settings: ReportSettings, progress: bool = True) ->
         "wilcoxon": [{"a": a, "b": b, "category": g, **r.to_dict()} for (a, b, g), r in wilcoxon.items()],
         "win_tie_loss": wtl, "notes": notes, "config": exp.config, "environment": exp.environment,
         "training": training_summary(exp.folder, exp.columns),
+        "replicates": replicates(exp.config, exp.designs, means),
     }
+
+
+def replicates(config: dict, designs: list[str], means: dict) -> dict[str, dict]:
+    """Designs replicated over seeds: per configured design, its runs and the mean/sd of each category average."""
+    groups: dict[str, list[str]] = {}
+    for name, d in design_table(config).items():
+        if d.get("replicate_of") and name in designs:
+            groups.setdefault(d["replicate_of"], []).append(name)
+    out = {}
+    for base, runs in groups.items():
+        vals = {g: [info["mean"][r] for r in runs if info["mean"].get(r) is not None] for g, info in means.items()}
+        out[base] = {"runs": runs,
+                     "mean": {g: float(np.mean(v)) if v else None for g, v in vals.items()},
+                     "sd": {g: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for g, v in vals.items()}}
+    return out
 
 
 def _oriented(rows: list[dict], key: str, a: str, b: str, k: str, cls):
@@ -548,12 +575,19 @@ def render(data: dict, out: Path, plots: dict[str, Path]) -> _Doc:
     doc.p(f"{len(data['designs'])} designs, {len(data['tasks'])} tasks; generated {data['generated']} from "
           f"`{data['folder']}`. Scores are main scores x100 (MTEB convention).")
 
-    designs_cfg = {d["name"]: d for d in data["config"].get("designs") or [] if isinstance(d, dict)}
+    designs_cfg = design_table(data["config"])
     if designs_cfg:
-        rows = [[d, str(designs_cfg.get(d, {}).get("pooling", "")), str(designs_cfg.get(d, {}).get("attention", "")),
-                 json.dumps(designs_cfg.get(d, {}).get("pooling_kwargs") or {})] for d in data["designs"]]
+        cfg = data["config"]
+        default_seed = (cfg.get("seeds") or [cfg.get("seed", "")])[0]
+
+        def row(d):
+            c = designs_cfg.get(d, {})
+            seed = c.get("seed") if c.get("seed") is not None else default_seed
+            return [d, str(c.get("pooling", "")), str(c.get("attention", "")),
+                    json.dumps(c.get("pooling_kwargs") or {}), str(seed)]
         doc.h(2, "Designs")
-        doc.table(["design", "pooling", "attention", "pooling kwargs"], rows, numeric=False)
+        doc.table(["design", "pooling", "attention", "pooling kwargs", "seed"], [row(d) for d in data["designs"]],
+                  numeric=False)
 
     training = data.get("training") or {}
     if training:
@@ -596,6 +630,15 @@ def render(data: dict, out: Path, plots: dict[str, Path]) -> _Doc:
         rows.append([g, str(len(info["tasks"]))] + _bold_best(vals, [_f(v) for v in vals]))
     doc.table(["category", "tasks"] + [label(c) for c in cols], rows)
     doc.img(plots["categories"], "category average by design")
+
+    if data.get("replicates"):
+        doc.h(2, "Mean over seeds")
+        doc.p("Each design was trained once per seed; cell = mean ± standard deviation over seeds of the category "
+              "average (x100). The tests above compare single runs (design × seed).")
+        names = list(data["replicates"])
+        rows = [[g] + [f"{_f(r['mean'][g])} ± {_f(r['sd'][g])}" if r["mean"].get(g) is not None else "—"
+                       for r in data["replicates"].values()] for g in data["categories"]]
+        doc.table(["category"] + [f"{n} (n={len(data['replicates'][n]['runs'])})" for n in names], rows)
 
     others = [d for d in data["tested"] if d != ref]
     if others:
