@@ -189,9 +189,12 @@ def analyze_layers(model: EmbeddingModel, tasks: Sequence[str], output: str | Pa
             for t in tasks:
                 scores[t][p].append(float(results[t].main_score))
     name = model.config.backbone
-    plot_cka(cka, out / "layer_similarity.png", f"{name} ({model.config.attention})")
-    plot_layer_scores(scores, out / "layer_scores.png", f"{name} ({model.config.attention}): score of each layer")
-    result = {"model": name, "attention": model.config.attention, "num_layers": L, "n_texts": len(probe),
+    # A trained folder names its backbone too: say it is the LoRA-trained one, not the pre-trained model.
+    label = name + (f", LoRA-trained {model.config.pooling} design" if model.config.lora else "")
+    plot_cka(cka, out / "layer_similarity.png", f"{label} ({model.config.attention})")
+    plot_layer_scores(scores, out / "layer_scores.png", f"{label} ({model.config.attention}): score of each layer")
+    result = {"model": name, "lora_trained": model.config.lora is not None, "attention": model.config.attention,
+              "num_layers": L, "n_texts": len(probe),
               "probe_task": probe_task,
               "cka": {p: m.round(4).tolist() for p, m in cka.items()}, "scores": scores,
               "best_layer": {t: {p: int(np.argmax(v)) + 1 for p, v in by.items()} for t, by in scores.items()},

@@ -112,6 +112,7 @@ def test_layer_analysis_writes_heatmap_scores_and_json(tiny_llama, data_dir, tmp
     L = model.backbone.config.num_hidden_layers
     assert np.allclose(np.diag(result["cka"]["eos"]), 1) and len(result["cka"]["mean"]) == L
     assert len(result["scores"]["BIOSSES"]["eos"]) == L and 1 <= result["best_layer"]["BIOSSES"]["mean"] <= L
+    assert result["lora_trained"] is False and result["model"] == str(tiny_llama)
     for f in ("layers.json", "layer_similarity.png", "layer_scores.png"):
         assert (tmp_path / "layers" / f).stat().st_size > 0
 
