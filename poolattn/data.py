@@ -88,11 +88,10 @@ def parse_row(row: Any, where: str, columns: dict[str, str] | None = None,
     return Example(values["query"], values["positive"], values["negative"], values["instruction"] or instruction)
 
 
-def read_jsonl(path: str | Path, columns: dict[str, str] | None = None, instruction: str | None = None,
-               max_rows: int | None = None) -> list[Example]:
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed row) of a JSONL file (.gz too), blank lines skipped; a bad line names file and line."""
     path = Path(path)
     opener = gzip.open if path.name.endswith(".gz") else open
-    out: list[Example] = []
     with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -101,9 +100,16 @@ def read_jsonl(path: str | Path, columns: dict[str, str] | None = None, instruct
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
-            out.append(parse_row(row, f"{path}:{lineno}", columns, instruction))
-            if max_rows is not None and len(out) >= max_rows:
-                break
+            yield lineno, row
+
+
+def read_jsonl(path: str | Path, columns: dict[str, str] | None = None, instruction: str | None = None,
+               max_rows: int | None = None) -> list[Example]:
+    out: list[Example] = []
+    for lineno, row in iter_jsonl(path):
+        out.append(parse_row(row, f"{path}:{lineno}", columns, instruction))
+        if max_rows is not None and len(out) >= max_rows:
+            break
     if not out:
         raise ValueError(f"{path}: no rows")
     return out

@@ -168,19 +168,14 @@ def resolve_tasks(spec: str | Iterable[str], data_dir: str | Path | None = None)
 def _jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing (listed in tasks.json)")
+    from ..data import iter_jsonl
+
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            missing = [k for k in fields if k not in row]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: missing field(s) {missing}; the row has {sorted(row)}")
-            rows.append(row)
+    for lineno, row in iter_jsonl(path):
+        missing = [k for k in fields if k not in row]
+        if missing:
+            raise ValueError(f"{path}:{lineno}: missing field(s) {missing}; the row has {sorted(row)}")
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows

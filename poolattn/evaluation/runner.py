@@ -211,16 +211,15 @@ def _quiet_superseded():
             return "is superseded by" not in record.getMessage()
 
     drop = _Drop()
-    loggers = [logging.getLogger(n) for n in ("mteb.abstasks.abstask", "mteb")]
-    for lg in loggers:
-        lg.addFilter(drop)
+    # A logger's filter sees only records logged on it (not its children's): this is the one that warns.
+    log = logging.getLogger("mteb.abstasks.abstask")
+    log.addFilter(drop)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is superseded by.*")
             yield
     finally:
-        for lg in loggers:
-            lg.removeFilter(drop)
+        log.removeFilter(drop)
 
 
 def _run_one(spec: Any, task: Any, runner: EncodeRunner, encoder: Any, batch_size: int, output: Path | None,
