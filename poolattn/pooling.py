@@ -70,36 +70,39 @@ class WeightedMeanPooling(Pooler):
 
 
 class CrossAttention(nn.Module):
-    """Multi-head cross-attention with pre-norm on both sides: the building block of both trainable poolers.
+    """Multi-head cross-attention, pre-norm on both sides: the block both trainable poolers are built on.
 
-    Written out rather than nn.MultiheadAttention because one side is a shared latent array: passed as a 2-D
-    tensor, its projection is computed once per batch instead of once per text.
+    Head count and head width are free (inner width = heads x head width, as in the reference code, whose heads are
+    wider than the model). Written out rather than nn.MultiheadAttention because one side may be a shared latent
+    array: passed as a 2-D tensor, its norm and projection are computed once per batch instead of once per text.
+    `key_mask` ([B, T] bool, True = attend) hides padding (and pool-masked tokens) from the queries.
     """
 
-    def __init__(self, dim: int, context_dim: int, num_heads: int, dropout: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, head_dim: int, out_bias: bool = True, dropout: float = 0.0):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"hidden size {dim} is not divisible by num_heads={num_heads}")
+        inner = num_heads * head_dim
         self.num_heads, self.dropout = num_heads, dropout
-        self.norm_q, self.norm_kv = nn.LayerNorm(dim), nn.LayerNorm(context_dim)
-        self.to_q = nn.Linear(dim, dim, bias=False)
-        self.to_kv = nn.Linear(context_dim, 2 * dim, bias=False)
-        self.to_out = nn.Linear(dim, dim)
+        self.norm_q, self.norm_kv = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=out_bias)
 
     def _heads(self, x: torch.Tensor, batch: int) -> torch.Tensor:
         if x.dim() == 2:  # shared across the batch
             x = x.unsqueeze(0).expand(batch, -1, -1)
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         batch = x.shape[0] if x.dim() == 3 else context.shape[0]
         q = self._heads(self.to_q(self.norm_q(x)), batch)
         k, v = (self._heads(t, batch) for t in self.to_kv(self.norm_kv(context)).chunk(2, dim=-1))
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        mask = None if key_mask is None else key_mask.bool()[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             dropout_p=self.dropout if self.training else 0.0)
         return self.to_out(out.transpose(1, 2).flatten(2))
 
 
-class GEGLU(nn.Module):
+class FeedForward(nn.Module):
     """Pre-norm GEGLU feed-forward (Shazeer 2020), as in the paper's and NV-Embed's pooling blocks."""
 
     def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
@@ -114,31 +117,125 @@ class GEGLU(nn.Module):
         return self.proj_out(self.dropout(a * F.gelu(gate)))
 
 
-class LatentAttentionPooling(Pooler):
-    """Last-layer trainable pooling, NV-Embed's latent attention layer (Lee et al. 2024).
+# Presets: the options that make each family's pooler what its authors' code builds. `head_dim: None` is a rule
+# applied to the backbone's hidden size h (see _head_dim); every other option may be overridden one by one.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Tang & Yang 2024, github.com/yixuantt/PoolingAndAttn @57791d5, pooling_layers/*TrainablePooling.py:
+    # PerceiverResampler(num_latents_value=768, num_cross_heads=32, cross_dim_head=2048) at Mistral-7B (h=4096);
+    # latents are the queries (`q = to_q(context)` with context = the latents), the residual adds the latents,
+    # FeedForward(mult=4), to_out without bias, latents and layer embedding N(0, 1) (torch.randn, nn.Embedding).
+    "tang2024": dict(query="latents", num_latents=768, num_heads=32, head_dim=None, residual=True, ff_mult=4,
+                     out_bias=False, init_std=1.0),
+    # NV-Embed (Lee et al. 2024), LatentAttentionModel: tokens are the queries, 512 latents give keys and values,
+    # 8 heads of width 4096 = h, residual from the tokens, FeedForward(mult=4), masked mean over tokens.
+    "nvembed": dict(query="tokens", num_latents=512, num_heads=8, head_dim=None, residual=True, ff_mult=4,
+                    out_bias=False, init_std=1.0),
+    # poolattn 0.1's own poolers (before the presets existed), kept so that its designs and folders stay reproducible.
+    "poolattn0": dict(query="latents", num_latents=16, num_heads=8, head_dim=None, residual=False, ff_mult=2,
+                      out_bias=True, init_std=0.02),
+}
 
-    The last layer's token states are queries; a trainable latent array gives keys and values; an MLP follows,
-    both with residual connections; then a masked mean over tokens.
+
+def _head_dim(preset: str, hidden_size: int, num_heads: int) -> int:
+    """The head-width rule when `head_dim` is not given.
+
+    tang2024: head width h/2 (2048 at Mistral-7B's 4096: the reference's inner width 32 x 2048 = 16 h). Keeping that
+    ratio, rather than 2048-wide heads on a 576-wide model (an inner width of 114 h), gives a small backbone the same
+    pooler shape relative to its width that the paper gave Mistral-7B. nvembed: width h (4096 at h = 4096).
+    poolattn0: h / heads (an ordinary multi-head layer).
+    """
+    if preset == "tang2024":
+        return max(1, hidden_size // 2)
+    if preset == "nvembed":
+        return hidden_size
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden size {hidden_size} is not divisible by num_heads={num_heads}")
+    return hidden_size // num_heads
+
+
+class LatentBlock(nn.Module):
+    """Trainable latents + cross-attention + feed-forward, in either family's orientation.
+
+    query="latents" (Tang & Yang, Perceiver): the latents attend over the context tokens (keys/values), the
+    residual (if on) adds the latents, a feed-forward with residual follows, and the latents are averaged.
+    query="tokens" (NV-Embed): every token attends over the latents (keys/values), the residual adds the token,
+    a feed-forward with residual follows, and the tokens are averaged under the mask.
+    """
+
+    def __init__(self, dim: int, query: str, num_latents: int, num_heads: int, head_dim: int, residual: bool,
+                 ff_mult: int, out_bias: bool, init_std: float, dropout: float = 0.0):
+        super().__init__()
+        if query not in ("latents", "tokens"):
+            raise ValueError(f"query must be 'latents' or 'tokens', got {query!r}")
+        self.query, self.residual = query, residual
+        self.latents = nn.Parameter(torch.randn(num_latents, dim) * init_std)
+        self.cross = CrossAttention(dim, num_heads, head_dim, out_bias, dropout)
+        self.ff = FeedForward(dim, ff_mult, dropout)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] context and its [B, T] mask -> [B, D]."""
+        tokens = tokens.to(self.latents.dtype)
+        if self.query == "latents":
+            x = self.cross(self.latents, tokens, key_mask=mask)
+            x = x + self.latents if self.residual else x
+            x = x + self.ff(x)
+            return F.normalize(x.mean(1), dim=-1)  # both reference codes L2-normalise their pooler's output
+        x = self.cross(tokens, self.latents)
+        x = x + tokens if self.residual else x
+        x = x + self.ff(x)
+        return F.normalize(masked_mean(x, mask), dim=-1).to(x.dtype)
+
+
+class TrainablePooler(Pooler):
+    """Shared option handling of the two trainable poolers: a preset, then any option overridden by name."""
+    defaults: dict[str, Any] = {}
+
+    def __init__(self, hidden_size: int, num_layers: int, preset: str = "tang2024", **options: Any):
+        Pooler.__init__(self, hidden_size, num_layers)
+        if preset not in PRESETS:
+            raise ValueError(f"unknown pooler preset {preset!r}; valid: {', '.join(PRESETS)}")
+        valid = {*PRESETS[preset], *self.defaults, "dropout"}
+        bad = sorted(set(options) - valid)
+        if bad:
+            raise ValueError(f"pooling {self.name!r} takes no options {bad}; valid: {', '.join(sorted(valid))}")
+        opts = {**PRESETS[preset], **self.defaults, "dropout": 0.0, **options}
+        if opts["head_dim"] is None:
+            opts["head_dim"] = _head_dim(preset, hidden_size, opts["num_heads"])
+        self.preset, self.options = preset, opts
+        block = ("query", "num_latents", "num_heads", "head_dim", "residual", "ff_mult", "out_bias", "init_std",
+                 "dropout")
+        self.block = LatentBlock(hidden_size, **{k: opts[k] for k in block})
+
+    def get_config(self) -> dict[str, Any]:
+        return {"preset": self.preset, **self.options}
+
+    @property
+    def latents(self) -> nn.Parameter:
+        return self.block.latents
+
+
+class LatentPooling(TrainablePooler):
+    """Last-layer trainable pooling: the latent block over the last layer's tokens.
+
+    tokens="last": only the last (EOS) token enters (the paper's design 2: one key, so the attention is trivial and
+    the block is an MLP on the EOS state); tokens="all": every token enters (design 4; NV-Embed). Unlike the
+    reference code, which passes no padding mask to its pooler, padding (and pool-masked instruction tokens) never
+    enters here, so a text gives the same vector padded or alone.
     """
     name = "latent"
+    defaults = {"tokens": "all"}
 
-    def __init__(self, hidden_size: int, num_layers: int, num_latents: int = 64, num_heads: int = 8,
-                 ff_mult: int = 2, dropout: float = 0.0):
-        super().__init__(hidden_size, num_layers)
-        self.num_latents, self.num_heads, self.ff_mult, self.dropout = num_latents, num_heads, ff_mult, dropout
-        self.latents = nn.Parameter(torch.randn(num_latents, hidden_size) * hidden_size ** -0.5)
-        self.cross = CrossAttention(hidden_size, hidden_size, num_heads, dropout)
-        self.ff = GEGLU(hidden_size, ff_mult, dropout)
-
-    def get_config(self):
-        return {"num_latents": self.num_latents, "num_heads": self.num_heads, "ff_mult": self.ff_mult,
-                "dropout": self.dropout}
+    def __init__(self, hidden_size: int, num_layers: int, preset: str = "tang2024", **options: Any):
+        super().__init__(hidden_size, num_layers, preset, **options)
+        if self.options["tokens"] not in ("last", "all"):
+            raise ValueError(f"latent pooling: tokens must be 'last' or 'all', got {self.options['tokens']!r}")
 
     def forward(self, hidden_states, mask):
-        h = hidden_states[-1].to(self.latents.dtype)
-        x = h + self.cross(h, self.latents)
-        x = x + self.ff(x)
-        return masked_mean(x, mask).to(x.dtype)
+        h = hidden_states[-1]
+        if self.options["tokens"] == "last":
+            rows = torch.arange(h.shape[0], device=h.device)
+            h, mask = h[rows, last_token_index(mask)].unsqueeze(1), mask.new_ones(h.shape[0], 1)
+        return self.block(h, mask)
 
 
 def select_layers(spec: str | int | Sequence[int], num_layers: int) -> list[int]:
@@ -160,52 +257,48 @@ def select_layers(spec: str | int | Sequence[int], num_layers: int) -> list[int]
     return layers
 
 
-class MultiLayerPooling(Pooler):
+class MultiLayerPooling(TrainablePooler):
     """Multi-Layers Trainable Pooling (Tang & Yang 2024).
 
-    Each selected layer's masked token mean is one vector; a learned layer embedding marks which layer it is;
-    trainable latent queries cross-attend over those layer vectors (keys and values); a GEGLU feed-forward with
-    residual follows; the latents are averaged. Defaults are sized for small backbones (the reference code's 768
-    latents and 32 heads of width 2048 were for Mistral-7B).
+    Each selected layer gives one vector (tokens="last": its last-token state, the paper's design 3; "mean": its
+    masked token mean, design 5); a learned layer embedding marks which layer it is; the latent block runs over
+    those layer vectors (with query="latents", the paper's: latents attend over the layers and are averaged).
     """
     name = "multilayer"
     needs_all_layers = True
+    defaults = {"tokens": "mean", "layers": "all", "layer_embedding": True}
 
-    def __init__(self, hidden_size: int, num_layers: int, layers: str | int | Sequence[int] = "all",
-                 num_latents: int = 16, num_heads: int = 8, layer_embedding: bool = True, ff_mult: int = 2,
-                 dropout: float = 0.0):
-        super().__init__(hidden_size, num_layers)
-        self.layers = select_layers(layers, num_layers)
-        self.layers_spec = layers if isinstance(layers, (str, int)) else list(layers)
-        self.num_latents, self.num_heads, self.ff_mult, self.dropout = num_latents, num_heads, ff_mult, dropout
-        self.layer_embedding = nn.Embedding(len(self.layers), hidden_size) if layer_embedding else None
+    def __init__(self, hidden_size: int, num_layers: int, preset: str = "tang2024", **options: Any):
+        if options.get("query") == "tokens" or (preset == "nvembed" and "query" not in options):
+            raise ValueError("multilayer pooling: the layer vectors are the context; use query='latents'")
+        super().__init__(hidden_size, num_layers, preset, **options)
+        opts = self.options
+        if opts["tokens"] not in ("last", "mean"):
+            raise ValueError(f"multilayer pooling: tokens must be 'last' or 'mean', got {opts['tokens']!r}")
+        self.layers = select_layers(opts["layers"], num_layers)
+        if not isinstance(opts["layers"], (str, int)):
+            opts["layers"] = list(opts["layers"])
+        self.layer_embedding = nn.Embedding(len(self.layers), hidden_size) if opts["layer_embedding"] else None
         if self.layer_embedding is not None:
-            nn.init.normal_(self.layer_embedding.weight, std=0.02)
-        # Small latents: the queries carry no input information, so large ones would only sharpen attention at random.
-        self.latents = nn.Parameter(torch.randn(num_latents, hidden_size) * 0.02)
-        self.cross = CrossAttention(hidden_size, hidden_size, num_heads, dropout)
-        self.ff = GEGLU(hidden_size, ff_mult, dropout)
-
-    def get_config(self):
-        return {"layers": self.layers_spec, "num_latents": self.num_latents, "num_heads": self.num_heads,
-                "layer_embedding": self.layer_embedding is not None, "ff_mult": self.ff_mult, "dropout": self.dropout}
+            nn.init.normal_(self.layer_embedding.weight, std=opts["init_std"])
 
     def forward(self, hidden_states, mask):
         if len(hidden_states) != self.num_layers + 1:
             raise ValueError(f"multilayer pooling expects {self.num_layers + 1} hidden states (embeddings + "
                              f"{self.num_layers} layers), got {len(hidden_states)}")
-        vectors = torch.stack([masked_mean(hidden_states[i], mask) for i in self.layers], dim=1).to(self.latents.dtype)
+        if self.options["tokens"] == "last":
+            rows, last = torch.arange(mask.shape[0], device=mask.device), last_token_index(mask)
+            vectors = torch.stack([hidden_states[i][rows, last].float() for i in self.layers], dim=1)
+        else:
+            vectors = torch.stack([masked_mean(hidden_states[i], mask) for i in self.layers], dim=1)
+        vectors = vectors.to(self.latents.dtype)
         if self.layer_embedding is not None:
             vectors = vectors + self.layer_embedding.weight.unsqueeze(0)
-        # No residual from the queries: they are input-independent and would add the same vector to every text.
-        x = self.cross(self.latents, vectors)
-        x = x + self.ff(x)
-        return F.normalize(x.mean(1), dim=-1)
+        return self.block(vectors, mask.new_ones(vectors.shape[:2]))
 
 
 POOLERS: dict[str, type[Pooler]] = {cls.name: cls for cls in
-                                    (EOSPooling, MeanPooling, WeightedMeanPooling, LatentAttentionPooling,
-                                     MultiLayerPooling)}
+                                    (EOSPooling, MeanPooling, WeightedMeanPooling, LatentPooling, MultiLayerPooling)}
 
 
 def check_pooling_name(name: str) -> str:

@@ -77,5 +77,133 @@ def test_unknown_pooling_lists_valid_names():
         build_pooler("cls", 16, 3)
     for name in POOLERS:
         assert name in str(err.value)
-    with pytest.raises(ValueError, match="bad options"):
+    with pytest.raises(ValueError, match="takes no options.*num_latnets.*valid: .*num_latents"):
         build_pooler("latent", 16, 3, num_latnets=3)
+    with pytest.raises(ValueError, match="unknown pooler preset 'nv'; valid: tang2024, nvembed, poolattn0"):
+        build_pooler("latent", 16, 3, preset="nv")
+
+
+# ---- the families' definitions, pinned ------------------------------------------------------------------------------
+def _reference_block(block, context, query):
+    """The reference codes' pooling block restated with explicit matmuls, on our module's weights.
+
+    Tang & Yang (PoolingAndAttn @57791d5, PerceiverResampler.forward): x = latents; x = cross_attn(hiddens,
+    context=x) + x, where PreNorm normalises both sides and Attention takes q = to_q(latents), k, v = to_kv(hiddens);
+    x = cross_ff(x) + x; mean over latents; L2. NV-Embed (LatentAttentionModel.forward): hiddens = cross_attn(hiddens,
+    context=latents) + hiddens with q = to_q(hiddens), k, v = to_kv(latents); hiddens = cross_ff(hiddens) + hiddens;
+    masked mean over tokens; L2. Both: softmax(q k^T / sqrt(head_dim)) v per head, to_out, GEGLU x * gelu(gates).
+    """
+    c, ff = block.cross, block.ff
+    B = context.shape[0]
+    lat = block.latents.unsqueeze(0).expand(B, -1, -1)
+    qside, kvside = (lat, context) if query == "latents" else (context, lat)
+    q = c.to_q(c.norm_q(qside))
+    k, v = c.to_kv(c.norm_kv(kvside)).chunk(2, dim=-1)
+    h = c.num_heads
+    q, k, v = (t.unflatten(-1, (h, -1)).transpose(1, 2) for t in (q, k, v))
+    att = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1) @ v
+    x = c.to_out(att.transpose(1, 2).flatten(2)) + qside
+    a, gates = ff.proj_in(ff.norm(x)).chunk(2, dim=-1)
+    x = ff.proj_out(a * torch.nn.functional.gelu(gates)) + x
+    return torch.nn.functional.normalize(x.mean(1), dim=-1)
+
+
+def test_tang2024_latent_pooler_is_the_reference_perceiver():
+    hs = _states(B=2, T=5, D=16)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    pool = build_pooler("latent", 16, 3, preset="tang2024", tokens="all", num_latents=6, num_heads=4).eval()
+    assert pool.block.cross.to_out.bias is None and pool.options["ff_mult"] == 4 and pool.options["head_dim"] == 8
+    assert torch.allclose(pool(hs, mask), _reference_block(pool.block, hs[-1], "latents"), atol=1e-5)
+
+
+def test_nvembed_pooler_is_the_reference_latent_attention():
+    hs = _states(B=2, T=5, D=16)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    pool = build_pooler("latent", 16, 3, preset="nvembed", num_latents=6, num_heads=2).eval()
+    assert pool.options["query"] == "tokens" and pool.options["head_dim"] == 16  # NV-Embed: head width = hidden
+    assert torch.allclose(pool(hs, mask), _reference_block(pool.block, hs[-1], "tokens"), atol=1e-5)
+
+
+def test_tang2024_multilayer_is_the_reference_with_layer_embedding():
+    hs = _states(B=2, T=5, D=16, L=3)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    pool = build_pooler("multilayer", 16, 3, preset="tang2024", tokens="mean", num_latents=6, num_heads=4).eval()
+    means = torch.stack([(h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True) for h in hs[1:]], 1)
+    expected = _reference_block(pool.block, means + pool.layer_embedding.weight, "latents")
+    assert torch.allclose(pool(hs, mask), expected, atol=1e-5)
+
+
+def test_design2_depends_only_on_the_last_tokens_last_layer_state():
+    hs = _states(B=1, T=5)
+    mask = torch.tensor([[1, 1, 1, 1, 0]])  # last real token at 3
+    pool = build_pooler("latent", 16, 3, tokens="last", num_latents=4, num_heads=2)
+    out = pool(hs, mask)
+    other = tuple(h.clone() for h in hs)
+    for h in other[:-1]:
+        h.normal_()  # every earlier layer changed
+    other[-1][:, :3].normal_()  # and every other position of the last layer
+    assert torch.allclose(out, pool(other, mask), atol=1e-6)
+    other[-1][:, 3] += torch.randn(16)  # (a constant shift would vanish in the LayerNorm)
+    assert not torch.allclose(out, pool(other, mask), atol=1e-4)
+
+
+def test_design3_depends_only_on_each_layers_last_token_state():
+    hs = _states(B=1, T=5)
+    mask = torch.tensor([[0, 1, 1, 1, 1]])  # left padded: last token at 4
+    pool = build_pooler("multilayer", 16, 3, tokens="last", num_latents=4, num_heads=2)
+    out = pool(hs, mask)
+    other = tuple(h.clone() for h in hs)
+    for h in other:
+        h[:, :4].normal_()
+    other[0][:, 4].normal_()  # the embedding output is not a layer
+    assert torch.allclose(out, pool(other, mask), atol=1e-6)
+    for layer in (1, 2, 3):
+        changed = tuple(h.clone() for h in hs)
+        changed[layer][:, 4] += torch.randn(16)
+        assert not torch.allclose(out, pool(changed, mask), atol=1e-4), layer
+
+
+def test_design4_same_vector_padded_or_alone():
+    hs = _states(B=1, T=3)
+    pool = build_pooler("latent", 16, 3, tokens="all", num_latents=4, num_heads=2)
+    alone = pool(hs, torch.ones(1, 3, dtype=torch.long))
+    for left in (False, True):
+        junk = [100 * torch.randn(1, 2, 16) for _ in hs]
+        padded = tuple(torch.cat([j, h] if left else [h, j], 1) for h, j in zip(hs, junk))
+        mask = torch.tensor([[0, 0, 1, 1, 1]] if left else [[1, 1, 1, 0, 0]])
+        assert torch.allclose(alone, pool(padded, mask), atol=1e-5)
+
+
+def test_design5_uses_per_layer_masked_means():
+    hs = _states(B=1, T=5)
+    mask = torch.tensor([[1, 1, 1, 0, 0]])
+    pool = build_pooler("multilayer", 16, 3, tokens="mean", num_latents=4, num_heads=2)
+    flat = tuple(h[:, :3].mean(1, keepdim=True).expand(-1, 5, -1) for h in hs)  # every token = its layer's mean
+    assert torch.allclose(pool(hs, mask), pool(flat, mask), atol=1e-5)
+    assert torch.allclose(pool(hs, mask), pool(tuple(h[:, [2, 0, 1, 3, 4]] for h in hs), mask), atol=1e-5)
+
+
+def test_pooler_parameters_at_mistral_7b_match_the_reference():
+    """tang2024 at Mistral-7B (h 4096, 32 layers): the reference's PerceiverResampler has 1,278,406,656 parameters
+    (to_q 4096x65536, to_kv 4096x131072, to_out 65536x4096, two LayerNorms, GEGLU 4096->32768->4096 with biases
+    and its LayerNorm, 768x4096 latents, 32x4096 layer embedding)."""
+    with torch.device("meta"):
+        multi = build_pooler("multilayer", 4096, 32, preset="tang2024")
+        last = build_pooler("latent", 4096, 32, preset="tang2024")
+        nv = build_pooler("latent", 4096, 32, preset="nvembed")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(multi) == 1_278_406_656
+    assert count(last) == 1_278_406_656 - 32 * 4096
+    # NV-Embed: 8 heads x 4096 wide (inner 32768), 512 latents
+    assert nv.block.cross.to_q.weight.shape == (32768, 4096) and nv.latents.shape == (512, 4096)
+
+
+def test_head_width_rule_and_explicit_override():
+    pool = build_pooler("multilayer", 576, 30)
+    assert pool.get_config()["head_dim"] == 288 and pool.get_config()["num_heads"] == 32
+    assert build_pooler("multilayer", 576, 30, head_dim=18).block.cross.to_q.weight.shape == (32 * 18, 576)
+    assert build_pooler("multilayer", 576, 30, preset="poolattn0").get_config()["head_dim"] == 72
+    with pytest.raises(ValueError, match="query='latents'"):
+        build_pooler("multilayer", 16, 3, preset="nvembed")
+    with pytest.raises(ValueError, match="tokens must be 'last' or 'mean'"):
+        build_pooler("multilayer", 16, 3, tokens="all")
