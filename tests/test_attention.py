@@ -35,3 +35,38 @@ def test_padding_does_not_change_embeddings(tiny_backbones, arch, attention, sid
         alone = [m.encode([t], batch_size=1)[0] for t in texts]
         for b, a in zip(batched, alone):
             assert abs(b - a).max() < 1e-4, (arch, attention, side, pooling)
+
+
+def _installed_implementations() -> list[str]:
+    import importlib.util
+
+    impls = ["sdpa", "eager"]
+    if importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available():
+        impls.append("flash_attention_2")
+    return impls
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_attention_switch_is_the_same_under_every_implementation(tiny_backbones, arch, attention):
+    """The switch acts through the mask and the modules' is_causal flag: eager (a materialised mask), SDPA (implicit
+    causal flag or mask) and flash-attention 2 where installed must all attend to the same tokens."""
+    texts = ["the cat", "a much longer sentence about a dog running in the park", "hi"]
+    out = {}
+    for impl in _installed_implementations():
+        on_cuda = impl == "flash_attention_2"
+        m = EmbeddingModel(ModelConfig(backbone=tiny_backbones[arch], attention=attention, pooling="mean",
+                                       attn_implementation=impl, dtype="bfloat16" if on_cuda else "float32"),
+                           device="cuda" if on_cuda else "cpu")
+        assert m.backbone.config._attn_implementation == impl
+        out[impl] = m.encode(texts, batch_size=3)
+    for impl, emb in out.items():
+        tol = 2e-2 if impl == "flash_attention_2" else 1e-5
+        assert abs(emb - out["eager"]).max() < tol, (arch, attention, impl)
+
+
+def test_unknown_attn_implementation_is_refused(tiny_llama):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="attn_implementation"):
+        ModelConfig(backbone=tiny_llama, attn_implementation="flash")
