@@ -5,8 +5,25 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Decoder LLMs as text-embedding models: design, train, evaluate, compare.")
 
+DEVICE_HELP = "auto (this process's GPU, else MPS, else CPU), cpu, cuda, cuda:N or mps"
+
+
+def _check_device(value: str | None) -> str | None:
+    """--device callback: an unknown or absent device is a one-line usage error, before any model loads."""
+    if value is None:
+        return None
+    from .device import resolve_device
+
+    try:
+        resolve_device(value)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--device") from err
+    return value
+
+
 # --- encode/info commands (core) ---
-def _load_model(model: str, attention: str | None, pooling: str | None, dtype: str | None, max_length: int | None):
+def _load_model(model: str, attention: str | None, pooling: str | None, dtype: str | None, max_length: int | None,
+                device: str = "auto"):
     """A saved poolattn folder as saved (options override it), else a fresh design on that backbone."""
     from pathlib import Path
 
@@ -15,8 +32,8 @@ def _load_model(model: str, attention: str | None, pooling: str | None, dtype: s
     overrides = {k: v for k, v in dict(attention=attention, pooling=pooling, dtype=dtype,
                                        max_length=max_length).items() if v is not None}
     if (Path(model) / CONFIG_NAME).exists():
-        return EmbeddingModel.from_pretrained(model, inference=True, **overrides)  # inference only
-    return EmbeddingModel(ModelConfig(backbone=model, **overrides))
+        return EmbeddingModel.from_pretrained(model, inference=True, device=device, **overrides)  # inference only
+    return EmbeddingModel(ModelConfig(backbone=model, **overrides), device=device)
 
 
 @app.command()
@@ -30,6 +47,7 @@ def encode(
     batch_size: int = typer.Option(32),
     max_length: int = typer.Option(None),
     dtype: str = typer.Option(None, help="auto | float32 | bfloat16"),
+    device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
 ):
     """Embed the lines of a text file."""
     from pathlib import Path
@@ -38,7 +56,7 @@ def encode(
     from rich import print as rprint
 
     texts = Path(input).read_text(encoding="utf-8").splitlines()
-    m = _load_model(model, attention, pooling, dtype, max_length)
+    m = _load_model(model, attention, pooling, dtype, max_length, device)
     emb = m.encode(texts, instruction=instruction, batch_size=batch_size, show_progress_bar=True)
     np.save(output, emb)
     rprint(f"[green]{emb.shape[0]} x {emb.shape[1]}[/green] embeddings ({m.config.name}) -> {output}")
@@ -76,12 +94,11 @@ def train_command(
                                                       "(e.g. --set lr=2e-4 --set model.pooling=latent)"),
 ):
     """Train a design contrastively (LoRA + pooler); rerun with the same output_dir to resume."""
-    import os
-
     import yaml
     from pydantic import ValidationError
     from rich import print as rprint
 
+    from .distributed import is_main
     from .training import TrainConfig, train
 
     try:
@@ -89,7 +106,7 @@ def train_command(
     except (ValidationError, ValueError, OSError, yaml.YAMLError) as err:
         raise typer.BadParameter(str(err), param_hint="CONFIG / --set") from err
     final = train(cfg)
-    if os.environ.get("RANK", "0") == "0":  # one line under torchrun / accelerate launch
+    if is_main():  # one line under torchrun / accelerate launch
         rprint(f"[green]final model[/green] -> {final}")
 
 
@@ -107,6 +124,7 @@ def eval_(
     no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the embedding cache"),
     pooling: str = typer.Option(None, help="poolattn models: eos | mean | weighted_mean | latent | multilayer"),
     attention: str = typer.Option(None, help="poolattn models: causal | bidirectional"),
+    device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
 ):
     """Score a model on MTEB tasks (mteb's evaluators) from the data pack or the hub; per-item scores included."""
     from pathlib import Path
@@ -120,7 +138,7 @@ def eval_(
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--tasks") from e
     try:
-        scores = evaluate(load_model(model, pooling=pooling, attention=attention), names, data_dir=data,
+        scores = evaluate(load_model(model, device=device, pooling=pooling, attention=attention), names, data_dir=data,
                           output_dir=output, instructions=instructions, batch_size=batch_size, cache=not no_cache)
     except TaskUnavailable as e:
         rprint(f"[red]{e}[/red]")
@@ -184,13 +202,14 @@ def layers(
     attention: str = typer.Option(None, help="causal | bidirectional (default: as saved, else causal)"),
     n_texts: int = typer.Option(1000, help="texts for the layer-similarity (CKA) heatmap"),
     dtype: str = typer.Option(None),
+    device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
 ):
     """Per-layer EOS and mean embeddings: layer x layer CKA heatmap (paper Fig. 1) and per-layer task scores (Fig. 2)."""
     from rich import print as rprint
 
     from .layers import analyze_layers
 
-    m = _load_model(model, attention, None, dtype, None)
+    m = _load_model(model, attention, None, dtype, None, device)
     result = analyze_layers(m, [t for t in tasks.split(",") if t], output, data_dir=data, n_texts=n_texts)
     rprint(f"[green]layer analysis[/green] -> {result['files']}")
 

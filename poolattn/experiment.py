@@ -153,7 +153,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict[str,
 
     import torch
 
-    from .losses import world
+    from .distributed import is_main, world
     from .model import EmbeddingModel
     from .report import collect_environment, write_report
     from .training import train
@@ -161,7 +161,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict[str,
     console = Console(stderr=True)
     folder = Path(config.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("RANK", "0") == "0":  # launchers set RANK before any process group exists
+    if is_main():  # launchers set RANK before any process group exists
         _write_yaml_once(folder, config)
         (folder / "environment.json").write_text(json.dumps(collect_environment(), indent=2))
     started = time.time()
@@ -187,9 +187,9 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict[str,
             # Wall time of this invocation's work (a resumed training counts only its resumed part).
             (run_dir / "timing.json").write_text(json.dumps(
                 {"train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.time() - t1, 1)}))
-        if size > 1:
+        if size > 1 and torch.distributed.is_initialized():  # none yet after the baseline
             torch.distributed.barrier()
     console.print(f"all designs done in {(time.time() - started) / 60:.1f} min; writing the report")
-    if world()[0] != 0:
+    if not is_main():
         return {}
     return write_report(folder, progress=progress)

@@ -12,12 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-
-def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) without an initialised process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from .distributed import world
 
 
 def gather_with_grad(t: torch.Tensor) -> torch.Tensor:

@@ -209,13 +209,14 @@ def test_train_writes_run_folder_and_loadable_model(tiny_llama, tmp_path):
 KILL_SCRIPT = """
 import os, signal, sys
 from poolattn import training
+from poolattn.training import checkpoint
 cfg = training.TrainConfig.model_validate_json(open(sys.argv[1]).read())
-commit = training._commit
+commit = checkpoint.commit
 def kill_mid_save(tmp, final):  # every file of step 4's checkpoint written, not yet renamed
     if final.name == "step-000004":
         os.kill(os.getpid(), signal.SIGKILL)
     commit(tmp, final)
-training._commit = kill_mid_save
+checkpoint.commit = kill_mid_save
 training.train(cfg)
 """
 
@@ -249,14 +250,14 @@ def test_sigkill_and_resume_gives_identical_weights(tiny_llama, tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_llama, tmp_path, monkeypatch):
     cfg = tiny_config(tiny_llama, tmp_path)
     calls = []
-    real = training.info_nce
+    real = training.trainer.info_nce
 
     def poisoned(*args, **kwargs):
         calls.append(1)
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    monkeypatch.setattr(training, "info_nce", poisoned)
+    monkeypatch.setattr(training.trainer, "info_nce", poisoned)
     with pytest.raises(TrainingDiverged, match=r"loss nan .* step 3 .*step-000002"):
         train(cfg)
     out = Path(cfg.output_dir)

@@ -17,237 +17,30 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import sys
 import time
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Literal, Sequence
+from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .data import Example, MixedBatchSampler, SourceConfig, load_sources
-from .losses import info_nce
-from .model import EmbeddingModel, LoraSettings, ModelConfig
+from ..data import Example, MixedBatchSampler, load_sources
+from ..distributed import world
+from ..losses import info_nce
+from ..model import EmbeddingModel
+from . import checkpoint
+from .checkpoint import list_checkpoints, load_trainable_state
+from .config import RESUMABLE_FIELDS, TrainConfig
+from .gradcache import contrastive_backward
 
 log = logging.getLogger(__name__)
-
-# Fields that may change when a run is resumed: they do not change what the run computes.
-RESUMABLE_FIELDS = {"max_time_minutes", "save_every", "keep_last", "log_every", "output_dir", "data_dir",
-                    "progress", "num_threads"}
 
 
 class TrainingDiverged(RuntimeError):
     """Loss or gradient norm became NaN/inf; the last good checkpoint is kept."""
-
-
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    lora: LoraSettings | None = Field(default_factory=LoraSettings)  # None: no adapter (pooler only, or full)
-    full_finetune: bool = False  # train every backbone weight (use model.dtype float32 for fp32 master weights)
-    data: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig(path="train")])
-    data_dir: str = Field(default_factory=lambda: os.environ.get("POOLATTN_DATA", "../shared/data"))
-    batch_size: int = Field(32, ge=1)  # contrastive (global) batch: rows per step over all processes
-    chunk_size: int | None = Field(None, ge=1)  # GradCache chunk (texts per forward); None: no GradCache
-    lr: float = Field(1e-4, gt=0)
-    pooler_lr: float | None = Field(None, gt=0)  # trainable pooler's own lr (it starts random); None: lr
-    warmup_steps: int = Field(100, ge=0)
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    weight_decay: float = 0.01
-    max_grad_norm: float | None = 1.0
-    max_steps: int = Field(1000, ge=1)
-    max_length: int | None = None  # training truncation; None: model.max_length (the saved model keeps model's)
-    scale: float = 20.0  # cosine similarity x scale = 1 / temperature
-    seed: int = 42
-    gradient_checkpointing: bool = True
-    num_threads: int | None = Field(None, ge=1)  # torch intra-op threads (process-wide); None: torch's default
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 autocast where bf16 is fast
-    save_every: int = Field(100, ge=1)
-    keep_last: int = Field(2, ge=1)
-    log_every: int = Field(1, ge=1)
-    output_dir: str = "runs/train"
-    max_time_minutes: float | None = None  # stop cleanly (checkpoint + final model) after this much training time
-    progress: bool = True
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.model.lora is not None:
-            raise ValueError("set LoRA under `lora:`, not `model.lora` (that field records a trained adapter)")
-        if self.full_finetune and self.lora is not None:
-            raise ValueError("full_finetune trains every weight: set `lora: null` too")
-        if not self.data:
-            raise ValueError("data: give at least one training source")
-        return self
-
-    @classmethod
-    def load(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.model_validate(apply_overrides(raw, overrides or []))
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """`a.b=c` (value parsed as YAML; `data.0.weight=2` indexes lists) applied to a copy of `raw`."""
-    import copy
-
-    out = copy.deepcopy(raw)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value (e.g. lr=2e-4 or model.pooling=mean)")
-        key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        parsed = yaml.safe_load(value) if value.strip() else None
-        try:
-            node: Any = out
-            for part in parts[:-1]:
-                if isinstance(node, list):
-                    node = node[int(part)]
-                else:
-                    if node.get(part) is None:  # absent, or `null` in the file (e.g. lora: null)
-                        node[part] = {}
-                    node = node[part]
-            if isinstance(node, list):
-                node[int(parts[-1])] = parsed
-            else:
-                node[parts[-1]] = parsed
-        except (AttributeError, IndexError, ValueError, TypeError) as err:
-            raise ValueError(f"override {item!r}: {key} does not name a config field ({err})") from None
-    return out
-
-
-# ---- GradCache ----------------------------------------------------------------------------------------------------
-class RandContext:
-    """Snapshot the CPU/CUDA RNG now; entering replays it (and restores the outer state on exit), so a chunk's
-    second forward draws the same dropout masks (LoRA dropout) as its first. The same ~10 lines as GradCache's and
-    sentence-transformers' RandContext, whose home in sentence-transformers is private and moves between versions."""
-
-    def __init__(self, *tensors: torch.Tensor):
-        from torch.utils.checkpoint import get_device_states
-
-        self.cpu_state = torch.get_rng_state()
-        self.devices, self.device_states = get_device_states(*tensors)
-
-    def __enter__(self):
-        from torch.utils.checkpoint import set_device_states
-
-        self._fork = torch.random.fork_rng(devices=self.devices)
-        self._fork.__enter__()
-        torch.set_rng_state(self.cpu_state)
-        set_device_states(self.devices, self.device_states)
-
-    def __exit__(self, *exc):
-        self._fork.__exit__(*exc)
-
-
-def _tensors(x: Any) -> list[torch.Tensor]:
-    return [v for v in x.values() if isinstance(v, torch.Tensor)] if isinstance(x, dict) else [x]
-
-
-def contrastive_backward(embed: Callable[[Any], torch.Tensor], groups: Sequence[Sequence[Any]],
-                         loss_fn: Callable[[list[torch.Tensor | None]], torch.Tensor], *, grad_cache: bool,
-                         backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
-                         no_sync: Callable[[], ContextManager] = nullcontext,
-                         embed_first: Callable[[Any], torch.Tensor] | None = None) -> torch.Tensor:
-    """Forward every chunk of every group, loss on the concatenated group embeddings, backward; return the loss.
-
-    groups: per group (queries, positives, ...) a list of chunk inputs for `embed`; an empty group gives None.
-    grad_cache=False: one graph over all chunks. grad_cache=True (Gao et al. 2021): (1) every chunk forward
-    without keeping its graph, RNG state saved; (2) loss on detached embeddings -> d loss / d embedding;
-    (3) each chunk forward again under its saved RNG state and backward of <embedding, cached gradient>.
-    Memory then depends on the chunk size only. `no_sync` (DDP) wraps all but the last chunk of step (3), so
-    gradients are all-reduced once. `embed_first` (default `embed`) runs step (1): the unwrapped model under DDP.
-    """
-    if not grad_cache:
-        reps = [torch.cat([embed(c) for c in g]) if len(g) else None for g in groups]
-        loss = loss_fn(reps)
-        backward(loss)
-        return loss.detach()
-
-    embed_first = embed_first or embed
-    saved: list[list[tuple[RandContext, int]]] = []  # per chunk: RNG state before its forward, its row offset
-    reps: list[torch.Tensor | None] = []
-    for g in groups:
-        outs, saved_g, offset = [], [], 0
-        for c in g:
-            rc = RandContext(*_tensors(c))
-            # Grad mode stays on (detach drops the graph at once): the forward must be the very same computation
-            # as in step (3), and EmbeddingModel switches to an inference copy of its pooler under no_grad.
-            outs.append(embed_first(c).detach())
-            saved_g.append((rc, offset))
-            offset += outs[-1].shape[0]
-        saved.append(saved_g)
-        reps.append(torch.cat(outs).requires_grad_() if outs else None)
-    loss = loss_fn(reps)
-    loss.backward()
-    grads = [None if r is None else (r.grad if r.grad is not None else torch.zeros_like(r)) for r in reps]
-    chunks = [(gi, ci) for gi, g in enumerate(groups) for ci in range(len(g))]
-    for gi, ci in chunks:
-        rc, offset = saved[gi][ci]
-        with rc, (nullcontext() if (gi, ci) == chunks[-1] else no_sync()):
-            emb = embed(groups[gi][ci])
-            backward((emb * grads[gi][offset:offset + emb.shape[0]]).sum())
-    return loss.detach()
-
-
-# ---- checkpoints ----------------------------------------------------------------------------------------------------
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _commit(tmp: Path, final: Path) -> None:
-    """Make a fully written temporary checkpoint folder visible under its final name in one rename."""
-    for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync(final.parent)
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run folder, oldest first (temporary folders of interrupted saves are ignored)."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.exists():
-        return []
-    done = [p for p in root.glob("step-*") if (p / "trainer_state.json").exists()]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
-
-
-def load_trainable_state(model: EmbeddingModel, state: dict[str, torch.Tensor]) -> None:
-    """Inverse of EmbeddingModel.trainable_state_dict: copy pooler and LoRA (or full backbone) weights in place."""
-    expected = set(model.trainable_state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.pooler.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("pooler.")})
-    backbone = {k[9:]: v for k, v in state.items() if k.startswith("backbone.")}
-    if backbone:
-        model.backbone.load_state_dict(backbone, strict=False)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class _FirstOnly(logging.Filter):
@@ -304,7 +97,7 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
         from transformers import get_scheduler
 
-        from .backbone import _fast_bf16
+        from ..backbone import _fast_bf16
 
         cfg = self.config
         if cfg.num_threads is not None:
@@ -317,7 +110,8 @@ class Trainer:
         cpu_only = not (accel.is_available() if accel is not None else torch.cuda.is_available())
         self.acc = acc = Accelerator(cpu=cpu_only,
                                      kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
-        self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
+        self.rank, self.world = world()  # the process group accelerate opened, or (0, 1)
+        self.main = self.rank == 0
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.world} processes")
         self.local_batch = cfg.batch_size // self.world
@@ -400,7 +194,7 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        torch.save(_rng_state(), tmp / f"rng_state_{self.rank}.pt")
+        torch.save(checkpoint.rng_state(), tmp / f"rng_state_{self.rank}.pt")
         if self.main:
             state = {k: v.detach().contiguous().cpu() for k, v in self.unwrapped.trainable_state_dict().items()}
             save_file(state, str(tmp / "trainable.safetensors"))
@@ -411,7 +205,7 @@ class Trainer:
                  "sampler": self.sampler.state_dict()}, indent=2))
         acc.wait_for_everyone()
         if self.main:
-            _commit(tmp, final)
+            checkpoint.commit(tmp, final)
             for old in list_checkpoints(self.out)[:-self.config.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
@@ -429,7 +223,7 @@ class Trainer:
         self.step, self.elapsed_before = state["step"], state["elapsed_s"]
         rng = path / f"rng_state_{self.rank}.pt"
         if rng.exists():
-            _set_rng_state(torch.load(rng, weights_only=False))  # our own file; holds numpy/python RNG tuples
+            checkpoint.set_rng_state(torch.load(rng, weights_only=False))  # our own file; holds numpy/python RNG tuples
         else:  # resumed on more processes than saved
             from accelerate.utils import set_seed
 
@@ -453,18 +247,21 @@ class Trainer:
 
         def embed(enc: dict[str, torch.Tensor]) -> torch.Tensor:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp):
-                return module(enc["input_ids"].to(device), enc["attention_mask"].to(device))
+                return module(**{k: v.to(device) for k, v in enc.items()})
         return embed
 
     def backward_step(self, examples: list[Example], grad_cache: bool | None = None) -> tuple[torch.Tensor, int, int]:
         """Forward + backward of this process's rows (gradients accumulate in .grad); (loss, texts, tokens).
         grad_cache=False with a chunk_size: plain backward over the same chunks (tests compare the two)."""
         cfg, m = self.config, self.unwrapped
-        queries = [m.format([e.query], e.instruction)[0] for e in examples]
         has_neg = [i for i, e in enumerate(examples) if e.negative is not None]
-        texts = (queries, [e.positive for e in examples], [examples[i].negative for i in has_neg])
+        # Instructions as evaluation applies them (model.format): queries always, documents of symmetric sources too.
+        doc_ins = [e.instruction if e.symmetric else None for e in examples]
+        texts = (([e.query for e in examples], [e.instruction for e in examples]),
+                 ([e.positive for e in examples], doc_ins),
+                 ([examples[i].negative for i in has_neg], [doc_ins[i] for i in has_neg]))
         size = cfg.chunk_size or len(examples)
-        groups = [[m.tokenize(t[i:i + size]) for i in range(0, len(t), size)] for t in texts]
+        groups = [[m.tokenize(t[i:i + size], ins[i:i + size]) for i in range(0, len(t), size)] for t, ins in texts]
         device = self.acc.device
         neg_index = torch.tensor(has_neg, dtype=torch.long, device=device)
         neg_mask = torch.zeros(len(examples), dtype=torch.bool, device=device)
@@ -480,7 +277,7 @@ class Trainer:
                                     no_sync=lambda: self.acc.no_sync(self.model),
                                     embed_first=self._embed(self.first_pass_model))
         tokens = sum(int(c["attention_mask"].sum()) for g in groups for c in g)
-        return loss, sum(len(t) for t in texts), tokens
+        return loss, sum(len(t) for t, _ in texts), tokens
 
     def _elapsed(self) -> float:
         return self.elapsed_before + (time.perf_counter() - self._t0)
