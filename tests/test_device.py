@@ -83,3 +83,35 @@ def test_flash_attention_refused_with_a_reason_on_cpu(tiny_llama):
 
     with pytest.raises(ValueError, match="flash"):
         EmbeddingModel(ModelConfig(backbone=tiny_llama, attn_implementation="flash_attention_2"), device="cpu")
+
+
+def test_device_cpu_is_honoured_when_a_gpu_is_present(gpus, tiny_llama, tmp_path):
+    """With a (mocked) GPU, `auto` goes for CUDA (and fails here, there being none): --device cpu must keep the
+    encode and layers commands and eval's model loader on the CPU."""
+    from typer.testing import CliRunner
+
+    from poolattn import EmbeddingModel
+    from poolattn.cli import app
+    from poolattn.evaluation import load_model
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the cat sat\na dog runs in the park\n")
+    gpus(1)
+    encode = ["encode", "--model", tiny_llama, "--dtype", "float32", "--input", str(texts),
+              "--output", str(tmp_path / "e.npy")]
+    assert CliRunner().invoke(app, encode).exit_code != 0  # auto picked the (absent) GPU: the mock bites
+    res = CliRunner().invoke(app, encode + ["--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    m = load_model(tiny_llama, device="cpu", pooling="mean", dtype="float32")
+    assert isinstance(m, EmbeddingModel) and m.device.type == "cpu"
+    folder = m.save_pretrained(tmp_path / "saved")
+    assert load_model(str(folder), device="cpu").device.type == "cpu"
+
+
+def test_unknown_device_is_a_usage_error(tiny_llama, tmp_path):
+    from typer.testing import CliRunner
+
+    from poolattn.cli import app
+
+    res = CliRunner().invoke(app, ["layers", "--model", tiny_llama, "--device", "cuda:7", "--output", str(tmp_path)])
+    assert res.exit_code == 2 and "--device" in res.output

