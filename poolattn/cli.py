@@ -214,6 +214,11 @@ def layers(
     rprint(f"[green]layer analysis[/green] -> {result['files']}")
 
 
+# --- serve command (poolattn/serve) ---
+from .serve.cli import serve_command  # noqa: E402  (light: the server's libraries load when it runs)
+
+app.command("serve")(serve_command)
+
 
 if __name__ == "__main__":
     app()

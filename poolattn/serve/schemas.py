@@ -1,0 +1,88 @@
+"""Settings of the server and the wire format of OpenAI's embeddings API (plus two extension fields)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+
+class ServeSettings(BaseModel):
+    """Every limit of `poolattn serve`; the CLI options map one to one onto these fields."""
+    model_config = ConfigDict(extra="forbid")
+    model_name: str = Field("poolattn", description="the name clients pass as `model`")
+    api_key: str | None = Field(None, description="require `Authorization: Bearer <key>` on /v1/* when set")
+    max_inputs: PositiveInt = Field(2048, description="inputs per request")
+    max_input_tokens: PositiveInt | None = Field(None, description="tokens per input, instruction and EOS "
+                                                 "included (default: the model's max_length)")
+    truncate: bool = Field(False, description="cut over-long inputs instead of rejecting them (a request's "
+                                              "`truncate` field overrides)")
+    max_body_bytes: PositiveInt = Field(16 * 2**20, description="request body size")
+    batch_tokens: PositiveInt = Field(16384, description="padded tokens per encoded batch")
+    max_batch_size: PositiveInt = Field(256, description="inputs per encoded batch")
+    max_queue: PositiveInt = Field(8192, description="inputs waiting or being encoded; more gets 429")
+    batch_wait_ms: float = Field(0.0, ge=0, description="how long the worker waits for a batch to fill")
+    instruction: str | None = Field(None, description="instruction for requests that do not send one "
+                                                      "(default: none, as for documents)")
+    graceful_shutdown_s: float = Field(30.0, gt=0, description="on SIGTERM, how long requests in flight may take")
+
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> "ServeSettings":
+        if self.max_queue < self.max_inputs:
+            raise ValueError(f"max_queue={self.max_queue} is smaller than max_inputs={self.max_inputs}: a full "
+                             "request could never be queued")
+        return self
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        ..., description="a text, a list of texts, or token ids (tokenizer(text)['input_ids']; EOS is appended)")
+    model: str
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, description="keep the first N components and renormalise (the models "
+                                                     "are not Matryoshka-trained: a plain truncation)")
+    user: str | None = None
+    instruction: str | None = Field(None, description="extension: the task instruction for these inputs "
+                                                      "(\"\" for none); default: the server's")
+    truncate: bool | None = Field(None, description="extension: cut over-long inputs instead of a 400")
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "poolattn"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
