@@ -114,4 +114,14 @@ def test_unknown_device_is_a_usage_error(tiny_llama, tmp_path):
     from poolattn.cli import app
 
     res = CliRunner().invoke(app, ["layers", "--model", tiny_llama, "--device", "cuda:7", "--output", str(tmp_path)])
-    assert res.exit_code == 2 and "--device" in res.output
+    assert res.exit_code != 0 and "device 'cuda:7'" in res.output and "Traceback" not in res.output
+
+
+def test_trainer_refuses_an_absent_device_and_honours_cpu(gpus, tiny_llama, tmp_path):
+    from test_training import _trainer, tiny_config
+
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        _trainer(tiny_config(tiny_llama, tmp_path, device="cuda:0", output_dir=str(tmp_path / "a")))
+    gpus(1)  # a (mocked) GPU present: device cpu still trains on the CPU
+    t, _ = _trainer(tiny_config(tiny_llama, tmp_path, device="cpu", output_dir=str(tmp_path / "b")))
+    assert t.acc.device.type == "cpu" and t.unwrapped.device.type == "cpu"

@@ -13,7 +13,7 @@ from ..model import LoraSettings, ModelConfig
 
 # Fields that may change when a run is resumed: they do not change what the run computes.
 RESUMABLE_FIELDS = {"max_time_minutes", "save_every", "keep_last", "log_every", "output_dir", "data_dir",
-                    "progress", "num_threads"}
+                    "progress", "num_threads", "device"}
 
 
 class TrainConfig(BaseModel):
@@ -36,6 +36,7 @@ class TrainConfig(BaseModel):
     scale: float = 20.0  # cosine similarity x scale = 1 / temperature
     seed: int = 42
     gradient_checkpointing: bool = True
+    device: str = "auto"  # auto (this process's GPU, else MPS, else CPU), cpu, cuda:N, mps
     num_threads: int | None = Field(None, ge=1)  # torch intra-op threads (process-wide); None: torch's default
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 autocast where bf16 is fast
     save_every: int = Field(100, ge=1)

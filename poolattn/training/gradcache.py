@@ -9,37 +9,51 @@ import torch
 
 
 class RandContext:
-    """Snapshot the CPU/CUDA RNG now; entering replays it (and restores the outer state on exit), so a chunk's
-    second forward draws the same dropout masks (LoRA dropout) as its first. The same ~10 lines as GradCache's and
-    sentence-transformers' RandContext, whose home in sentence-transformers is private and moves between versions."""
+    """Snapshot the CPU RNG and that of every accelerator the forward runs on; entering replays them (and restores
+    the outer state on exit), so a chunk's second forward draws the same dropout masks (LoRA dropout) as its first.
 
-    def __init__(self, *tensors: torch.Tensor):
-        from torch.utils.checkpoint import get_device_states
+    The devices are named, not inferred from the inputs as GradCache's and sentence-transformers' RandContext
+    (`get_device_states(*tensors)`) do: our chunks are CPU token ids moved to the GPU inside the forward, so an
+    inferred context held no CUDA state and CUDA dropout differed between the two forwards."""
 
+    def __init__(self, *devices: torch.device | str):
         self.cpu_state = torch.get_rng_state()
-        self.devices, self.device_states = get_device_states(*tensors)
+        self.cuda = sorted({_cuda_index(d) for d in devices if torch.device(d).type == "cuda"})
+        self.cuda_states = [torch.cuda.get_rng_state(i) for i in self.cuda]
+        self.mps_state = torch.mps.get_rng_state() if any(torch.device(d).type == "mps" for d in devices) else None
 
     def __enter__(self):
-        from torch.utils.checkpoint import set_device_states
-
-        self._fork = torch.random.fork_rng(devices=self.devices)
+        self._fork = torch.random.fork_rng(devices=self.cuda)
         self._fork.__enter__()
         torch.set_rng_state(self.cpu_state)
-        set_device_states(self.devices, self.device_states)
+        for index, state in zip(self.cuda, self.cuda_states):
+            torch.cuda.set_rng_state(state, index)
+        if self.mps_state is not None:
+            self._mps_outer = torch.mps.get_rng_state()
+            torch.mps.set_rng_state(self.mps_state)
 
     def __exit__(self, *exc):
+        if self.mps_state is not None:
+            torch.mps.set_rng_state(self._mps_outer)
         self._fork.__exit__(*exc)
 
 
-def _tensors(x: Any) -> list[torch.Tensor]:
-    return [v for v in x.values() if isinstance(v, torch.Tensor)] if isinstance(x, dict) else [x]
+def _cuda_index(device: torch.device | str) -> int:
+    device = torch.device(device)
+    return torch.cuda.current_device() if device.index is None else device.index
+
+
+def _devices_of(x: Any) -> list[torch.device]:
+    tensors = [v for v in x.values() if isinstance(v, torch.Tensor)] if isinstance(x, dict) else [x]
+    return [t.device for t in tensors if isinstance(t, torch.Tensor)]
 
 
 def contrastive_backward(embed: Callable[[Any], torch.Tensor], groups: Sequence[Sequence[Any]],
                          loss_fn: Callable[[list[torch.Tensor | None]], torch.Tensor], *, grad_cache: bool,
                          backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
                          no_sync: Callable[[], ContextManager] = nullcontext,
-                         embed_first: Callable[[Any], torch.Tensor] | None = None) -> torch.Tensor:
+                         embed_first: Callable[[Any], torch.Tensor] | None = None,
+                         devices: Sequence[torch.device | str] | None = None) -> torch.Tensor:
     """Forward every chunk of every group, loss on the concatenated group embeddings, backward; return the loss.
 
     groups: per group (queries, positives, ...) a list of chunk inputs for `embed`; an empty group gives None.
@@ -48,6 +62,8 @@ def contrastive_backward(embed: Callable[[Any], torch.Tensor], groups: Sequence[
     (3) each chunk forward again under its saved RNG state and backward of <embedding, cached gradient>.
     Memory then depends on the chunk size only. `no_sync` (DDP) wraps all but the last chunk of step (3), so
     gradients are all-reduced once. `embed_first` (default `embed`) runs step (1): the unwrapped model under DDP.
+    `devices`: where the forward runs (the model's devices); their RNG is replayed in step (3) along with the CPU's.
+    None: the devices of each chunk's input tensors (right only when the inputs already live where the model does).
     """
     if not grad_cache:
         reps = [torch.cat([embed(c) for c in g]) if len(g) else None for g in groups]
@@ -61,7 +77,7 @@ def contrastive_backward(embed: Callable[[Any], torch.Tensor], groups: Sequence[
     for g in groups:
         outs, saved_g, offset = [], [], 0
         for c in g:
-            rc = RandContext(*_tensors(c))
+            rc = RandContext(*(devices if devices is not None else _devices_of(c)))
             # Grad mode stays on (detach drops the graph at once): the forward must be the very same computation
             # as in step (3), and EmbeddingModel switches to an inference copy of its pooler under no_grad.
             outs.append(embed_first(c).detach())

@@ -98,6 +98,7 @@ class Trainer:
         from transformers import get_scheduler
 
         from ..backbone import _fast_bf16
+        from ..device import resolve_device
 
         cfg = self.config
         if cfg.num_threads is not None:
@@ -106,10 +107,14 @@ class Trainer:
         # process-wide singleton that cannot change between runs, and the experiment trains many in one process.
         # cpu=True where there is no accelerator: without it accelerate leaves torchrun's CPU processes in
         # DistributedType.NO (each believing it is alone) although it opens the process group.
-        accel = getattr(torch, "accelerator", None)
-        cpu_only = not (accel.is_available() if accel is not None else torch.cuda.is_available())
-        self.acc = acc = Accelerator(cpu=cpu_only,
+        device = resolve_device(cfg.device)  # auto: this process's LOCAL_RANK GPU, as accelerate places it
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # accelerate puts a process on the current CUDA device
+        self.acc = acc = Accelerator(cpu=device.type == "cpu",
                                      kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+        if acc.device.type != device.type or (device.type == "cuda" and acc.device.index not in (None, device.index)):
+            raise ValueError(f"device {cfg.device!r}: the launcher placed this process on {acc.device}; under "
+                             f"torchrun / accelerate launch use device: auto (each process takes its own GPU)")
         self.rank, self.world = world()  # the process group accelerate opened, or (0, 1)
         self.main = self.rank == 0
         if cfg.batch_size % self.world:
@@ -126,7 +131,7 @@ class Trainer:
         self.sampler = MixedBatchSampler(load_sources(cfg.data, cfg.data_dir), cfg.batch_size, cfg.seed)
 
         set_seed(cfg.seed)  # pooler and LoRA initialisation
-        model = EmbeddingModel(cfg.model)
+        model = EmbeddingModel(cfg.model, device=acc.device)  # straight onto this process's device
         self.saved_max_length = model.config.max_length
         if cfg.max_length is not None:
             model.config = model.config.model_copy(update={"max_length": cfg.max_length})
@@ -172,7 +177,7 @@ class Trainer:
         self.first_pass_model = acc.unwrap_model(self.model)  # GradCache step (1): no DDP hooks needed
         # transformers loads models in eval mode, which also turns gradient checkpointing off in every layer.
         self.model.train()
-        self.amp = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and _fast_bf16())
+        self.amp = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and _fast_bf16(acc.device))
 
         self.step, self.elapsed_before = 0, 0.0
         checkpoints = list_checkpoints(self.out)
@@ -275,7 +280,8 @@ class Trainer:
         loss = contrastive_backward(self._embed(self.model), groups, loss_fn, backward=self.acc.backward,
                                     grad_cache=cfg.chunk_size is not None if grad_cache is None else grad_cache,
                                     no_sync=lambda: self.acc.no_sync(self.model),
-                                    embed_first=self._embed(self.first_pass_model))
+                                    embed_first=self._embed(self.first_pass_model),
+                                    devices=sorted({p.device for p in m.parameters()}, key=str))
         tokens = sum(int(c["attention_mask"].sum()) for g in groups for c in g)
         return loss, sum(len(t) for t, _ in texts), tokens
 
