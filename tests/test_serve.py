@@ -196,3 +196,19 @@ def test_plan_batches_sorts_and_respects_budget():
 def test_settings_reject_a_queue_smaller_than_a_request():
     with pytest.raises(ValueError, match="max_queue=4 is smaller than max_inputs=8"):
         ServeSettings(max_inputs=8, max_queue=4)
+
+
+def test_instruction_masked_out_of_pooling_matches_encode(tiny_llama):
+    if "mask_instruction" not in ModelConfig.model_fields:
+        pytest.skip("this poolattn has no mask_instruction")
+    model = EmbeddingModel(ModelConfig(backbone=tiny_llama, pooling="mean", dtype="float32", mask_instruction=True))
+    instr = "Retrieve semantically similar text."
+    ref = model.encode(TEXTS, instruction=instr)
+    assert np.abs(ref - EmbeddingModel(ModelConfig(backbone=tiny_llama, pooling="mean", dtype="float32"))
+                  .encode(TEXTS, instruction=instr)).max() > 1e-3  # the mask matters
+
+    async def calls(client):
+        return await client.embeddings.create(model="tiny", input=TEXTS, extra_body={"instruction": instr})
+
+    resp = run_with_client(create_app(model, settings()), calls)
+    assert np.abs(np.array([d.embedding for d in resp.data]) - ref).max() < 1e-5

@@ -206,14 +206,14 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
         except InputTooLong as err:
             raise APIError(400, str(err), "input", "context_length_exceeded") from None
         try:
-            future = request.app.state.batcher.submit(ids)
+            future = request.app.state.batcher.submit(ids, [len(x) for x, _ in ids])
         except QueueFull as err:
             raise APIError(429, str(err), code="queue_full") from None
         vectors = await _until_done_or_gone(request, future)
         if vectors is None:
             return Response(status_code=499)  # nobody is listening; counted in the metrics only
         vectors = truncate_dims(vectors, req.dimensions)
-        n_tokens = sum(len(x) for x in ids)
+        n_tokens = sum(len(x) for x, _ in ids)
         data = [Embedding(index=i, embedding=e) for i, e in enumerate(_encode_vectors(vectors, req.encoding_format))]
         return EmbeddingResponse(data=data, model=settings.model_name,
                                  usage=Usage(prompt_tokens=n_tokens, total_tokens=n_tokens))

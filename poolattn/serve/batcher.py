@@ -54,7 +54,8 @@ class _Job:
 class _Item:
     job: _Job
     index: int
-    ids: list[int]
+    payload: object  # what encode() takes, e.g. (token ids, instruction length)
+    length: int  # tokens
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -75,9 +76,9 @@ def plan_batches(lengths: list[int], batch_tokens: int, max_batch_size: int) -> 
 
 
 class Batcher:
-    """`encode(list of token-id lists) -> float32 [n, D]` runs on one thread; submit() is called from the loop."""
+    """`encode(list of payloads) -> float32 [n, D]` runs on one thread; submit() is called from the loop."""
 
-    def __init__(self, encode: Callable[[list[list[int]]], np.ndarray], dim: int, *, batch_tokens: int = 16384,
+    def __init__(self, encode: Callable[[list], np.ndarray], dim: int, *, batch_tokens: int = 16384,
                  max_batch_size: int = 256, max_queue: int = 8192, wait_s: float = 0.0,
                  metrics: Metrics | None = None):
         self.encode, self.dim = encode, dim
@@ -109,8 +110,9 @@ class Batcher:
         return self._outstanding
 
     # ---- the request side ----------------------------------------------------------------------------------
-    def submit(self, inputs: list[list[int]]) -> asyncio.Future:
-        """Queue one request's inputs; the future gives float32 [len(inputs), D] in input order."""
+    def submit(self, inputs: list, lengths: list[int]) -> asyncio.Future:
+        """Queue one request's inputs (payloads for encode() and their token counts); the future gives float32
+        [len(inputs), D] in input order."""
         loop = asyncio.get_running_loop()
         job = _Job(loop.create_future(), loop, np.empty((len(inputs), self.dim), np.float32), len(inputs))
         with self._cond:
@@ -120,7 +122,7 @@ class Batcher:
                 raise QueueFull(f"the queue is full ({self._outstanding} inputs waiting, room for "
                                 f"{self.max_queue}); retry later")
             self._outstanding += len(inputs)
-            self._pending.extend(_Item(job, i, ids) for i, ids in enumerate(inputs))
+            self._pending.extend(_Item(job, i, x, n) for i, (x, n) in enumerate(zip(inputs, lengths)))
             self._set_depth()
             self._cond.notify()
         return job.future
@@ -154,7 +156,7 @@ class Batcher:
             live = [it for it in items if not it.job.cancelled]
             if len(live) < len(items):
                 self._finish(len(items) - len(live))
-            for batch in plan_batches([len(it.ids) for it in live], self.batch_tokens, self.max_batch_size):
+            for batch in plan_batches([it.length for it in live], self.batch_tokens, self.max_batch_size):
                 self._encode_batch([live[i] for i in batch])
 
     def _encode_batch(self, items: list[_Item]) -> None:
@@ -162,10 +164,10 @@ class Batcher:
         started = time.perf_counter()
         try:
             if batch:
-                vectors = self.encode([it.ids for it in batch])
+                vectors = self.encode([it.payload for it in batch])
                 if self.metrics:
-                    self.metrics.observe_batch(batch=len(batch), padded=len(batch) * max(len(it.ids) for it in batch),
-                                               tokens=sum(len(it.ids) for it in batch),
+                    self.metrics.observe_batch(batch=len(batch), padded=len(batch) * max(it.length for it in batch),
+                                               tokens=sum(it.length for it in batch),
                                                queue_s=[started - it.enqueued for it in batch],
                                                seconds=time.perf_counter() - started)
                 for it, vec in zip(batch, vectors):

@@ -24,28 +24,41 @@ class Engine:
         self.vocab_size = len(model.tokenizer)
 
     def token_ids(self, inputs: list[str] | list[list[int]], instruction: str | None,
-                  truncate: bool) -> list[list[int]]:
-        """Token ids the model encodes, EOS last. Texts are formatted with the instruction and tokenized as
-        EmbeddingModel.encode does; token-id inputs stand for `tokenizer(text)["input_ids"]` and get the EOS.
-        Longer than the limit: InputTooLong, or cut to limit - 1 tokens + EOS when `truncate`."""
-        tok = self.model.tokenizer
+                  truncate: bool) -> list[tuple[list[int], int]]:
+        """Per input: the token ids the model encodes (EOS last) and how many leading ones are left out of
+        pooling (the instruction's, when the model masks it). Texts go through EmbeddingModel's own tokenization,
+        so served vectors equal encode's; token-id inputs stand for `tokenizer(text)["input_ids"]` and get the
+        EOS. Longer than the limit: InputTooLong, or cut to limit - 1 tokens + EOS when `truncate`."""
+        eos = self.model.tokenizer.eos_token_id
         if inputs and isinstance(inputs[0], str):
-            ids = tok(self.model.format(list(inputs), instruction), add_special_tokens=True,
-                      truncation=False)["input_ids"]
+            out = self.model._token_ids(list(inputs), instruction)
+            ids, skip = out if isinstance(out, tuple) else (out, [0] * len(out))  # older models: no pool mask
+            full = self.model.config.max_length
+            lengths = [len(x) if len(x) < full else self._untruncated(t, instruction) for x, t in zip(ids, inputs)]
         else:
-            ids = [list(x) for x in inputs]
-        for i, x in enumerate(ids):
-            if len(x) + 1 > self.limit:
+            ids = [list(x[:-1] if x[-1] == eos else x) + [eos] for x in inputs]
+            skip, lengths = [0] * len(ids), [len(x) for x in ids]
+        out = []
+        for i, (x, n, length) in enumerate(zip(ids, skip, lengths)):
+            if length > self.limit:
                 if not truncate:
-                    raise InputTooLong(i, len(x) + 1, self.limit)
-                ids[i] = x[:self.limit - 1]
-        return [x + [tok.eos_token_id] for x in ids]
+                    raise InputTooLong(i, length, self.limit)
+                x, n = x[:self.limit - 1] + [eos], min(n, self.limit - 1)
+            out.append((x, n))
+        return out
+
+    def _untruncated(self, text: str, instruction: str | None) -> int:
+        """Tokens of a text that filled max_length: the model cut it there, or it fits exactly."""
+        tok = self.model.tokenizer
+        x = tok(self.model.format([text], instruction), add_special_tokens=True)["input_ids"][0]
+        return len(x) + (x[-1] != tok.eos_token_id)
 
     @torch.inference_mode()
-    def encode(self, ids: list[list[int]]) -> np.ndarray:
-        batch = self.model._pad(ids)
+    def encode(self, inputs: list[tuple[list[int], int]]) -> np.ndarray:
+        ids, skip = [x for x, _ in inputs], [n for _, n in inputs]
+        batch = self.model._pad(ids, skip) if any(skip) else self.model._pad(ids)
         device = self.model.device
-        return self.model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu().numpy()
+        return self.model(**{k: v.to(device) for k, v in batch.items()}).float().cpu().numpy()
 
 
 def truncate_dims(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
