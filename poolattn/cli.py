@@ -92,6 +92,7 @@ def train_command(
     config: str = typer.Argument(..., help="training config YAML (see configs/train_cpu.yaml)"),
     set_: list[str] = typer.Option(None, "--set", help="override a config field: key=value, dotted, repeatable "
                                                       "(e.g. --set lr=2e-4 --set model.pooling=latent)"),
+    device: str = typer.Option(None, callback=_check_device, help=f"{DEVICE_HELP} (default: the config's, auto)"),
 ):
     """Train a design contrastively (LoRA + pooler); rerun with the same output_dir to resume."""
     import yaml
@@ -101,8 +102,9 @@ def train_command(
     from .distributed import is_main
     from .training import TrainConfig, train
 
+    set_ = list(set_ or []) + ([f"device={device}"] if device else [])
     try:
-        cfg = TrainConfig.load(config, set_ or [])
+        cfg = TrainConfig.load(config, set_)
     except (ValidationError, ValueError, OSError, yaml.YAMLError) as err:
         raise typer.BadParameter(str(err), param_hint="CONFIG / --set") from err
     final = train(cfg)
@@ -181,6 +183,7 @@ def report_command(
 def experiment(
     config: str = typer.Argument(..., help="experiment YAML (see configs/default.yaml)"),
     set_: list[str] = typer.Option([], "--set", help="override a config value, e.g. --set train.max_steps=50"),
+    device: str = typer.Option(None, callback=_check_device, help=f"{DEVICE_HELP} (default: the config's, auto)"),
 ):
     """Train every design, evaluate each and the untrained backbone, test the differences, write the report.
     Run it again to resume: finished designs are skipped, an interrupted one resumes from its checkpoint."""
@@ -188,6 +191,7 @@ def experiment(
 
     from .experiment import ExperimentConfig, run_experiment
 
+    set_ = list(set_) + ([f"device={device}"] if device else [])
     cfg = ExperimentConfig.load(config, set_)
     paths = run_experiment(cfg)
     rprint(f"[green]report[/green]: {paths['md']}  {paths['html']}")

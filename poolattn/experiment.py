@@ -75,6 +75,7 @@ class ExperimentConfig(BaseModel):
     # Replicates: with two or more seeds every design is trained once per seed (data order and initialisation of
     # LoRA and pooler change with it) as `<design>-s<seed>`; the report adds the mean and spread over seeds.
     seeds: list[int] | None = None
+    device: str = "auto"  # where designs train and are evaluated: auto, cpu, cuda:N, mps (may change on resume)
     report: ReportSettings = Field(default_factory=ReportSettings)
 
     @model_validator(mode="after")
@@ -122,7 +123,7 @@ def _write_yaml_once(folder: Path, config: ExperimentConfig) -> None:
         # Validated again so fields added since the folder was started compare at their defaults.
         before = ExperimentConfig.model_validate(yaml.safe_load(path.read_text())).model_dump(mode="json")
         # Where the run lives and how it is reported may change; what it computes may not.
-        keep = ("output_dir", "report")
+        keep = ("output_dir", "report", "device")
         if {k: v for k, v in before.items() if k not in keep} != {k: v for k, v in dumped.items() if k not in keep}:
             raise ValueError(f"{path} holds a different experiment config; use a new output_dir or restore it")
     tmp = path.with_suffix(".yaml.tmp")
@@ -137,6 +138,7 @@ def train_config_for(config: ExperimentConfig, design: Design, run_dir: Path):
     raw = {**config.train, "model": config.model_config_for(design).model_dump(),
            "output_dir": str(run_dir / "train"), "seed": config.seed_for(design)}
     raw.setdefault("data_dir", config.eval.data_dir)
+    raw.setdefault("device", config.device)
     return TrainConfig.model_validate(raw)
 
 
@@ -180,8 +182,8 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict[str,
         rank, size = world()  # under accelerate/torchrun every process trains; the main one evaluates
         if rank == 0:
             # The baseline is the untrained backbone: a reference row, not a design.
-            model = EmbeddingModel.from_pretrained(final, inference=True) if final else EmbeddingModel(
-                config.model_config_for(design))
+            model = EmbeddingModel.from_pretrained(final, inference=True, device=config.device) if final else (
+                EmbeddingModel(config.model_config_for(design), device=config.device))
             _evaluate(model, config, eval_dir)
             del model
             # Wall time of this invocation's work (a resumed training counts only its resumed part).

@@ -125,3 +125,17 @@ def test_trainer_refuses_an_absent_device_and_honours_cpu(gpus, tiny_llama, tmp_
     gpus(1)  # a (mocked) GPU present: device cpu still trains on the CPU
     t, _ = _trainer(tiny_config(tiny_llama, tmp_path, device="cpu", output_dir=str(tmp_path / "b")))
     assert t.acc.device.type == "cpu" and t.unwrapped.device.type == "cpu"
+
+
+def test_experiment_device_reaches_training_and_may_change_on_resume(tiny_llama, tmp_path):
+    from poolattn import ModelConfig
+    from poolattn.experiment import ExperimentConfig, _write_yaml_once, train_config_for
+
+    cfg = ExperimentConfig(output_dir=str(tmp_path), base=ModelConfig(backbone=tiny_llama), device="cpu")
+    assert train_config_for(cfg, cfg.designs[0], tmp_path / "run").device == "cpu"
+    assert train_config_for(cfg.model_copy(update={"train": {"device": "auto"}}), cfg.designs[0],
+                            tmp_path / "run").device == "auto"  # train.device, when set, wins
+    _write_yaml_once(tmp_path, cfg)
+    _write_yaml_once(tmp_path, cfg.model_copy(update={"device": "auto"}))  # resumed elsewhere: allowed
+    with pytest.raises(ValueError, match="different experiment config"):
+        _write_yaml_once(tmp_path, cfg.model_copy(update={"seed": 7}))
