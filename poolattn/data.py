@@ -30,6 +30,7 @@ class Example:
     positive: str
     negative: str | None = None
     instruction: str | None = None
+    symmetric: bool = False  # the instruction goes on the positive and negative too (as evaluation does for STS)
 
 
 class SourceConfig(BaseModel):
@@ -40,7 +41,11 @@ class SourceConfig(BaseModel):
     name: str | None = None  # label in logs and metrics; default: the file stem / dataset name
     subset: str | None = None  # hub dataset configuration
     split: str = "train"  # hub dataset split
-    instruction: str | None = None  # for rows that carry none
+    # Task instruction for rows that carry none (a row's own `instruction` field overrides it), formatted with the
+    # model's instruction_template exactly as evaluation formats it: on the query only (retrieval-like sources), or
+    # also on the positive and negative when `symmetric` (NLI, paraphrase, duplicates: evaluated as STS-like tasks).
+    instruction: str | None = None
+    symmetric: bool = False
     columns: dict[str, str] = {}  # our field -> the source's column, e.g. {"query": "anchor", "positive": "pos"}
     max_rows: int | None = None  # first N rows only (quick runs)
 
@@ -68,7 +73,7 @@ class Source:
 
 
 def parse_row(row: Any, where: str, columns: dict[str, str] | None = None,
-              instruction: str | None = None) -> Example:
+              instruction: str | None = None, symmetric: bool = False) -> Example:
     """Validate one row; `where` (file:line or dataset[row]) goes into every error."""
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
@@ -85,7 +90,8 @@ def parse_row(row: Any, where: str, columns: dict[str, str] | None = None,
         elif not v.strip():
             raise ValueError(f"{where}: field {key!r} is empty")
         values[field] = v
-    return Example(values["query"], values["positive"], values["negative"], values["instruction"] or instruction)
+    return Example(values["query"], values["positive"], values["negative"], values["instruction"] or instruction,
+                   symmetric)
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
@@ -104,10 +110,10 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
 
 
 def read_jsonl(path: str | Path, columns: dict[str, str] | None = None, instruction: str | None = None,
-               max_rows: int | None = None) -> list[Example]:
+               max_rows: int | None = None, symmetric: bool = False) -> list[Example]:
     out: list[Example] = []
     for lineno, row in iter_jsonl(path):
-        out.append(parse_row(row, f"{path}:{lineno}", columns, instruction))
+        out.append(parse_row(row, f"{path}:{lineno}", columns, instruction, symmetric))
         if max_rows is not None and len(out) >= max_rows:
             break
     if not out:
@@ -123,7 +129,8 @@ def read_hub(spec: SourceConfig) -> list[Example]:
     if spec.max_rows is not None:
         ds = ds.select(range(min(spec.max_rows, len(ds))))
     label = f"{spec.path}[{spec.subset or ''}:{spec.split}]"
-    return [parse_row(row, f"{label} row {i}", spec.columns, spec.instruction) for i, row in enumerate(ds)]
+    return [parse_row(row, f"{label} row {i}", spec.columns, spec.instruction, spec.symmetric)
+            for i, row in enumerate(ds)]
 
 
 def _resolve(path: str, data_dir: str | Path | None) -> Path | None:
@@ -153,7 +160,7 @@ def load_sources(specs: list[SourceConfig], data_dir: str | Path | None = None) 
             for f in files:
                 stem = f.name.removesuffix(".gz").removesuffix(".jsonl")
                 name = (f"{spec.name}/{stem}" if spec.name else stem) if path.is_dir() else (spec.name or stem)
-                group.append(Source(name, read_jsonl(f, spec.columns, spec.instruction, spec.max_rows), 1.0))
+                group.append(Source(name, read_jsonl(f, spec.columns, spec.instruction, spec.max_rows, spec.symmetric), 1.0))
         total = sum(len(s.examples) for s in group)
         for s in group:  # a folder's weight is shared among its files by size; no weight: size itself
             s.weight = (spec.weight * len(s.examples) / total) if spec.weight is not None else float(len(s.examples))

@@ -56,7 +56,7 @@ class LayerCache:
             return
         m = self.model
         m.eval()
-        ids = m._token_ids(todo, instruction)
+        ids, _ = m._token_ids(todo, instruction)  # every real token: the analysis pools layers itself
         order = np.argsort([-len(x) for x in ids], kind="stable")
         for start in tqdm(range(0, len(order), self.batch_size), desc="layers", disable=not show_progress_bar,
                           unit="batch"):

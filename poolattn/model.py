@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from .backbone import DEFAULT_BACKBONE, load_backbone, load_tokenizer
 from .pooling import build_pooler, check_pooling_name
 
 log = logging.getLogger(__name__)
+Instruction = Optional[Union[str, Sequence[Optional[str]]]]  # one for every text, or one per text (None: none)
 CONFIG_NAME = "poolattn_config.json"
 POOLER_NAME = "pooler.safetensors"
 
@@ -52,6 +53,9 @@ class ModelConfig(BaseModel):
     normalize: bool = True
     padding_side: Literal["left", "right"] = "right"
     instruction_template: str = "Instruct: {instruction}\nQuery: {text}"
+    # Leave the instruction's tokens out of the pooled tokens (NV-Embed's pool mask): the backbone still reads them,
+    # but mean-type poolers average, and token-context poolers attend over, the text's own tokens (+ EOS) only.
+    mask_instruction: bool = False
     lora: LoraSettings | None = None  # set once add_lora() was called; the saved adapter then must exist
     full_finetune: bool = False  # backbone weights saved too
 
@@ -63,6 +67,14 @@ class ModelConfig(BaseModel):
     @property
     def name(self) -> str:
         return f"{self.pooling}+{self.attention}"
+
+
+def _per_text(instruction: Instruction, n: int) -> list[str | None]:
+    if instruction is None or isinstance(instruction, str):
+        return [instruction] * n
+    if len(instruction) != n:
+        raise ValueError(f"{len(instruction)} instructions for {n} texts")
+    return list(instruction)
 
 
 class EmbeddingModel(nn.Module):
@@ -124,23 +136,45 @@ class EmbeddingModel(nn.Module):
         return self.pooler.output_dim
 
     # ---- tokenization -------------------------------------------------------------------------------------
-    def format(self, texts: list[str], instruction: str | None = None) -> list[str]:
-        if not instruction:
-            return list(texts)
-        return [self.config.instruction_template.format(instruction=instruction, text=t) for t in texts]
+    def format(self, texts: list[str], instruction: Instruction = None) -> list[str]:
+        """The strings the tokenizer sees: `instruction_template` around every text that has an instruction
+        (one for all texts, or one per text); evaluation and training both build their inputs here."""
+        per_text = _per_text(instruction, len(texts))
+        return [self.config.instruction_template.format(instruction=i, text=t) if i else t
+                for t, i in zip(texts, per_text)]
 
-    def _token_ids(self, texts: list[str], instruction: str | None) -> list[list[int]]:
-        """Token ids with EOS appended (as the paper does), truncated to max_length with one warning."""
+    def _prefix_chars(self, texts: list[str], instruction: Instruction) -> list[int]:
+        """Characters of each formatted string that belong to the instruction (0 where there is none)."""
+        out = []
+        for t, i in zip(texts, _per_text(instruction, len(texts))):
+            out.append(len(self.config.instruction_template.format(instruction=i, text=t)) - len(t) if i else 0)
+        if any(out) and not self.config.instruction_template.endswith("{text}"):
+            raise ValueError("mask_instruction needs an instruction_template that ends with {text}")
+        return out
+
+    def _token_ids(self, texts: list[str], instruction: Instruction) -> tuple[list[list[int]], list[int]]:
+        """Token ids ending in exactly one EOS (appended as the paper does, unless the tokenizer already added
+        it), truncated to max_length with one warning; and per text the number of leading tokens that belong to
+        the instruction (0 unless mask_instruction)."""
         tok = self.tokenizer
-        ids = tok(self.format(texts, instruction), add_special_tokens=True, truncation=False)["input_ids"]
+        prefix = self._prefix_chars(texts, instruction) if self.config.mask_instruction else [0] * len(texts)
+        enc = tok(self.format(texts, instruction), add_special_tokens=True, truncation=False,
+                  return_offsets_mapping=any(prefix))
+        ids = enc["input_ids"]
+        # A token is the text's if it ends inside the text (a token straddling the boundary, e.g. " word" whose
+        # space closes the template, is the text's); special tokens (offsets (0, 0)) before the text are not.
+        skip = [sum(1 for _, end in offsets if end <= p) if p else 0
+                for offsets, p in zip(enc["offset_mapping"], prefix)] if any(prefix) else prefix
         limit = self.config.max_length - 1
+        eos = tok.eos_token_id
+        ids = [x[:-1] if x and x[-1] == eos else x for x in ids]
         truncated = sum(len(x) > limit for x in ids)
         if truncated:
             log.warning("%d of %d texts are longer than max_length=%d tokens and were truncated",
                         truncated, len(ids), self.config.max_length)
-        return [x[:limit] + [tok.eos_token_id] for x in ids]
+        return [x[:limit] + [eos] for x in ids], [min(s, limit) for s in skip]
 
-    def _pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+    def _pad(self, ids: list[list[int]], skip: list[int] | None = None) -> dict[str, torch.Tensor]:
         width = max(len(x) for x in ids)
         pad = self.tokenizer.pad_token_id
         left = self.config.padding_side == "left"
@@ -150,10 +184,18 @@ class EmbeddingModel(nn.Module):
             sl = slice(width - len(x), width) if left else slice(0, len(x))
             input_ids[i, sl] = torch.tensor(x)
             mask[i, sl] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
+        out = {"input_ids": input_ids, "attention_mask": mask}
+        if skip is not None and any(skip):
+            pool = mask.clone()
+            for i, (x, n) in enumerate(zip(ids, skip)):
+                start = width - len(x) if left else 0
+                pool[i, start:start + n] = 0
+            out["pool_mask"] = pool
+        return out
 
-    def tokenize(self, texts: list[str], instruction: str | None = None) -> dict[str, torch.Tensor]:
-        return self._pad(self._token_ids(list(texts), instruction))
+    def tokenize(self, texts: list[str], instruction: Instruction = None) -> dict[str, torch.Tensor]:
+        """input_ids and attention_mask (and pool_mask when instruction tokens are masked out of pooling)."""
+        return self._pad(*self._token_ids(list(texts), instruction))
 
     # ---- forward / encode ---------------------------------------------------------------------------------
     def _pooler_for(self, dtype: torch.dtype) -> nn.Module:
@@ -170,7 +212,9 @@ class EmbeddingModel(nn.Module):
             self._pooler_copy_key = key
         return self.__dict__["_pooler_copy"]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                pool_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings of a tokenized batch; `pool_mask` (default: attention_mask) says which tokens are pooled."""
         # Positions count real tokens only, so left padding does not shift them (exact for absolute positions too).
         position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -179,11 +223,11 @@ class EmbeddingModel(nn.Module):
         states = out.hidden_states if self.pooler.needs_all_layers else (out.last_hidden_state,)
         # Training (GradCache's no-grad pass included) uses the fp32 pooler, so both passes agree exactly.
         pooler = self.pooler if self.training else self._pooler_for(states[-1].dtype)
-        emb = pooler(states, attention_mask).float()
+        emb = pooler(states, attention_mask if pool_mask is None else pool_mask).float()
         return F.normalize(emb, dim=-1) if self.config.normalize else emb
 
     @torch.inference_mode()
-    def encode(self, texts: list[str] | str, instruction: str | None = None, batch_size: int = 32,
+    def encode(self, texts: list[str] | str, instruction: Instruction = None, batch_size: int = 32,
                show_progress_bar: bool | None = None) -> np.ndarray:
         """float32 [N, D]; batches sorted by length so padding is small, results in input order."""
         from tqdm.auto import tqdm
@@ -194,7 +238,7 @@ class EmbeddingModel(nn.Module):
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         was_training = self.training
         self.eval()
-        ids = self._token_ids(texts, instruction)
+        ids, skip = self._token_ids(texts, instruction)
         order = np.argsort([-len(x) for x in ids], kind="stable")
         out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
         device = self.device
@@ -202,8 +246,8 @@ class EmbeddingModel(nn.Module):
         with tqdm(total=len(texts), desc="encode", unit="text", disable=not show) as bar:
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
-                batch = self._pad([ids[i] for i in idx])
-                emb = self(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                batch = self._pad([ids[i] for i in idx], [skip[i] for i in idx])
+                emb = self(**{k: v.to(device) for k, v in batch.items()})
                 out[idx] = emb.float().cpu().numpy()
                 bar.update(len(idx))
         self.train(was_training)
@@ -283,6 +327,7 @@ class EmbeddingModel(nn.Module):
         lora, full = config.lora, config.full_finetune
         # Build the pooler from the options it was saved with, so later changes of defaults cannot alter it.
         options = {k: v for k, v in meta["pooler"].items() if k != "name"}
+        rename = _legacy_pooler(config.pooling, options)
         base_config = config.model_copy(update={"lora": None, "pooling_kwargs": options})
         if full:
             base_config = base_config.model_copy(update={"backbone": str(folder / "backbone")})
@@ -295,7 +340,7 @@ class EmbeddingModel(nn.Module):
                 raise ValueError(f"{folder}: config says LoRA but there is no adapter/ folder")
             model.backbone = PeftModel.from_pretrained(model.backbone, folder / "adapter",
                                                        torch_device=str(model.device))
-        state = load_file(str(folder / POOLER_NAME))
+        state = {rename(k): v for k, v in load_file(str(folder / POOLER_NAME)).items()}
         expected = model.pooler.state_dict()
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         shapes = [f"{k}: saved {tuple(state[k].shape)} vs config {tuple(v.shape)}"
@@ -307,3 +352,15 @@ class EmbeddingModel(nn.Module):
         model.pooler.load_state_dict(state)
         model.tokenizer.padding_side = config.padding_side
         return model.for_inference() if inference else model
+
+
+def _legacy_pooler(pooling: str, options: dict[str, Any]):
+    """Folders saved before pooler presets existed (poolattn 0.1): their `latent` was NV-Embed-style latent attention
+    and their `multilayer` had no latent residual; both map onto the `poolattn0` preset exactly (updates `options`
+    in place). Returns the renaming of saved weight names (the latent block's weights now sit under `block.`)."""
+    if pooling not in ("latent", "multilayer") or "preset" in options:
+        return lambda k: k
+    options["preset"] = "poolattn0"
+    if pooling == "latent":
+        options.update(query="tokens", residual=True, init_std=1.0)
+    return lambda k: k if k.startswith(("block.", "layer_embedding.")) else f"block.{k}"

@@ -132,3 +132,15 @@ def test_shared_training_data_loads(data_dir):
     for _ in range(20):
         b = sampler.next_batch()
         assert len({e.positive for e in b.examples}) == 64
+
+
+def test_source_instruction_and_sides(tmp_path):
+    path = tmp_path / "nli.jsonl"
+    path.write_text(json.dumps({"query": "a", "positive": "b"}) + "\n"
+                    + json.dumps({"query": "c", "positive": "d", "instruction": "Own"}) + "\n")
+    (src,) = load_sources([SourceConfig(path=str(path), instruction="Retrieve semantically similar text.",
+                                        symmetric=True)])
+    assert [(e.instruction, e.symmetric) for e in src.examples] == [("Retrieve semantically similar text.", True),
+                                                                    ("Own", True)]
+    (plain,) = load_sources([SourceConfig(path=str(path))])
+    assert [(e.instruction, e.symmetric) for e in plain.examples] == [(None, False), ("Own", False)]

@@ -124,3 +124,64 @@ def test_save_is_atomic(tiny_llama, tmp_path, monkeypatch):
         m.save_pretrained(folder)
     assert sorted(p.name for p in folder.iterdir()) == before
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_one_eos_when_the_tokenizer_already_appends_it(tiny_llama):
+    from tokenizers.processors import TemplateProcessing
+
+    m = _model(tiny_llama)
+    eos = m.tokenizer.eos_token_id
+    m.tokenizer._tokenizer.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)])
+    assert m.tokenizer("hello")["input_ids"][-1] == eos  # this tokenizer adds EOS itself
+    ids = m.tokenize(["hello", "a man is playing a guitar"])
+    for row, mask in zip(ids["input_ids"].tolist(), ids["attention_mask"].tolist()):
+        real = [t for t, k in zip(row, mask) if k]
+        assert real[-1] == eos and real.count(eos) == 1
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_mask_instruction_pools_the_same_tokens_whatever_the_instruction(tiny_llama, side):
+    m = _model(tiny_llama, pooling="mean", mask_instruction=True, padding_side=side)
+    texts = ["a man is playing a guitar", "hello"]
+    pooled = []
+    for instruction in ("Find it", "Retrieve the passage that answers this question about dogs and cats in parks"):
+        batch = m.tokenize(texts, instruction=instruction)
+        assert (batch["pool_mask"].sum(1) < batch["attention_mask"].sum(1)).all()
+        pooled.append([row[mask.bool()].tolist() for row, mask in zip(batch["input_ids"], batch["pool_mask"])])
+        # the pooled tokens decode to the text itself (+ EOS): no instruction token, no text token lost
+        for ids, text in zip(pooled[-1], texts):
+            assert m.tokenizer.decode(ids[:-1]).strip() == text and ids[-1] == m.tokenizer.eos_token_id
+    assert pooled[0] == pooled[1]
+    # the pooler sees the pool mask: a mean over the text tokens' last-layer states
+    batch = m.tokenize(texts[:1], instruction="Find it")
+    with torch.no_grad():
+        states = m.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        expected = torch.nn.functional.normalize(states[0][batch["pool_mask"][0].bool()].mean(0), dim=-1)
+        assert torch.allclose(m(**batch)[0], expected, atol=1e-5)
+    plain = _model(tiny_llama, pooling="mean")
+    assert "pool_mask" not in plain.tokenize(texts, instruction="Find it")
+
+
+def test_per_text_instructions(tiny_llama):
+    m = _model(tiny_llama)
+    assert m.format(["a", "b"], ["Do X", None]) == ["Instruct: Do X\nQuery: a", "b"]
+    with pytest.raises(ValueError, match="2 instructions for 3 texts"):
+        m.format(["a", "b", "c"], ["x", None])
+
+
+def test_legacy_folders_load_as_poolattn0(tiny_llama, tmp_path):
+    """A folder saved by poolattn 0.1 (no preset; weights not under block.) loads as the same function."""
+    from safetensors.torch import load_file, save_file
+
+    m = _model(tiny_llama, pooling="multilayer", pooling_kwargs={"preset": "poolattn0", "num_latents": 4})
+    folder = m.save_pretrained(tmp_path / "m")
+    meta = json.loads((folder / "poolattn_config.json").read_text())
+    meta["pooler"] = {"name": "multilayer", "layers": "all", "num_latents": 4, "num_heads": 8,
+                      "layer_embedding": True, "ff_mult": 2, "dropout": 0.0}
+    meta["config"]["pooling_kwargs"] = {}
+    (folder / "poolattn_config.json").write_text(json.dumps(meta))
+    state = {k.removeprefix("block."): v for k, v in load_file(str(folder / "pooler.safetensors")).items()}
+    save_file(state, str(folder / "pooler.safetensors"))
+    loaded = EmbeddingModel.from_pretrained(folder)
+    assert loaded.pooler.get_config()["preset"] == "poolattn0"
+    assert np.allclose(loaded.encode(TEXTS), m.encode(TEXTS), atol=1e-6)

@@ -151,6 +151,38 @@ def test_grad_cache_on_tiny_embedding_model(tiny_llama, tmp_path):
     assert n_texts >= 16 and n_tokens > n_texts
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_training_texts_get_instructions_as_evaluation_does(tiny_llama, tmp_path, symmetric):
+    """A symmetric source's query, positive and negative are tokenised from exactly the strings evaluation builds
+    for an STS task with the same instruction; a retrieval-like source instructs only the query."""
+    from poolattn.evaluation.encoders import PoolattnEncoder
+    from mteb.types import PromptType
+
+    data = write_data(tmp_path / "data")
+    for src in data:
+        src.update(instruction="Retrieve semantically similar text.", symmetric=symmetric)
+    t, batch = _trainer(tiny_config(tiny_llama, tmp_path, data=data, chunk_size=None))
+    m = t.unwrapped
+    seen = []
+    real_tokenize = m.tokenize
+    m.tokenize = lambda texts, instruction=None: seen.append((texts, instruction)) or real_tokenize(texts, instruction)
+    t.backward_step(batch)
+    (queries, q_ins), (positives, p_ins) = seen[0], seen[1]
+    assert queries == [e.query for e in batch] and positives == [e.positive for e in batch]
+
+    import mteb
+    task = mteb.get_task("STSBenchmark")
+    enc = PoolattnEncoder(m)
+    eval_query_ins = enc.instruction(task.metadata, PromptType.query)
+    assert eval_query_ins == "Retrieve semantically similar text."
+    eval_strings = m.format(queries, eval_query_ins)
+    assert m.format(queries, q_ins) == eval_strings
+    assert m.format(positives, p_ins) == (m.format(positives, eval_query_ins) if symmetric else positives)
+    evaluated = m.tokenize(positives, eval_query_ins if symmetric else None)
+    trained = real_tokenize(positives, p_ins)
+    assert torch.equal(evaluated["input_ids"], trained["input_ids"])
+
+
 def test_lora_dropout_replayed_and_checkpointing_keeps_gradients(tiny_llama, tmp_path):
     cfg = tiny_config(tiny_llama, tmp_path, chunk_size=3)  # LoRA dropout 0.1
     t, batch = _trainer(cfg)

@@ -58,8 +58,9 @@ class TrainConfig(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.model_validate(apply_overrides(raw, overrides or []))
+        from ..configfile import read_config
+
+        return cls.model_validate(apply_overrides(read_config(path), overrides or []))
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
