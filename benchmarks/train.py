@@ -7,6 +7,9 @@ pushing a shared machine into swap or the OOM killer.
 
     python benchmarks/train.py                       # SNLI pairs + hard negatives, max_length 32
     python benchmarks/train.py --batch-sizes 32 128 --max-length 64 --out bench.json
+    python benchmarks/train.py --device cuda:0 --dtype auto   # on a GPU: adds peak GPU memory
+
+--dtype auto: bf16 weights where the device has fast bf16 (CUDA capability 8+, AVX512-BF16/AMX), else fp32.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ def child(args) -> None:
     from poolattn.training import TrainConfig, Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(model={"backbone": args.backbone, "pooling": args.pooling},
+        cfg = TrainConfig(model={"backbone": args.backbone, "pooling": args.pooling, "dtype": args.dtype},
+                          device=args.device,
                           data=[{"path": f"train/{args.source}.jsonl"}], data_dir=args.data,
                           batch_size=args.batch_size, chunk_size=args.chunk_size, max_length=args.max_length,
                           max_steps=10, warmup_steps=0, output_dir=tmp, progress=False, seed=0)
@@ -36,16 +40,25 @@ def child(args) -> None:
         batch = t.sampler.next_batch().examples
         t.backward_step(batch[:8])  # warm-up: kernels, allocator
         t.optimizer.zero_grad()
+        cuda = t.acc.device.type == "cuda"
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        if cuda:
+            sync()
+            torch.cuda.reset_peak_memory_stats(t.acc.device)
         start = time.perf_counter()
         loss, texts, tokens = t.backward_step(batch)
         t.optimizer.step()
+        sync()
         dt = time.perf_counter() - start
         print(json.dumps({"batch_size": args.batch_size, "grad_cache": args.chunk_size is not None,
                           "chunk_size": args.chunk_size, "texts": texts, "tokens": tokens, "step_s": round(dt, 2),
                           "seqs_per_s": round(texts / dt, 2), "tokens_per_s": round(tokens / dt, 1),
                           "loss": round(float(loss), 4), "model_rss_gb": round(model_rss, 2),
                           "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-                          "threads": torch.get_num_threads()}), flush=True)
+                          "threads": torch.get_num_threads(), "device": str(t.acc.device),
+                          "dtype": str(next(t.unwrapped.backbone.parameters()).dtype).removeprefix("torch."),
+                          "peak_gpu_gb": round(torch.cuda.max_memory_allocated(t.acc.device) / 2**30, 2)
+                          if cuda else None}), flush=True)
 
 
 def run_one(args, batch_size: int, chunk_size: int | None) -> dict:
@@ -53,7 +66,7 @@ def run_one(args, batch_size: int, chunk_size: int | None) -> dict:
 
     cmd = [sys.executable, __file__, "--child", "--batch-size", str(batch_size), "--backbone", args.backbone,
            "--pooling", args.pooling, "--source", args.source, "--data", args.data,
-           "--max-length", str(args.max_length)]
+           "--max-length", str(args.max_length), "--device", args.device, "--dtype", args.dtype]
     if chunk_size:
         cmd += ["--chunk-size", str(chunk_size)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -88,7 +101,9 @@ def main() -> None:
     p.add_argument("--source", default="SNLI_devtest", help="training file under <data>/train")
     p.add_argument("--data", default=os.environ.get("POOLATTN_DATA", "../shared/data"))
     p.add_argument("--max-length", type=int, default=32)
-    p.add_argument("--mem-cap-gb", type=float, default=12.0)
+    p.add_argument("--mem-cap-gb", type=float, default=12.0, help="host RSS cap per configuration")
+    p.add_argument("--device", default="auto", help="auto (GPU, else MPS, else CPU), cpu, cuda:N, mps")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 where fast, else fp32), float32, bfloat16")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
@@ -106,16 +121,18 @@ def main() -> None:
             r = run_one(args, bs, chunk)
             results.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
-    table = Table(title=f"training step, {args.backbone}, {args.source}, max_length {args.max_length}")
-    for col in ("batch", "GradCache", "texts", "step s", "seqs/s", "tokens/s", "peak RSS GiB"):
+    table = Table(title=f"training step, {args.backbone}, {args.source}, max_length {args.max_length}, "
+                        f"device {args.device}, dtype {args.dtype}")
+    for col in ("batch", "GradCache", "texts", "step s", "seqs/s", "tokens/s", "peak RSS GiB", "peak GPU GiB"):
         table.add_column(col, justify="right")
     for r in results:
         gc = f"chunk {r['chunk_size']}" if r["grad_cache"] else "off"
         if "seqs_per_s" in r:
             table.add_row(str(r["batch_size"]), gc, str(r["texts"]), f"{r['step_s']:.1f}", f"{r['seqs_per_s']:.1f}",
-                          f"{r['tokens_per_s']:.0f}", f"{r['peak_rss_gb']:.2f}")
+                          f"{r['tokens_per_s']:.0f}", f"{r['peak_rss_gb']:.2f}",
+                          "" if r.get("peak_gpu_gb") is None else f"{r['peak_gpu_gb']:.2f}")
         else:
-            table.add_row(str(r["batch_size"]), gc, "", "", "", "", r.get("out_of_memory") or r.get("error", ""))
+            table.add_row(str(r["batch_size"]), gc, "", "", "", "", r.get("out_of_memory") or r.get("error", ""), "")
     Console().print(table)
     if args.out:
         with open(args.out, "w") as f:
