@@ -223,6 +223,11 @@ from .serve.cli import serve_command  # noqa: E402  (light: the server's librari
 
 app.command("serve")(serve_command)
 
+# --- export command (poolattn/export) ---
+from .export.cli import export_command  # noqa: E402
+
+app.command("export")(export_command)
+
 
 if __name__ == "__main__":
     app()

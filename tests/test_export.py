@@ -1,0 +1,140 @@
+"""`poolattn export`: sentence-transformers folders that load without poolattn and give poolattn's vectors for every
+design; the merged LoRA; the hf format; model_meta.json against mteb's ModelMeta."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from poolattn import EmbeddingModel, ModelConfig
+from poolattn.cli import app
+from poolattn.evaluation.instructions import INSTRUCTIONS
+from poolattn.export import export_model
+
+TEXTS = ["the cat sat on the mat", "a man is playing a guitar", "x", "paris is the capital of france " * 3]
+DESIGNS = {  # name: (pooling, attention, pooling_kwargs)
+    "eos": ("eos", "causal", {}),
+    "mean-bi": ("mean", "bidirectional", {}),
+    "wmean": ("weighted_mean", "causal", {}),
+    "latent": ("latent", "causal", {"num_latents": 4, "num_heads": 4}),
+    "latent-nvembed": ("latent", "bidirectional", {"preset": "nvembed", "num_latents": 4, "num_heads": 4}),
+    "multilayer-bi": ("multilayer", "bidirectional", {"num_latents": 4, "num_heads": 4}),
+}
+
+# Loads every export with poolattn unimportable, as on a machine without it.
+LOADER = textwrap.dedent("""
+    import json, sys
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name == "poolattn" or name.startswith("poolattn."):
+                raise ImportError("poolattn is not installed here")
+    sys.meta_path.insert(0, Block())
+    from sentence_transformers import SentenceTransformer
+    jobs = json.loads(sys.argv[1])
+    out = {}
+    for name, (folder, texts, prompt) in jobs.items():
+        m = SentenceTransformer(folder, trust_remote_code=True, device="cpu")
+        out[name] = {"plain": m.encode(texts).tolist(), "prompted": m.encode(texts, prompt_name=prompt).tolist()}
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def _trained(backbone: str, pooling: str, attention: str, kwargs: dict, seed: int = 0) -> EmbeddingModel:
+    """A design with a LoRA whose update is not zero (as after training)."""
+    torch.manual_seed(seed)
+    model = EmbeddingModel(ModelConfig(backbone=backbone, pooling=pooling, attention=attention, dtype="float32",
+                                       max_length=64, pooling_kwargs=kwargs), device="cpu")
+    model.add_lora(r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for name, p in model.backbone.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return model
+
+
+def _cos(a, b) -> np.ndarray:
+    a, b = np.asarray(a), np.asarray(b)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _load_without_poolattn(jobs: dict) -> dict:
+    res = subprocess.run([sys.executable, "-c", LOADER, json.dumps(jobs)], capture_output=True, text=True,
+                         timeout=600, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, cwd="/")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.split("RESULT", 1)[1])
+
+
+def test_sentence_transformers_export_equals_poolattn_for_every_design(tiny_llama, tmp_path):
+    task = "STSBenchmark"
+    jobs, refs = {}, {}
+    for name, (pooling, attention, kwargs) in DESIGNS.items():
+        folder = _trained(tiny_llama, pooling, attention, kwargs).save_pretrained(tmp_path / name)
+        info = export_model(folder, tmp_path / f"{name}-st")
+        assert info["merge_min_cos"] >= 0.99999
+        model = EmbeddingModel.from_pretrained(folder, device="cpu")  # the unmerged original
+        refs[name] = (model.encode(TEXTS), model.encode(TEXTS, instruction=INSTRUCTIONS[task]))
+        jobs[name] = (str(tmp_path / f"{name}-st"), TEXTS, task)
+    got = _load_without_poolattn(jobs)
+    worst = {}
+    for name, (plain, prompted) in refs.items():
+        worst[name] = min(_cos(got[name]["plain"], plain).min(), _cos(got[name]["prompted"], prompted).min())
+    assert min(worst.values()) >= 0.9999, worst
+    assert not (tmp_path / "eos-st" / "poolattn_pooler.py").exists()  # built-in ST pooling, no custom code
+    assert (tmp_path / "latent-st" / "pooling.py").exists()
+    config = json.loads((tmp_path / "mean-bi-st" / "config.json").read_text())
+    assert config["is_causal"] is False
+    assert json.loads((tmp_path / "multilayer-bi-st" / "config.json").read_text())["output_hidden_states"] is True
+
+
+def test_hf_export_and_model_meta(tiny_llama, tmp_path):
+    from mteb.models import ModelMeta
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = _trained(tiny_llama, "mean", "bidirectional", {}).save_pretrained(tmp_path / "mean")
+    runner = CliRunner()
+    res = runner.invoke(app, ["export", str(folder), str(tmp_path / "hf"), "--format", "hf"])
+    assert res.exit_code == 0, res.output
+    tok, backbone = AutoTokenizer.from_pretrained(tmp_path / "hf"), AutoModel.from_pretrained(tmp_path / "hf")
+    batch = tok(TEXTS, padding=True, return_tensors="pt")
+    assert (batch["input_ids"][0, batch["attention_mask"][0].sum() - 1] == tok.eos_token_id).item()
+    with torch.no_grad():
+        h = backbone(**batch).last_hidden_state
+    m = batch["attention_mask"].unsqueeze(-1).float()
+    vectors = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy()
+    ref = EmbeddingModel.from_pretrained(folder, device="cpu").encode(TEXTS)
+    assert _cos(vectors, ref).min() >= 0.9999  # a server's own mean pooling gives the design's vectors
+    meta = json.loads((tmp_path / "hf" / "model_meta.json").read_text())
+    ModelMeta.model_validate({**meta, "loader": None})
+    assert meta["embed_dim"] == 64 and "--pooling mean" in (tmp_path / "hf" / "README.md").read_text()
+
+    latent = _trained(tiny_llama, "latent", "causal", {"num_latents": 4, "num_heads": 4}).save_pretrained(tmp_path / "lat")
+    res = runner.invoke(app, ["export", str(latent), str(tmp_path / "hf2"), "--format", "hf"])
+    assert res.exit_code != 0 and "use --format sentence-transformers" in res.output
+    assert not (tmp_path / "hf2").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_smollm2_export_parity_and_mteb_score(tmp_path, data_dir):
+    """SmolLM2 with a multilayer pooler: ST-loaded vectors equal poolattn's, and mteb scores the ST-loaded export
+    on STSBenchmark as `poolattn eval` scores the original."""
+    from sentence_transformers import SentenceTransformer
+
+    from poolattn.evaluation import evaluate
+
+    folder = _trained("smollm2-135m", "multilayer", "bidirectional", {"num_latents": 8, "num_heads": 8})
+    folder = folder.save_pretrained(tmp_path / "smol")
+    export_model(folder, tmp_path / "smol-st")
+    got = _load_without_poolattn({"smol": (str(tmp_path / "smol-st"), TEXTS, "STSBenchmark")})["smol"]
+    model = EmbeddingModel.from_pretrained(folder, device="cpu")
+    assert _cos(got["plain"], model.encode(TEXTS)).min() >= 0.9999
+    ours = evaluate(model, ["STSBenchmark"], data_dir=data_dir, output_dir=tmp_path / "ev1", cache=False)
+    st = SentenceTransformer(str(tmp_path / "smol-st"), trust_remote_code=True, device="cpu")
+    theirs = evaluate(st, ["STSBenchmark"], data_dir=data_dir, output_dir=tmp_path / "ev2", cache=False)
+    assert abs(ours["STSBenchmark"].main_score - theirs["STSBenchmark"].main_score) < 1e-3, (ours, theirs)
