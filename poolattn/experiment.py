@@ -11,16 +11,15 @@ is done; one with a checkpoint resumes from it; `experiment.yaml` pins the confi
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .fileio import write_json, write_text
 from .model import ModelConfig
 from .report import ReportSettings
 
@@ -36,21 +35,45 @@ class Design(BaseModel):
     pooling: str
     attention: Literal["causal", "bidirectional"] = "causal"
     pooling_kwargs: dict[str, Any] = {}
+    mask_instruction: bool = False  # leave instruction tokens out of pooling (NV-Embed's pool mask)
     seed: int | None = None  # set when the grid is replicated over `seeds` (the name then ends in -s<seed>)
     replicate_of: str | None = None  # the configured design this replicate belongs to
 
 
+# The paper's five designs as its reference code (yixuantt/PoolingAndAttn @57791d5, model_loaders/model1-5.py)
+# defines them: 2 = the Perceiver over the last layer's last (EOS) token only, 3 = over each layer's last-token state,
+# 4 = over every last-layer token, 5 = over each layer's masked token mean; pooler preset tang2024 (768 latents).
+_TANG = {"preset": "tang2024"}
 PAPER_DESIGNS = [
     Design(name="1-eos-causal", pooling="eos", attention="causal"),
-    Design(name="2-latent-causal", pooling="latent", attention="causal"),
-    Design(name="3-multilayer-causal", pooling="multilayer", attention="causal"),
-    Design(name="4-latent-bidirectional", pooling="latent", attention="bidirectional"),
-    Design(name="5-multilayer-bidirectional", pooling="multilayer", attention="bidirectional"),
+    Design(name="2-lastlayer-causal", pooling="latent", attention="causal", pooling_kwargs={**_TANG, "tokens": "last"}),
+    Design(name="3-multilayer-causal", pooling="multilayer", attention="causal",
+           pooling_kwargs={**_TANG, "tokens": "last"}),
+    Design(name="4-lastlayer-bidirectional", pooling="latent", attention="bidirectional",
+           pooling_kwargs={**_TANG, "tokens": "all"}),
+    Design(name="5-multilayer-bidirectional", pooling="multilayer", attention="bidirectional",
+           pooling_kwargs={**_TANG, "tokens": "mean"}),
 ]
 MEAN_BASELINES = [
     Design(name="mean-causal", pooling="mean", attention="causal"),
     Design(name="mean-bidirectional", pooling="mean", attention="bidirectional"),
 ]
+# Other designs by name: NV-Embed's latent attention (its code: tokens query 512 latents, pool mask without the
+# instruction), and poolattn 0.1's multi-layer pooler (per-layer mean, no latent residual, 16 small latents).
+EXTRA_DESIGNS = [
+    Design(name="nvembed-bidirectional", pooling="latent", attention="bidirectional",
+           pooling_kwargs={"preset": "nvembed"}, mask_instruction=True),
+    Design(name="poolattn0-multilayer-bidirectional", pooling="multilayer", attention="bidirectional",
+           pooling_kwargs={"preset": "poolattn0", "tokens": "mean"}),
+]
+NAMED_DESIGNS = {d.name: d for d in PAPER_DESIGNS + MEAN_BASELINES + EXTRA_DESIGNS}
+
+
+def named_design(name: str) -> Design:
+    if name not in NAMED_DESIGNS:
+        raise ValueError(f"unknown design {name!r}; named designs: {', '.join(NAMED_DESIGNS)} "
+                         f"(or give a mapping with name, pooling, attention, pooling_kwargs)")
+    return NAMED_DESIGNS[name]
 
 
 class EvalSettings(BaseModel):
@@ -66,7 +89,7 @@ class ExperimentConfig(BaseModel):
     name: str = "experiment"
     output_dir: str = "runs/experiment"
     base: ModelConfig = Field(default_factory=ModelConfig)
-    designs: list[Design] = Field(default_factory=lambda: list(PAPER_DESIGNS))
+    designs: list[Design] = Field(default_factory=lambda: list(PAPER_DESIGNS))  # a design or a named design
     include_mean_baselines: bool = False
     baseline: Design | None = Design(name=BASELINE, pooling="mean", attention="causal")  # untrained reference
     train: dict[str, Any] = {}  # TrainConfig fields, shared by every design (model and output_dir are set here)
@@ -77,6 +100,22 @@ class ExperimentConfig(BaseModel):
     seeds: list[int] | None = None
     device: str = "auto"  # where designs train and are evaluated: auto, cpu, cuda:N, mps (may change on resume)
     report: ReportSettings = Field(default_factory=ReportSettings)
+
+    @field_validator("designs", mode="before")
+    @classmethod
+    def _named(cls, v: Any) -> Any:
+        """A design given by name is the named design; a mapping with only `name` (plus overrides) extends it."""
+        if not isinstance(v, list):
+            return v
+        out = []
+        for d in v:
+            if isinstance(d, str):
+                d = named_design(d)
+            elif isinstance(d, dict) and "pooling" not in d and "name" in d:
+                base = named_design(d["name"]).model_dump()
+                d = {**base, **d, "pooling_kwargs": {**base["pooling_kwargs"], **d.get("pooling_kwargs", {})}}
+            out.append(d)
+        return out
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -105,14 +144,16 @@ class ExperimentConfig(BaseModel):
 
     def model_config_for(self, design: Design) -> ModelConfig:
         return self.base.model_copy(update={"pooling": design.pooling, "attention": design.attention,
-                                            "pooling_kwargs": design.pooling_kwargs})
+                                            "pooling_kwargs": design.pooling_kwargs,
+                                            "mask_instruction": design.mask_instruction or self.base.mask_instruction})
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> "ExperimentConfig":
         from .training import apply_overrides
 
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.model_validate(apply_overrides(raw, overrides or []))
+        from .configfile import read_config
+
+        return cls.model_validate(apply_overrides(read_config(path), overrides or []))
 
 
 def _write_yaml_once(folder: Path, config: ExperimentConfig) -> None:
@@ -124,11 +165,19 @@ def _write_yaml_once(folder: Path, config: ExperimentConfig) -> None:
         before = ExperimentConfig.model_validate(yaml.safe_load(path.read_text())).model_dump(mode="json")
         # Where the run lives and how it is reported may change; what it computes may not.
         keep = ("output_dir", "report", "device")
-        if {k: v for k, v in before.items() if k not in keep} != {k: v for k, v in dumped.items() if k not in keep}:
-            raise ValueError(f"{path} holds a different experiment config; use a new output_dir or restore it")
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(dumped, sort_keys=False))
-    os.replace(tmp, path)
+        changed = [k for k in _changed_fields(before, dumped) if k.split(".")[0] not in keep]
+        if changed:
+            raise ValueError(f"{path} holds a different experiment config ({', '.join(changed[:5])} changed); "
+                             f"use a new output_dir or restore it")
+    write_text(path, yaml.safe_dump(dumped, sort_keys=False))
+
+
+def _changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the fields whose values differ (dicts compared key by key, lists and values as a whole)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [f for k in sorted(set(old) | set(new), key=str)
+                for f in _changed_fields(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [prefix.rstrip(".")] if old != new else []
 
 
 def train_config_for(config: ExperimentConfig, design: Design, run_dir: Path):
@@ -142,15 +191,16 @@ def train_config_for(config: ExperimentConfig, design: Design, run_dir: Path):
     return TrainConfig.model_validate(raw)
 
 
-def _evaluate(model, config: ExperimentConfig, out: Path) -> None:
+def _evaluate(model, config: ExperimentConfig, out: Path, cache: bool = True) -> None:
     from .evaluation import evaluate
 
     evaluate(model, config.eval.tasks, data_dir=config.eval.data_dir, output_dir=out,
-             instructions=config.eval.instructions, batch_size=config.eval.batch_size)
+             instructions=config.eval.instructions, batch_size=config.eval.batch_size, cache=cache)
 
 
-def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict[str, Path]:
-    """Train and evaluate every design (skipping finished ones, resuming interrupted ones), then report."""
+def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool = True) -> dict[str, Path]:
+    """Train and evaluate every design (skipping finished ones, resuming interrupted ones), then report.
+    cache=False: evaluate without reading or writing the embedding cache (as `poolattn eval --no-cache`)."""
     from rich.console import Console
 
     import torch
@@ -165,7 +215,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict[str,
     folder.mkdir(parents=True, exist_ok=True)
     if is_main():  # launchers set RANK before any process group exists
         _write_yaml_once(folder, config)
-        (folder / "environment.json").write_text(json.dumps(collect_environment(), indent=2))
+        write_json(folder / "environment.json", collect_environment())
     started = time.time()
     steps = ([config.baseline] if config.baseline else []) + config.all_designs()
     for k, design in enumerate(steps, 1):
@@ -184,11 +234,11 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict[str,
             # The baseline is the untrained backbone: a reference row, not a design.
             model = EmbeddingModel.from_pretrained(final, inference=True, device=config.device) if final else (
                 EmbeddingModel(config.model_config_for(design), device=config.device))
-            _evaluate(model, config, eval_dir)
+            _evaluate(model, config, eval_dir, cache)
             del model
             # Wall time of this invocation's work (a resumed training counts only its resumed part).
-            (run_dir / "timing.json").write_text(json.dumps(
-                {"train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.time() - t1, 1)}))
+            write_json(run_dir / "timing.json",
+                       {"train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.time() - t1, 1)})
         if size > 1 and torch.distributed.is_initialized():  # none yet after the baseline
             torch.distributed.barrier()
     console.print(f"all designs done in {(time.time() - started) / 60:.1f} min; writing the report")

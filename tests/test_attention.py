@@ -26,15 +26,22 @@ def test_bidirectional_lets_later_tokens_change_earlier_states(tiny_backbones, a
 @pytest.mark.parametrize("attention", ["causal", "bidirectional"])
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padding_does_not_change_embeddings(tiny_backbones, arch, attention, side):
+    """Every design's pooler (the paper's 2-5 included) gives a text the same vector padded in a batch or alone."""
+    from poolattn.pooling import build_pooler
+
     texts = ["the cat", "a much longer sentence about a dog running in the park", "hi"]
-    for pooling in ("eos", "mean", "multilayer"):
-        m = EmbeddingModel(ModelConfig(backbone=tiny_backbones[arch], attention=attention, pooling=pooling,
-                                       padding_side=side, dtype="float32",
-                                       pooling_kwargs={"num_latents": 4, "num_heads": 4} if pooling == "multilayer" else {}))
+    m = EmbeddingModel(ModelConfig(backbone=tiny_backbones[arch], attention=attention, pooling="eos",
+                                   padding_side=side, dtype="float32"))
+    small = {"num_latents": 4, "num_heads": 4}
+    for pooling, options in [("eos", {}), ("mean", {}), ("latent", {**small, "tokens": "last"}),
+                             ("latent", {**small, "tokens": "all"}), ("multilayer", {**small, "tokens": "last"}),
+                             ("multilayer", {**small, "tokens": "mean"}), ("latent", {**small, "preset": "nvembed"})]:
+        m.pooler = build_pooler(pooling, m.backbone.config.hidden_size, m.backbone.config.num_hidden_layers,
+                                **options).eval()
         batched = m.encode(texts, batch_size=3)
         alone = [m.encode([t], batch_size=1)[0] for t in texts]
         for b, a in zip(batched, alone):
-            assert abs(b - a).max() < 1e-4, (arch, attention, side, pooling)
+            assert abs(b - a).max() < 1e-4, (arch, attention, side, pooling, options)
 
 
 def _installed_implementations() -> list[str]:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -129,3 +130,43 @@ def test_default_configs_validate():
 def test_duplicate_design_names_rejected():
     with pytest.raises(ValueError, match="unique"):
         ExperimentConfig(designs=[Design(name="a", pooling="eos"), Design(name="a", pooling="mean")])
+
+
+def test_shipped_configs_run_the_reference_codes_designs():
+    """default and paper run the paper's five designs as its reference code defines them; ablation extends default."""
+    from poolattn.experiment import PAPER_DESIGNS
+    from poolattn.pooling import build_pooler
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    want = {"2-lastlayer-causal": ("latent", "causal", "last"), "3-multilayer-causal": ("multilayer", "causal", "last"),
+            "4-lastlayer-bidirectional": ("latent", "bidirectional", "all"),
+            "5-multilayer-bidirectional": ("multilayer", "bidirectional", "mean")}
+    for name in ("default", "paper"):
+        cfg = ExperimentConfig.load(root / f"{name}.yaml")
+        assert [d.name for d in cfg.designs] == [d.name for d in PAPER_DESIGNS]
+        for d in cfg.designs[1:]:
+            assert (d.pooling, d.attention, d.pooling_kwargs["tokens"]) == want[d.name]
+            pool = build_pooler(d.pooling, 16, 3, **d.pooling_kwargs)
+            assert pool.get_config()["preset"] == "tang2024" and pool.get_config()["query"] == "latents"
+        assert all(s.get("instruction") for s in cfg.train["data"])  # every source carries its task's instruction
+    assert ExperimentConfig.load(root / "paper.yaml").designs[4].pooling_kwargs.get("num_latents") is None  # 768
+    ablation = ExperimentConfig.load(root / "ablation.yaml")
+    assert ablation.train == ExperimentConfig.load(root / "default.yaml").train
+    assert {"5c-no-latent-residual", "5b-no-layer-embedding", "5a-per-layer-last-token"} <= {d.name for d in
+                                                                                               ablation.designs}
+
+
+def test_named_designs_and_extends(tmp_path):
+    cfg = ExperimentConfig.model_validate({"designs": ["nvembed-bidirectional", "poolattn0-multilayer-bidirectional"]})
+    nv = cfg.designs[0]
+    assert nv.mask_instruction and cfg.model_config_for(nv).mask_instruction
+    assert cfg.model_config_for(nv).pooling_kwargs == {"preset": "nvembed"}
+    with pytest.raises(ValueError, match="unknown design 'nope'; named designs: 1-eos-causal"):
+        ExperimentConfig.model_validate({"designs": ["nope"]})
+    (tmp_path / "a.yaml").write_text("name: a\nseed: 1\ntrain: {lr: 0.1, batch_size: 4}\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\nname: b\ntrain: {lr: 0.2}\n")
+    b = ExperimentConfig.load(tmp_path / "b.yaml")
+    assert (b.name, b.seed, b.train) == ("b", 1, {"lr": 0.2, "batch_size": 4})
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    with pytest.raises(ValueError, match="loops back"):
+        ExperimentConfig.load(tmp_path / "b.yaml")
