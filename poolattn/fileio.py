@@ -31,6 +31,29 @@ def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None
         raise
 
 
+@contextmanager
+def atomic_dir(folder: str | Path) -> Iterator[Path]:
+    """A temporary sibling folder that replaces `folder` only once the block finished: a reader sees the old
+    folder or the new one, never a half-written one; on failure the temporary folder is removed."""
+    import shutil
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    try:
+        yield tmp
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(text)

@@ -9,8 +9,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
 
@@ -23,6 +21,7 @@ from torch import nn
 from . import __version__
 from .attention import set_attention
 from .backbone import DEFAULT_BACKBONE, load_backbone, load_tokenizer
+from .fileio import atomic_dir
 from .pooling import build_pooler, check_pooling_name
 
 log = logging.getLogger(__name__)
@@ -283,10 +282,7 @@ class EmbeddingModel(nn.Module):
         if getattr(self, "_inference_only", False):
             raise ValueError("this model was prepared for inference (for_inference: LoRA weights cast to the backbone "
                              "dtype); load the folder again without inference=True to save or train it")
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-        try:
+        with atomic_dir(folder) as tmp:
             meta = {"poolattn_version": __version__, "config": self.config.model_dump(),
                     "pooler": {"name": self.config.pooling, **self.pooler.get_config()},
                     "embedding_dim": self.embedding_dim}
@@ -300,17 +296,7 @@ class EmbeddingModel(nn.Module):
             elif self.config.lora is not None:
                 self.backbone.save_pretrained(tmp / "adapter")
             self.tokenizer.save_pretrained(tmp)
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-                os.replace(folder, old)
-                os.replace(tmp, folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+        return Path(folder)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, inference: bool = False,

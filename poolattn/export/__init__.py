@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
+from ..fileio import atomic_dir
 from .card import model_card, model_meta
 
 log = logging.getLogger(__name__)
@@ -30,25 +27,6 @@ ST_POOLING = {"eos": "lasttoken", "mean": "mean", "weighted_mean": "weightedmean
 PROBE = ["the cat sat on the mat", "how do I reset my password?", "Paris is the capital of France.",
          "A man is playing a guitar on the street while people walk by.", "x"]
 MERGE_MIN_COS = 0.99999
-
-
-@contextmanager
-def atomic_dir(folder: Path) -> Iterator[Path]:
-    """A temporary sibling folder that replaces `folder` only once the block finished."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    try:
-        yield tmp
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _merged(model) -> tuple[torch.nn.Module, float | None]:
