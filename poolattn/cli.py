@@ -193,8 +193,13 @@ def experiment(
 
     set_ = list(set_) + ([f"device={device}"] if device else [])
     cfg = ExperimentConfig.load(config, set_)
-    paths = run_experiment(cfg)
-    rprint(f"[green]report[/green]: {paths['md']}  {paths['html']}")
+    folder = run_experiment(cfg)
+    from .distributed import is_main
+    from .report import write_report
+
+    if is_main():
+        paths = write_report(folder)
+        rprint(f"[green]report[/green]: {paths['md']}  {paths['html']}")
 
 
 @app.command()

@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .fileio import write_json, write_text
 from .model import ModelConfig
-from .report import ReportSettings
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +73,17 @@ def named_design(name: str) -> Design:
         raise ValueError(f"unknown design {name!r}; named designs: {', '.join(NAMED_DESIGNS)} "
                          f"(or give a mapping with name, pooling, attention, pooling_kwargs)")
     return NAMED_DESIGNS[name]
+
+
+class ReportSettings(BaseModel):
+    """`report:` section of experiment.yaml (read by poolattn.report); command-line options override it."""
+    model_config = ConfigDict(extra="forbid")
+    reference: str | None = None  # design the per-task differences are drawn against; default: the first design
+    n_resamples: int = Field(1000, ge=50)  # permutations and bootstrap resamples per per-dataset test
+    confidence: float = Field(0.95, gt=0, lt=1)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    seed: int = 0
+    baseline_in_tests: bool = False  # also test every design against the untrained baseline
 
 
 class EvalSettings(BaseModel):
@@ -198,8 +208,9 @@ def _evaluate(model, config: ExperimentConfig, out: Path, cache: bool = True) ->
              instructions=config.eval.instructions, batch_size=config.eval.batch_size, cache=cache)
 
 
-def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool = True) -> dict[str, Path]:
-    """Train and evaluate every design (skipping finished ones, resuming interrupted ones), then report.
+def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool = True) -> Path:
+    """Train and evaluate every design (skipping finished ones, resuming interrupted ones); returns the folder
+    (poolattn.report.write_report turns it into the report; `poolattn experiment` does both).
     cache=False: evaluate without reading or writing the embedding cache (as `poolattn eval --no-cache`)."""
     from rich.console import Console
 
@@ -207,7 +218,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
 
     from .distributed import is_main, world
     from .model import EmbeddingModel
-    from .report import collect_environment, write_report
+    from .environment import collect_environment
     from .training import train
 
     console = Console(stderr=True)
@@ -241,7 +252,5 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
                        {"train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.time() - t1, 1)})
         if size > 1 and torch.distributed.is_initialized():  # none yet after the baseline
             torch.distributed.barrier()
-    console.print(f"all designs done in {(time.time() - started) / 60:.1f} min; writing the report")
-    if not is_main():
-        return {}
-    return write_report(folder, progress=progress)
+    console.print(f"all designs done in {(time.time() - started) / 60:.1f} min")
+    return folder

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from poolattn.report import load_items
+from poolattn.items import load_items
 from poolattn.stats import score_of
 
 # task -> (type, number of items)

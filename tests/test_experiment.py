@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from poolattn.experiment import Design, ExperimentConfig, run_experiment
+from poolattn.report import write_report
 
 PAIRS = [("a man plays a guitar", "someone is playing music", "a cat sleeps"),
          ("the dog runs in the park", "a dog is running outside", "the stock market fell"),
@@ -48,7 +49,7 @@ def _config(tmp_path, backbone, data_dir):
 
 def test_tiny_experiment_end_to_end_and_resume(tiny_llama, data_dir, tmp_path):
     cfg = _config(tmp_path, tiny_llama, data_dir)
-    paths = run_experiment(cfg, progress=False)
+    paths = write_report(run_experiment(cfg, progress=False), progress=False)
     exp = tmp_path / "exp"
     for design in ("baseline", "eos-causal", "multilayer-bi"):
         summary = json.loads((exp / "runs" / design / "eval" / "summary.json").read_text())
@@ -80,7 +81,7 @@ def test_seeds_replicate_every_design_and_the_report_averages_them(tiny_llama, d
     cfg = _config(tmp_path, tiny_llama, data_dir).model_copy(update={
         "designs": [Design(name="eos-causal", pooling="eos")], "seeds": [1, 2], "baseline": None})
     cfg.eval.tasks = ["BIOSSES"]
-    paths = run_experiment(cfg, progress=False)
+    paths = write_report(run_experiment(cfg, progress=False), progress=False)
     exp = tmp_path / "exp"
     seeds = {d: json.loads((exp / "runs" / d / "train" / "config.json").read_text())["seed"]
              for d in ("eos-causal-s1", "eos-causal-s2")}

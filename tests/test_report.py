@@ -3,12 +3,15 @@ import json
 import re
 
 import pytest
+import yaml
 from pydantic import ValidationError
 from synthetic import write_synthetic_experiment
 from typer.testing import CliRunner
 
 from poolattn.cli import app
-from poolattn.report import collect_environment, load_experiment, load_items, write_report
+from poolattn.environment import collect_environment
+from poolattn.items import load_items
+from poolattn.report import load_experiment, write_report
 
 A, B, COPY = "1-eos-causal", "4-latent-bidirectional", "1-eos-causal-copy"  # B is clearly better; COPY == A
 
@@ -61,7 +64,7 @@ def test_html_is_self_contained(report):
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 2 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
     assert "<style>" in page and not re.search(r'(src|href)="(http|/|\.)', page) and "<link" not in page
-    assert "<b>" in page and "<table" in page
+    assert "<strong>" in page and "<table" in page
 
 
 def test_cli_report_with_options(tmp_path):
@@ -131,3 +134,34 @@ def test_load_items_formats(tmp_path):
     path.write_text(json.dumps({"type": "Summarization", "parts": [{}]}))
     with pytest.raises(ValueError, match="t.items.json.*Summarization"):
         load_items(path)
+
+
+def test_seed_level_answer_leads_the_report(tmp_path):
+    """Designs over three paired seeds: B is better at every seed, C equals A in distribution (another noise draw
+    per seed). The leading section says B's difference holds across seeds and C's does not; no single-seed note."""
+    runs = {f"{A}-s{s}": (0.0, 10 + s) for s in (1, 2, 3)} | {f"{B}-s{s}": (1.0 + 0.02 * s, 20 + s) for s in (1, 2, 3)}
+    runs |= {f"C-x-y-s{s}": (0.0, 30 + s) for s in (1, 2, 3)}
+    folder = write_synthetic_experiment(tmp_path / "exp", designs=runs, baseline=None,
+                                        tasks={f"STS{i}": ("STS", 800) for i in range(1, 3)})
+    cfg = yaml.safe_load((folder / "experiment.yaml").read_text())
+    cfg["designs"] = [{"name": A, "pooling": "eos"}, {"name": B, "pooling": "latent", "attention": "bidirectional"},
+                      {"name": "C-x-y", "pooling": "mean"}]
+    cfg["seeds"] = [1, 2, 3]
+    (folder / "experiment.yaml").write_text(yaml.safe_dump(cfg))
+    paths = write_report(folder, progress=False)
+    sl = json.loads(paths["json"].read_text())["seed_level"]
+    assert sl["n_seeds"] == 3 and sl["level"] == "design" and sl["designs"] == [A, B, "C-x-y"]
+    sts = {(r["a"], r["b"]): r for r in sl["categories"] if r["category"] == "STS"}
+    assert sts[A, B]["p_holm"] < 0.05 and sts[A, B]["diff"] > 0 and sts[A, B]["seed_sd"] > 0
+    assert sts[A, "C-x-y"]["p_holm"] >= 0.05 and sts[A, B]["ci_low"] > 0
+    md = paths["md"].read_text()
+    lead = md.split("## What holds", 1)[1].split("\n## ", 1)[0]
+    assert "One training seed" not in md and "across 3 training seeds" in lead
+    assert f"{B} beats {A} by" in lead and "seed SD" in lead and "MDE" in lead
+
+
+def test_single_seed_report_says_so_first(report):
+    _, _, data, md = report
+    first = md.split("## What holds", 1)[1].strip().splitlines()[0]
+    assert "these tests are about these trained models, not about the designs" in first
+    assert data["seed_level"]["level"] == "models"

@@ -11,13 +11,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..items import Source, write_part
 from .encoders import EncodeRunner, fingerprint, load_model, mteb_encoder
 from .instructions import load_overrides
 from .pack import default_data_dir, encode_cost, load_task, resolve_tasks, task_spec
 
-# per-query metrics kept for retrieval/reranking: our name -> pytrec_eval's
-QUERY_METRICS = {"ndcg_at_10": "ndcg_cut_10", "map_at_10": "map_cut_10", "recall_at_10": "recall_10",
-                 "map_at_1000": "map_cut_1000"}
 
 
 @dataclass
@@ -57,50 +55,16 @@ def _capture_query_scores(task: Any, sink: dict) -> None:
     task.task_specific_scores = hook
 
 
-def _split_rows(task: Any, subset: str, split: str) -> Any:
-    data = task.dataset
-    return data[subset][split] if subset in data else data[split]
-
-
 def _items(task: Any, predictions: dict, query_scores: dict, result: Any) -> list[dict[str, Any]]:
-    """Per-item scores of every (subset, split) evaluated: what paired significance tests need."""
-    kind = task.metadata.type
+    """Per-item scores of every (subset, split) evaluated: what paired significance tests need (format and reader:
+    poolattn.items, one entry per task type)."""
     parts = []
     for split, subset_scores in result.scores.items():
         for scores in subset_scores:
             subset = scores["hf_subset"]
-            part: dict[str, Any] = {"split": split, "subset": subset}
-            pred = predictions.get(subset, {}).get(split)
-            if kind == "STS":
-                part["unit"] = "pair"
-                part["similarity"] = pred["cosine_scores"]
-                part["gold"] = list(_split_rows(task, subset, split)["score"])
-            elif kind == "PairClassification":
-                part["unit"] = "pair"
-                part["similarity"] = pred["cosine_scores"]
-                part["gold"] = list(_split_rows(task, subset, split)[task.label_column_name])
-            elif kind == "Classification":
-                rows = _split_rows(task, subset, split)
-                gold = list(rows[task.label_column_name])
-                part["unit"] = "example"
-                part["note"] = (f"predictions of all {len(pred)} experiments (logistic regression trained on a "
-                                f"seeded subsample of {task.samples_per_label} examples per label each)")
-                part["gold"] = gold
-                part["predictions"] = pred
-                part["accuracy_per_experiment"] = [e["accuracy"] for e in scores["scores_per_experiment"]]
-                part["correct_rate"] = [sum(p[i] == g for p in pred) / len(pred) for i, g in enumerate(gold)]
-            elif kind == "Clustering":
-                part["unit"] = "run"
-                part["v_measure"] = scores["v_measures"]  # {"Level 0": [one per k-means run]}
-            else:  # Retrieval, Reranking
-                per_query = query_scores[(subset, split)]
-                qids = sorted(per_query)
-                part["unit"] = "query"
-                part["query_ids"] = qids
-                for ours, theirs in QUERY_METRICS.items():
-                    if qids and theirs in per_query[qids[0]]:
-                        part[ours] = [per_query[q][theirs] for q in qids]
-            parts.append(part)
+            src = Source(task, subset, split, scores, predictions.get(subset, {}).get(split),
+                         query_scores.get((subset, split)))
+            parts.append(write_part(task.metadata.type, src))
     return parts
 
 

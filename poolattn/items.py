@@ -1,0 +1,135 @@
+"""Per-item results, one registry entry per MTEB task type: each entry both writes a part of `<task>.items.json`
+(the evaluation harness calls `write_part`) and reads it back as stats.Items (the report calls `load_items`), so
+the two cannot drift apart.
+
+A file is {"task", "type", "main_metric", "parts": [{"split", "subset", "unit", ...}]}, one part per mteb
+subset/split:
+  STS / PairClassification  "similarity" (cosine per pair), "gold"       -> Spearman / average precision
+  Classification            "gold", "predictions" (one list per mteb experiment), "correct_rate" (per example)
+  Clustering                "v_measure": {level: [one per k-means run]}
+  Retrieval / Reranking     "query_ids" + per-query "<metric>" for each of QUERY_METRICS
+A flat {"metric", "gold"/"pred" | "scores", "ids"} file (stats.Items fields) is read as one part.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from .stats import Items
+
+# per-query metrics kept for retrieval/reranking: our name -> pytrec_eval's
+QUERY_METRICS = {"ndcg_at_10": "ndcg_cut_10", "map_at_10": "map_cut_10", "recall_at_10": "recall_10",
+                 "map_at_1000": "map_cut_1000"}
+
+
+def _rows(task: Any, subset: str, split: str) -> Any:
+    data = task.dataset
+    return data[subset][split] if subset in data else data[split]
+
+
+class Source(NamedTuple):
+    """What the harness has for one (subset, split) of a task after mteb scored it."""
+    task: Any  # the mteb task (its dataset and label column)
+    subset: str
+    split: str
+    scores: dict  # mteb's scores of this subset/split
+    predictions: Any  # mteb's saved predictions of this subset/split (None for retrieval)
+    query_scores: dict | None  # pytrec_eval's per-query scores of this subset/split (retrieval, reranking)
+
+
+class ItemFormat(NamedTuple):
+    write: Callable[[Source], dict]
+    read: Callable[[dict, str | None], Items]
+
+
+def _write_pairs(src: Source) -> dict:
+    label = "score" if src.task.metadata.type == "STS" else src.task.label_column_name
+    return {"unit": "pair", "similarity": src.predictions["cosine_scores"],
+            "gold": list(_rows(src.task, src.subset, src.split)[label])}
+
+
+def _read_pairs(metric: str) -> Callable[[dict, str | None], Items]:
+    return lambda part, _main: Items(metric, gold=np.asarray(part["gold"], float),
+                                     pred=np.asarray(part["similarity"], float))
+
+
+def _write_classification(src: Source) -> dict:
+    gold, pred = list(_rows(src.task, src.subset, src.split)[src.task.label_column_name]), src.predictions
+    return {"unit": "example", "gold": gold, "predictions": pred,
+            "note": (f"predictions of all {len(pred)} experiments (logistic regression trained on a seeded "
+                     f"subsample of {src.task.samples_per_label} examples per label each)"),
+            "accuracy_per_experiment": [e["accuracy"] for e in src.scores["scores_per_experiment"]],
+            "correct_rate": [sum(p[i] == g for p in pred) / len(pred) for i, g in enumerate(gold)]}
+
+
+def _read_classification(part: dict, _main: str | None) -> Items:
+    rate = part.get("correct_rate")
+    if rate is None:  # per-example share of mteb's experiments that got it right
+        gold = np.asarray(part["gold"])
+        rate = np.mean([np.asarray(p) == gold for p in part["predictions"]], axis=0)
+    return Items("mean_accuracy", scores=np.asarray(rate, float))
+
+
+def _read_clustering(part: dict, _main: str | None) -> Items:
+    runs = part["v_measure"]
+    runs = [v for k in sorted(runs) for v in runs[k]] if isinstance(runs, dict) else runs
+    return Items("v_measure", scores=np.asarray(runs, float))
+
+
+def query_part(per_query: dict) -> dict:
+    """A retrieval/reranking part from pytrec_eval's {query id: {metric: value}}."""
+    qids = sorted(per_query)
+    part: dict[str, Any] = {"unit": "query", "query_ids": qids}
+    for ours, theirs in QUERY_METRICS.items():
+        if qids and theirs in per_query[qids[0]]:
+            part[ours] = [per_query[q][theirs] for q in qids]
+    return part
+
+
+def _read_queries(part: dict, main_metric: str | None) -> Items:
+    metric = main_metric if main_metric in part else "ndcg_at_10"
+    return Items(metric, ids=list(part["query_ids"]), scores=np.asarray(part[metric], float))
+
+
+_QUERIES = ItemFormat(lambda src: query_part(src.query_scores), _read_queries)
+REGISTRY: dict[str, ItemFormat] = {
+    "STS": ItemFormat(_write_pairs, _read_pairs("spearman")),
+    "PairClassification": ItemFormat(_write_pairs, _read_pairs("ap")),
+    "Classification": ItemFormat(_write_classification, _read_classification),
+    "Clustering": ItemFormat(lambda src: {"unit": "run", "v_measure": src.scores["v_measures"]}, _read_clustering),
+    "Retrieval": _QUERIES,
+    "Reranking": _QUERIES,
+}
+
+
+def _format(kind: str) -> ItemFormat:
+    if kind not in REGISTRY:
+        raise ValueError(f"task type {kind!r} has no per-item scores; known: {', '.join(REGISTRY)}")
+    return REGISTRY[kind]
+
+
+def write_part(kind: str, src: Source) -> dict:
+    """One part of a per-item file, as the report reads it back."""
+    return {"split": src.split, "subset": src.subset, **_format(kind).write(src)}
+
+
+def read_part(kind: str, main_metric: str | None, part: dict) -> Items:
+    return _format(kind).read(part, main_metric)
+
+
+def load_items(path: str | Path) -> Items | list[Items]:
+    """Parse one `<task>.items.json`; several parts come back as a list (the dataset's score is their mean)."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+        if "parts" not in d:
+            return Items(metric=d["metric"], ids=d.get("ids"),
+                         **{f: np.asarray(d[f]) for f in ("gold", "pred", "scores") if d.get(f) is not None})
+        parts = [read_part(d["type"], d.get("main_metric"), part)
+                 for part in sorted(d["parts"], key=lambda p: (str(p.get("split")), str(p.get("subset"))))]
+        return parts[0] if len(parts) == 1 else parts
+    except (KeyError, ValueError, TypeError, IndexError) as err:
+        raise ValueError(f"{path}: not a per-item score file ({type(err).__name__}: {err})") from err

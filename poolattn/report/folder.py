@@ -1,0 +1,159 @@
+"""Reading an experiment folder: the one reader of its layout (per-item files: poolattn.items).
+
+    EXPERIMENT/
+      experiment.yaml                        the experiment config as run: `designs` (list of {name, ...}) gives the
+                                             column order, `baseline.name` the reference row, `report:` the settings
+      environment.json                       collect_environment() of the machine that ran it
+      budget.json                            (optional) what the budget chooser measured and picked
+      runs/<design>/train/                   training outputs (train_summary.json, metrics.jsonl)
+      runs/<design>/timing.json              the runner's wall time of training and evaluation
+      runs/<design>/eval/summary.json        {"tasks": {task: {"type": "STS" | "Retrieval" | "Classification" |
+                                               "Clustering" | "PairClassification" | "Reranking",
+                                               "main_score": float in [0, 1], "seconds": float}}}
+      runs/<design>/eval/<task>.items.json   per-item scores for the paired tests (poolattn.items)
+      runs/<baseline>/eval/...               the untrained backbone, same layout: a reference row, not a design
+
+Designs are the config's designs in order, then any other run folder with results; a design without
+`summary.json` yet is listed as missing, so a report can be made of a running experiment.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ..experiment import ExperimentConfig
+from ..items import load_items
+from ..stats import Items
+
+CATEGORIES = ["Classification", "Clustering", "PairClassification", "Reranking", "Retrieval", "STS"]  # MTEB's order
+
+
+@dataclass
+class TaskScore:
+    type: str
+    main_score: float
+    seconds: float | None = None
+
+
+@dataclass
+class Experiment:
+    """Everything the report needs from an experiment folder; per-item files are read on demand."""
+    folder: Path
+    config: dict
+    config_text: str
+    environment: dict | None
+    designs: list[str]  # trained designs with results, in config order
+    baseline: str | None  # reference row with results, or None
+    scores: dict[str, dict[str, TaskScore]]  # design or baseline -> task -> score
+    missing: list[str] = field(default_factory=list)  # configured designs without results yet
+    budget: dict | None = None  # budget.json: the budget chooser's measurement and choice
+
+    @property
+    def columns(self) -> list[str]:
+        return self.designs + ([self.baseline] if self.baseline else [])
+
+    def task_type(self, task: str) -> str:
+        return next(s[task].type for s in self.scores.values() if task in s)
+
+    @property
+    def tasks(self) -> list[str]:
+        names = {t for s in self.scores.values() for t in s}
+        rank = {c: i for i, c in enumerate(CATEGORIES)}
+        return sorted(names, key=lambda t: (rank.get(self.task_type(t), len(rank)), self.task_type(t), t))
+
+    def items(self, design: str, task: str) -> Items | list[Items] | None:
+        path = self.folder / "runs" / design / "eval" / f"{task}.items.json"
+        return load_items(path) if path.exists() else None
+
+
+def _read_summary(path: Path) -> dict[str, TaskScore]:
+    """summary.json's "tasks": rows with a "task" field (the harness's), or a dict keyed by task."""
+    try:
+        tasks = json.loads(path.read_text())["tasks"]
+        tasks = {row["task"]: row for row in tasks} if isinstance(tasks, list) else tasks
+        return {t: TaskScore(v["type"], float(v["main_score"]), v.get("seconds"))
+                for t, v in tasks.items() if v.get("main_score") is not None}
+    except (KeyError, ValueError, TypeError) as err:
+        raise ValueError(f"{path}: expected {{'tasks': {{task: {{'type', 'main_score', 'seconds'}}}}}} "
+                         f"({type(err).__name__}: {err})") from err
+
+
+def design_table(config: dict) -> dict[str, dict]:
+    """Every design the config runs (replicated per seed when it lists several), with its settings."""
+    try:
+        designs = ExperimentConfig.model_validate(config).all_designs()
+    except Exception:  # noqa: BLE001 -- a hand-edited or older config: take its design list as written
+        return {d["name"]: d for d in config.get("designs") or [] if isinstance(d, dict) and "name" in d}
+    return {d.name: d.model_dump() for d in designs}
+
+
+def default_seed(config: dict) -> int:
+    """The seed of a run that is not a replicate: the first of `seeds`, else `seed`."""
+    return (config.get("seeds") or [config.get("seed", 42)])[0]
+
+
+def load_run_items(exp: Experiment) -> tuple[dict[tuple[str, str], Items | list[Items] | None], list[str]]:
+    """Per-item results of every run and task with a score, and a note for each unreadable file."""
+    items, notes = {}, []
+    for d in exp.columns:
+        for t in exp.tasks:
+            try:
+                items[d, t] = exp.items(d, t) if t in exp.scores[d] else None
+            except ValueError as err:
+                items[d, t] = None
+                notes.append(str(err))
+    return items, notes
+
+
+def load_experiment(folder: str | Path) -> Experiment:
+    folder = Path(folder)
+    cfg_path = folder / "experiment.yaml"
+    if not (folder / "runs").is_dir():
+        raise FileNotFoundError(f"{folder} is not an experiment folder (no runs/); layout: see poolattn.report.folder")
+    config_text = cfg_path.read_text() if cfg_path.exists() else ""
+    config = yaml.safe_load(config_text) or {}
+    env_path = folder / "environment.json"
+    environment = json.loads(env_path.read_text()) if env_path.exists() else None
+
+    baseline = (config.get("baseline") or {}).get("name", "baseline")
+    configured = list(design_table(config))
+    on_disk = sorted(p.parent.parent.name for p in (folder / "runs").glob("*/eval/summary.json"))
+    scores = {name: _read_summary(folder / "runs" / name / "eval" / "summary.json") for name in on_disk}
+    designs = [d for d in configured if d in scores] + [d for d in on_disk if d not in configured and d != baseline]
+    if not designs:
+        raise ValueError(f"{folder}: no design has results yet (runs/<design>/eval/summary.json)")
+    budget_path = folder / "budget.json"
+    budget = json.loads(budget_path.read_text()) if budget_path.exists() else None
+    return Experiment(folder, config, config_text, environment, designs,
+                      baseline if baseline in scores else None,
+                      {d: scores[d] for d in designs + ([baseline] if baseline in scores else [])},
+                      [d for d in configured if d not in scores], budget)
+
+
+def training_summary(folder: Path, designs: list[str]) -> dict[str, dict]:
+    """Per design: steps trained, time, and the loss at the start and end (mean of the first and last 5 steps),
+    from the trainer's train_summary.json / metrics.jsonl and the runner's timing.json. A design trained for fewer
+    steps than configured (a time cap) is a confound the reader must see."""
+    out = {}
+    for d in designs:
+        run = folder / "runs" / d
+        row: dict[str, Any] = {}
+        for name in ("train/train_summary.json", "timing.json"):
+            if (run / name).exists():
+                row.update(json.loads((run / name).read_text()))
+        metrics = run / "train" / "metrics.jsonl"
+        if metrics.exists():
+            losses = [r["loss"] for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]
+            if losses:
+                row["loss_first"] = float(np.mean(losses[:5]))
+                row["loss_last"] = float(np.mean(losses[-5:]))
+        if row:
+            out[d] = row
+    return out
+
+
