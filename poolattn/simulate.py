@@ -67,18 +67,22 @@ def paired_rates(kind: str, reps: int = 300, n: int = 300, shift: float = 0.8, s
 
 
 def seed_rates(reps: int = 150, n_seeds: int = 3, n: int = 200, seed_sd: float = 0.15, shift: float = 0.75,
-               alpha: float = 0.05, n_resamples: int = 200, seed: int = 0) -> Rates:
+               alpha: float = 0.05, n_resamples: int = 200, seed: int = 0, item_shared: float = 0.0) -> Rates:
     """The seed-level test on STS-like data: each (design, seed) model's noise level moves with the seed
-    (log-normal, seed_sd), the items are one shared test set; shifted: B's noise x `shift`."""
+    (log-normal, seed_sd), the items are one shared test set; shifted: B's noise x `shift`. item_shared: SD of
+    each design's own per-item errors that every seed of it repeats (relative to the reference noise; 0 = every
+    seed errs on other items), the item noise that does not average out over seeds."""
     rng = np.random.default_rng(seed)
     hits = {True: 0, False: 0}
     for _ in range(reps):
         gold = _gold("spearman", n, rng)
         for shifted in (False, True):
             d, boot = [], []
+            fixed_a, fixed_b = rng.normal(0, 0.5 * item_shared, (2, n))
             for _s in range(n_seeds):
                 a = draw("spearman", gold, np.exp(rng.normal(0, seed_sd)), 1.0, rng)
                 b = draw("spearman", gold, (shift if shifted else 1.0) * np.exp(rng.normal(0, seed_sd)), 0.3, rng)
+                a.pred, b.pred = a.pred + fixed_a, b.pred + 0.3 * fixed_b
                 d.append(b.score() - a.score())
                 boot.append(item_bootstrap(a, b, n_resamples, seed=1))  # same item resamples for every seed
             p = seed_effect(np.array(d), np.array(boot), alpha).p_value

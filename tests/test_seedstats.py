@@ -1,6 +1,7 @@
 """Seed-level inference (poolattn.seedstats) on constructed numbers: what the effect, SE, MDE and level are."""
 import numpy as np
 import pytest
+from scipy import stats
 
 from poolattn.seedstats import minimum_detectable_effect, seed_effect
 from poolattn.stats import Items, item_bootstrap, paired_test
@@ -20,8 +21,22 @@ def test_seed_variance_enters_se_ci_and_p():
     r = seed_effect(d, boot)
     assert r.level == "design" and r.diff == pytest.approx(0.0275) and r.seed_sd == pytest.approx(np.std(d, ddof=1))
     assert r.se == pytest.approx(np.sqrt(r.seed_sd ** 2 / 4 + r.item_se ** 2))
-    assert r.item_se < 0.001 and r.ci_low > 0.005 and r.ci_high < 0.05  # the seeds' spread, not the items'
-    assert r.p_value < 0.05 and r.flip().diff == -r.diff and r.flip().ci_low == -r.ci_high
+    assert r.item_se < 0.0005 and r.df == pytest.approx(3, rel=0.01)  # the seeds' spread, not the items'
+    assert r.p_value == pytest.approx(2 * stats.t(3).sf(r.diff / r.se), rel=0.01) and r.p_value < 0.05
+    assert (r.ci_low, r.ci_high) == pytest.approx(r.diff + np.array([-1, 1]) * stats.t(3).ppf(0.975) * r.se, rel=0.01)
+    assert r.flip().diff == -r.diff and r.flip().ci_low == -r.ci_high
+
+
+def test_item_noise_of_single_seeds_is_counted_once_and_shared_item_noise_is_kept():
+    rng = np.random.default_rng(2)
+    common = rng.normal(0, 0.01, 4000)  # the item resample's effect shared by every seed
+    own = rng.normal(0, 0.02, (3, 4000))  # each seed's own item noise: already in the spread of d_s
+    d = np.array([0.01, 0.03, 0.02])
+    r = seed_effect(d, d[:, None] + common + own)
+    assert r.item_se == pytest.approx(0.01, rel=0.1)  # not sqrt(0.01^2 + 0.02^2 / 3) = 0.015
+    assert r.se == pytest.approx(np.sqrt(np.var(d, ddof=1) / 3 + 0.01 ** 2), rel=0.05)
+    assert r.df > 2  # a well-estimated shared item part adds degrees of freedom
+    assert (r.ci_low > 0) == (r.p_value < 0.05)
 
 
 def test_mde_falls_with_seeds_and_is_infinite_with_one_seed_at_design_level():

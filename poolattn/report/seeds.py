@@ -44,14 +44,14 @@ def seed_level(groups: dict[str, dict[int, str]], categories: dict[str, list[str
                 continue
             d = np.array([score_of(y) - score_of(x) for x, y in pairs])
             raw[t] = (d, boot, [score_of(x) for x, _ in pairs], [score_of(y) for _, y in pairs])
-            task_eff[a, b, t] = seed_effect(d, boot, alpha, confidence, seed=seed)
+            task_eff[a, b, t] = seed_effect(d, boot, alpha, confidence)
         for g, ts in categories.items():
             common = [t for t in ts if t in raw]
             if not common:
                 continue
             d = np.mean([raw[t][0] for t in common], 0)
             boot = np.mean([raw[t][1] for t in common], 0)
-            cat_eff[a, b, g] = seed_effect(d, boot, alpha, confidence, seed=seed)
+            cat_eff[a, b, g] = seed_effect(d, boot, alpha, confidence)
             wil[a, b, g] = wilcoxon_test([np.mean(raw[t][2]) for t in common], [np.mean(raw[t][3]) for t in common],
                                          alpha)
     for family in (task_eff, cat_eff, wil):
