@@ -3,7 +3,30 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Decoder LLMs as text-embedding models: design, train, evaluate, compare.")
+from .errors import ErrorBoundary, UserError
+
+app = typer.Typer(cls=ErrorBoundary, add_completion=False, no_args_is_help=True,
+                  help="Decoder LLMs as text-embedding models: design, train, evaluate, compare.")
+
+
+@app.callback()
+def _main(ctx: typer.Context,
+          debug: bool = typer.Option(False, "--debug", help="show the traceback of an error (or POOLATTN_DEBUG=1)")):
+    """Decoder LLMs as text-embedding models: design, train, evaluate, compare."""
+    ctx.meta["poolattn_debug"] = debug
+
+
+def _check_model_spec(value: str | None) -> str | None:
+    """--model callback: a folder must hold a model (saved poolattn, sentence-transformers or HF); else one line."""
+    from pathlib import Path
+
+    folder = Path(value).expanduser() if value else None
+    if folder is not None and folder.is_dir() and not any(
+            (folder / f).exists() for f in ("poolattn_config.json", "modules.json", "config.json")) and not any(
+            folder.glob("*.gguf")):
+        raise typer.BadParameter(f"{value} is a folder without a model (no poolattn_config.json, config.json, "
+                                 f"modules.json or .gguf)", param_hint="--model")
+    return value
 
 DEVICE_HELP = "auto (this process's GPU, else MPS, else CPU), cpu, cuda, cuda:N or mps"
 
@@ -40,25 +63,32 @@ def _load_model(model: str, attention: str | None, pooling: str | None, dtype: s
 def encode(
     input: str = typer.Option(..., "--input", "-i", help="text file, one text per line"),
     output: str = typer.Option(..., "--output", "-o", help=".npy file to write (float32 [N, D])"),
-    model: str = typer.Option("smollm2-135m", help="saved poolattn folder, backbone alias, local HF folder, GGUF or hub id"),
+    model: str = typer.Option("smollm2-135m", callback=_check_model_spec,
+                              help="saved poolattn folder, backbone alias, local HF folder, GGUF or hub id"),
     attention: str = typer.Option(None, help="causal | bidirectional (default: as saved, else causal)"),
     pooling: str = typer.Option(None, help="eos | mean | weighted_mean | latent | multilayer (default: as saved, else eos)"),
     instruction: str = typer.Option(None, help="task instruction prefixed to every text"),
-    batch_size: int = typer.Option(32),
-    max_length: int = typer.Option(None),
+    batch_size: int = typer.Option(32, min=1),
+    max_length: int = typer.Option(None, min=1, help="truncate texts to this many tokens (default: as saved)"),
     dtype: str = typer.Option(None, help="auto | float32 | bfloat16"),
     device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
 ):
-    """Embed the lines of a text file."""
-    from pathlib import Path
-
+    """Embed the lines of a text file into a .npy file, written atomically at exactly --output."""
     import numpy as np
     from rich import print as rprint
 
-    texts = Path(input).read_text(encoding="utf-8").splitlines()
+    from .fileio import atomic_write, check_input_file, check_output_file
+
+    check_output_file(output)  # before any work: a folder, a missing or unwritable folder is a usage error
+    try:
+        texts = check_input_file(input).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(f"--input {input}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                        f"{err.start}); save it as UTF-8", 2) from None
     m = _load_model(model, attention, pooling, dtype, max_length, device)
     emb = m.encode(texts, instruction=instruction, batch_size=batch_size, show_progress_bar=True)
-    np.save(output, emb)
+    with atomic_write(output) as f:  # np.save to a file object: no ".npy" appended to the name given
+        np.save(f, emb)
     rprint(f"[green]{emb.shape[0]} x {emb.shape[1]}[/green] embeddings ({m.config.name}) -> {output}")
 
 
@@ -115,14 +145,15 @@ def train_command(
 # --- eval command (evaluation) ---
 @app.command("eval")
 def eval_(
-    model: str = typer.Option(..., "--model", "-m", help="saved poolattn folder, sentence-transformers folder, "
+    model: str = typer.Option(..., "--model", "-m", callback=_check_model_spec,
+                              help="saved poolattn folder, sentence-transformers folder, "
                               "backbone alias, local HF folder, GGUF or hub id (all-MiniLM-L6-v2: the peer)"),
     tasks: str = typer.Option("lite", "--tasks", "-t", help="comma-separated task names, suites (lite, full) and "
                               "categories (sts, retrieval, classification, clustering, pairclassification, reranking)"),
     output: str = typer.Option(..., "--output", "-o", help="folder for <task>.json, <task>.items.json, summary.*"),
     data: str = typer.Option(None, "--data", help="data pack folder (default: $POOLATTN_DATA or ../shared/data)"),
     instructions: str = typer.Option(None, help="YAML/JSON file {task: instruction} overriding the built-in table"),
-    batch_size: int = typer.Option(32),
+    batch_size: int = typer.Option(32, min=1),
     no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the embedding cache"),
     pooling: str = typer.Option(None, help="poolattn models: eos | mean | weighted_mean | latent | multilayer"),
     attention: str = typer.Option(None, help="poolattn models: causal | bidirectional"),
@@ -134,10 +165,14 @@ def eval_(
     from rich import print as rprint
 
     from .evaluation import TaskUnavailable, evaluate, load_model, resolve_tasks
+    from .fileio import check_input_file, check_output_dir
 
+    check_output_dir(output)
+    if instructions is not None:
+        check_input_file(instructions, "--instructions")
     try:
         names = resolve_tasks(tasks, data)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         raise typer.BadParameter(str(e), param_hint="--tasks") from e
     try:
         scores = evaluate(load_model(model, device=device, pooling=pooling, attention=attention), names, data_dir=data,
@@ -184,16 +219,19 @@ def experiment(
     config: str = typer.Argument(..., help="experiment YAML (see configs/default.yaml)"),
     set_: list[str] = typer.Option([], "--set", help="override a config value, e.g. --set train.max_steps=50"),
     device: str = typer.Option(None, callback=_check_device, help=f"{DEVICE_HELP} (default: the config's, auto)"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the embedding cache"),
 ):
     """Train every design, evaluate each and the untrained backbone, test the differences, write the report.
     Run it again to resume: finished designs are skipped, an interrupted one resumes from its checkpoint."""
     from rich import print as rprint
 
     from .experiment import ExperimentConfig, run_experiment
+    from .fileio import check_input_file, check_output_dir
 
     set_ = list(set_) + ([f"device={device}"] if device else [])
-    cfg = ExperimentConfig.load(config, set_)
-    folder = run_experiment(cfg)
+    cfg = ExperimentConfig.load(check_input_file(config, "CONFIG"), set_)
+    check_output_dir(cfg.output_dir, "output_dir")
+    folder = run_experiment(cfg, cache=not no_cache)
     from .distributed import is_main
     from .report import write_report
 
@@ -204,20 +242,23 @@ def experiment(
 
 @app.command()
 def layers(
-    model: str = typer.Option("smollm2-135m", help="saved poolattn folder, backbone alias, local folder or hub id"),
+    model: str = typer.Option("smollm2-135m", callback=_check_model_spec,
+                              help="saved poolattn folder, backbone alias, local folder or hub id"),
     tasks: str = typer.Option("STSBenchmark", help="comma-separated task names to score every layer on"),
     output: str = typer.Option("runs/layers", help="folder for layers.json and the PNGs"),
     data: str = typer.Option(None, help="data pack folder (default ../shared/data or POOLATTN_DATA)"),
     attention: str = typer.Option(None, help="causal | bidirectional (default: as saved, else causal)"),
-    n_texts: int = typer.Option(1000, help="texts for the layer-similarity (CKA) heatmap"),
+    n_texts: int = typer.Option(1000, min=2, help="texts for the layer-similarity (CKA) heatmap"),
     dtype: str = typer.Option(None),
     device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
 ):
     """Per-layer EOS and mean embeddings: layer x layer CKA heatmap (paper Fig. 1) and per-layer task scores (Fig. 2)."""
     from rich import print as rprint
 
+    from .fileio import check_output_dir
     from .layers import analyze_layers
 
+    check_output_dir(output)
     m = _load_model(model, attention, None, dtype, None, device)
     result = analyze_layers(m, [t for t in tasks.split(",") if t], output, data_dir=data, n_texts=n_texts)
     rprint(f"[green]layer analysis[/green] -> {result['files']}")

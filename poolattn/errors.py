@@ -95,7 +95,8 @@ def describe(exc: BaseException) -> tuple[str, int]:
         return f"invalid {exc.title} config: {'; '.join(parts)}{more}", 2
     if isinstance(exc, yaml.YAMLError):
         mark = getattr(exc, "problem_mark", None)
-        where = f"{mark.name}:{mark.line + 1}: " if mark is not None else ""
+        name = mark.name if mark is not None and not mark.name.startswith("<") else _file_in_traceback(exc)
+        where = f"{name or 'YAML'}:{mark.line + 1}: " if mark is not None else f"{name}: " if name else ""
         return f"{where}not valid YAML ({getattr(exc, 'problem', None) or exc})", 2
     if isinstance(exc, OSError) and exc.errno in DISK_FULL:
         return f"disk full: {exc.strerror or 'no space left on the device'} writing {exc.filename or '?'}", 1
@@ -127,15 +128,20 @@ def debug_requested(ctx: Any = None) -> bool:
 
 class ErrorBoundary(TyperGroup):
     """The CLI's command group: every command runs inside `invoke`, so one handler sees every error (also under
-    typer's CliRunner, which bypasses Typer.__call__). Click's own usage errors and exits pass through."""
+    typer's CliRunner, which bypasses Typer.__call__), bad option values included (exit 2)."""
 
     def invoke(self, ctx: Any) -> Any:
-        from typer._click.exceptions import ClickException  # typer vendors click (and has its own Exit, Abort)
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
 
         try:
             return super().invoke(ctx)
-        except (ClickException, typer.Exit, typer.Abort):
+        except (typer.Exit, typer.Abort, NoArgsIsHelpError):
             raise
+        except ClickException as exc:  # a bad option value: one line, not typer's boxed usage screen
+            if debug_requested(ctx):
+                raise
+            typer.secho(f"error: {exc.format_message()}", err=True, fg="red")
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None

@@ -2,6 +2,7 @@
 both behind one embedding cache that also reports encoding progress."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -130,6 +131,69 @@ class PoolattnEncoder(AbsEncoder):
                                  batch_size=kwargs.get("batch_size", 32), show_progress_bar=False)
 
 
+@functools.cache
+def _numpy_cache_class() -> type:
+    """mteb's NumpyCache made crash-safe: a kill at any instant leaves the previous store or the new one.
+
+    mteb writes `dimension` at the first add and `index.json` in place at save, so a kill between the two (or during
+    the index write) left a store that every later run refused ("Vectors file not initialized"). Here `dimension`
+    and `index.json` are written at save only, each to a temporary file renamed over the old one, the index last
+    (rows are flushed before it, and rows past the saved index are never read). A store found inconsistent when
+    opened (left by older versions) is removed and rebuilt with a warning that names it.
+    """
+    from mteb.models.cache_wrappers.cache_backends.numpy_cache import NumpyCache
+
+    from ..fileio import write_text
+
+    class CrashSafeNumpyCache(NumpyCache):
+        def _save_dimension(self) -> None:
+            if getattr(self, "_saving", False):
+                write_text(self.dimension_file, str(self.vector_dim))
+
+        def save(self) -> None:
+            if self.vectors is not None:
+                self.vectors.flush()
+            self._saving = True
+            try:
+                self._save_dimension()
+            finally:
+                self._saving = False
+            write_text(self.index_file, json.dumps({str(h): int(i) for h, i in self.hash_to_index.items()}))
+
+        def load(self) -> None:
+            problem = self._problem()
+            if problem:
+                logging.getLogger(__name__).warning("embedding cache %s is incomplete (%s: a run was interrupted "
+                                                    "while writing it); rebuilding it", self.directory, problem)
+                for f in (self.index_file, self.dimension_file, self.vectors_file):
+                    f.unlink(missing_ok=True)
+                return
+            if self.index_file.exists():
+                super().load()
+
+        def _problem(self) -> str | None:
+            files = (self.index_file, self.dimension_file, self.vectors_file)
+            missing = [f.name for f in files if not f.exists()]
+            if len(missing) == 3:
+                return None
+            if missing == [self.index_file.name, self.dimension_file.name]:  # killed before its first save
+                self.vectors_file.unlink()  # nothing was committed: start afresh, silently
+                return None
+            if missing:
+                return f"{' and '.join(missing)} missing"
+            try:
+                dim = int(self.dimension_file.read_text().strip())
+                index = json.loads(self.index_file.read_text())
+            except (ValueError, OSError) as err:
+                return f"index.json or dimension unreadable ({type(err).__name__})"
+            rows = self.vectors_file.stat().st_size // (4 * dim) if dim > 0 else 0
+            if dim <= 0 or any(not isinstance(i, int) or not 0 <= i < rows for i in index.values()):
+                return f"index.json points past the {rows} rows of vectors.npy"
+            return None
+
+    return CrashSafeNumpyCache
+
+
 class EncodeRunner:
     """Wraps an mteb encoder: serves cached embeddings, encodes the rest in chunks and reports progress.
 
@@ -137,7 +201,8 @@ class EncodeRunner:
     every task that embeds the same text with the same instruction shares it. mteb's CachedEmbeddingWrapper does not
     fit: it keys stores by task name (no sharing across tasks, and it cannot see our instruction overrides) and in
     mteb 2.26 it re-prepares already prepared corpus rows, which repeats each document's title.
-    Not safe for two processes writing the same store at once.
+    Not safe for two processes writing the same store at once. Crash-safe (see _numpy_cache_class); a cache folder
+    that cannot be written (read-only, full) is dropped with a warning and evaluation goes on without it.
     """
 
     def __init__(self, encoder: Any, cache_dir: Path | None, key: Callable[[Any, PromptType | None], str],
@@ -161,23 +226,29 @@ class EncodeRunner:
         return self.encoder.similarity_pairwise(e1, e2)
 
     def _store(self, key: str) -> Any:
-        from functools import partial
-
-        from mteb.models.cache_wrappers.cache_backends.numpy_cache import NumpyCache
-
+        cache = _numpy_cache_class()
         if key not in self._stores:
-            log = logging.getLogger(NumpyCache.__module__)
+            log = logging.getLogger(cache.__mro__[1].__module__)
             level = log.level
-            log.setLevel(logging.ERROR)  # a new store says "no existing files" twice
+            log.setLevel(logging.CRITICAL)  # a new store says "no existing files" twice; our warning says more
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    store = partial(NumpyCache, initial_vectors=4096)(self.cache_dir / key)
+                    store = cache(self.cache_dir / key, initial_vectors=4096)
                     store.load()
+            except OSError as err:
+                return self._drop_cache(err)
             finally:
                 log.setLevel(level)
             self._stores[key] = store
         return self._stores[key]
+
+    def _drop_cache(self, err: OSError) -> None:
+        """Go on without the cache: it cannot be written (read-only folder, full disk, ...)."""
+        logging.getLogger(__name__).warning("embedding cache %s cannot be used (%s); evaluating without it",
+                                            err.filename or self.cache_dir, err.strerror or err)
+        self.close()
+        self.cache_dir = None
 
     def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str,
                prompt_type: PromptType | None = None, **kwargs: Any) -> np.ndarray:
@@ -205,17 +276,23 @@ class EncodeRunner:
                                                  hf_subset=hf_subset, prompt_type=prompt_type, **kwargs),
                              dtype=np.float32)
             if store is not None:
-                store.add([{"text": texts[i]} for i in idx], emb)
-                if time.monotonic() - saved > 60:  # an interrupted long encode keeps most of its work
-                    store.save()
-                    saved = time.monotonic()
+                try:
+                    store.add([{"text": texts[i]} for i in idx], emb)
+                    if time.monotonic() - saved > 60:  # an interrupted long encode keeps most of its work
+                        store.save()
+                        saved = time.monotonic()
+                except OSError as err:
+                    store = self._drop_cache(err)
             for i, v in zip(idx, emb):
                 out[i] = v
             self.encoded += len(idx)
             if self.on_progress:
                 self.on_progress(start + len(idx), len(todo))
         if store is not None and todo:
-            store.save()
+            try:
+                store.save()
+            except OSError as err:
+                self._drop_cache(err)
         for i, t in enumerate(texts):
             if out[i] is None:
                 out[i] = out[first[t]]

@@ -22,15 +22,47 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+MARKER = "COMPLETE"  # written last into a checkpoint folder: only a folder that has it is resumed from
+REQUIRED = ("trainer_state.json", "trainable.safetensors", "optimizer.pt", "scheduler.pt")
+TMP_PREFIX = ".tmp-"  # a save, a replacement or a pruning in progress; removed at the next start
+
+
 def commit(tmp: Path, final: Path) -> None:
-    """Make a fully written temporary checkpoint folder visible under its final name in one rename."""
+    """Make a fully written temporary checkpoint folder visible under its final name in one rename; the
+    completeness marker is its last file."""
+    (tmp / MARKER).write_text("")
     for f in tmp.iterdir():
         _fsync(f)
     _fsync(tmp)
+    old = final.with_name(f"{TMP_PREFIX}old-{final.name}")
     if final.exists():
-        shutil.rmtree(final)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
     os.replace(tmp, final)
     _fsync(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def remove(checkpoint: Path) -> None:
+    """Delete a checkpoint so that a kill at any instant leaves it whole or gone: renamed away first."""
+    doomed = checkpoint.with_name(f"{TMP_PREFIX}del-{checkpoint.name}")
+    os.replace(checkpoint, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def clean_leftovers(run_dir: str | Path) -> list[Path]:
+    """Remove the temporary folders that killed saves and prunings left in a run folder (checkpoints/.tmp-*, and
+    .final.tmp-* from an interrupted save of the final model); return what was removed."""
+    run_dir = Path(run_dir)
+    stale = [*(run_dir / "checkpoints").glob(f"{TMP_PREFIX}*"), *run_dir.glob(".final.tmp-*")]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """The marker is there (or, for checkpoints saved before markers existed, every required file is)."""
+    return (checkpoint / MARKER).exists() or all((checkpoint / f).exists() for f in REQUIRED)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -38,7 +70,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.exists():
         return []
-    done = [p for p in root.glob("step-*") if (p / "trainer_state.json").exists()]
+    done = [p for p in root.glob("step-*") if is_complete(p)]
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 

@@ -29,6 +29,8 @@ import yaml
 
 from ..data import Example, MixedBatchSampler, load_sources
 from ..distributed import world
+from ..errors import write_failed
+from ..fileio import write_json, write_text
 from ..losses import info_nce
 from ..model import EmbeddingModel
 from . import checkpoint
@@ -88,8 +90,8 @@ class Trainer:
     def _write_config(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         dump = self.config.model_dump(mode="json")
-        (self.out / "config.json").write_text(json.dumps(dump, indent=2))
-        (self.out / "config.yaml").write_text(yaml.safe_dump(dump, sort_keys=False))
+        write_json(self.out / "config.json", dump)
+        write_text(self.out / "config.yaml", yaml.safe_dump(dump, sort_keys=False))
 
     # -- setup ------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -121,13 +123,6 @@ class Trainer:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.world} processes")
         self.local_batch = cfg.batch_size // self.world
         self._check_config()
-        acc.wait_for_everyone()  # every process has read the old config before the main one rewrites it
-        if self.main:
-            self._write_config()
-            for stale in self.ckpt_dir.glob(".tmp-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-        acc.wait_for_everyone()
-
         self.sampler = MixedBatchSampler(load_sources(cfg.data, cfg.data_dir), cfg.batch_size, cfg.seed)
 
         set_seed(cfg.seed)  # pooler and LoRA initialisation
@@ -179,6 +174,14 @@ class Trainer:
         self.model.train()
         self.amp = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and _fast_bf16(acc.device))
 
+        # The run folder is written only now that data and model loaded: a failed start leaves it as it was.
+        acc.wait_for_everyone()  # every process has read the old config before the main one rewrites it
+        if self.main:
+            self._write_config()
+            for stale in checkpoint.clean_leftovers(self.out):
+                log.info("removed %s (left by an interrupted save)", stale)
+        acc.wait_for_everyone()
+
         self.step, self.elapsed_before = 0, 0.0
         checkpoints = list_checkpoints(self.out)
         if checkpoints:
@@ -194,25 +197,29 @@ class Trainer:
         from safetensors.torch import save_file
 
         acc, name = self.acc, f"step-{self.step:06d}"
-        final, tmp = self.ckpt_dir / name, self.ckpt_dir / f".tmp-{name}"
+        final, tmp = self.ckpt_dir / name, self.ckpt_dir / f"{checkpoint.TMP_PREFIX}{name}"
         if self.main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        torch.save(checkpoint.rng_state(), tmp / f"rng_state_{self.rank}.pt")
-        if self.main:
-            state = {k: v.detach().contiguous().cpu() for k, v in self.unwrapped.trainable_state_dict().items()}
-            save_file(state, str(tmp / "trainable.safetensors"))
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            (tmp / "trainer_state.json").write_text(json.dumps(
-                {"step": self.step, "elapsed_s": self._elapsed(), "world_size": self.world,
-                 "sampler": self.sampler.state_dict()}, indent=2))
+        try:  # a failed write (full disk: torch says only "iostream error") names the checkpoint and the reason
+            torch.save(checkpoint.rng_state(), tmp / f"rng_state_{self.rank}.pt")
+            if self.main:
+                state = {k: v.detach().contiguous().cpu() for k, v in self.unwrapped.trainable_state_dict().items()}
+                save_file(state, str(tmp / "trainable.safetensors"))
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+                (tmp / "trainer_state.json").write_text(json.dumps(
+                    {"step": self.step, "elapsed_s": self._elapsed(), "world_size": self.world,
+                     "sampler": self.sampler.state_dict()}, indent=2))
+        except (OSError, RuntimeError) as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise write_failed(tmp, err) from err
         acc.wait_for_everyone()
         if self.main:
             checkpoint.commit(tmp, final)
             for old in list_checkpoints(self.out)[:-self.config.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+                checkpoint.remove(old)
         acc.wait_for_everyone()
         return final
 
@@ -357,10 +364,9 @@ class Trainer:
                 m.config = m.config.model_copy(update={"max_length": self.saved_max_length})
                 m.save_pretrained(final)
                 m.config = trained_config
-                (self.out / "train_summary.json").write_text(json.dumps(
-                    {"status": status, "steps": self.step, "max_steps": cfg.max_steps,
-                     "elapsed_s": round(self._elapsed(), 2), "final_model": "final", "world_size": self.world},
-                    indent=2))
+                write_json(self.out / "train_summary.json",
+                           {"status": status, "steps": self.step, "max_steps": cfg.max_steps,
+                            "elapsed_s": round(self._elapsed(), 2), "final_model": "final", "world_size": self.world})
                 _say(f"{status}: {self.step} steps in {self._elapsed() / 60:.1f} min -> {final}")
             acc.wait_for_everyone()
             return final

@@ -1,0 +1,277 @@
+"""Nothing a user does or suffers corrupts state, and every user error is one clear line (issue 12): the CLI's error
+boundary, argument checks, atomic outputs, the crash-safe embedding cache, the trainer's run folder."""
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from poolattn.cli import app
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "POOLATTN_DEBUG": ""}
+runner = CliRunner()
+
+
+def cli(*args: str):
+    res = runner.invoke(app, [str(a) for a in args])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    return res.exit_code, lines
+
+
+@pytest.fixture
+def texts(tmp_path) -> Path:
+    path = tmp_path / "t.txt"
+    path.write_text("a man is playing a guitar\ntwo dogs run in the park\n")
+    return path
+
+
+@pytest.fixture
+def saved_model(tiny_llama, tmp_path_factory) -> Path:
+    from poolattn import EmbeddingModel, ModelConfig
+
+    folder = tmp_path_factory.mktemp("m") / "model"
+    EmbeddingModel(ModelConfig(backbone=tiny_llama, pooling="mean", dtype="float32")).save_pretrained(folder)
+    return folder
+
+
+# ---- 2, 3: encode's arguments and output ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("option,value", [("--batch-size", "-1"), ("--batch-size", "0"), ("--max-length", "0"),
+                                          ("--max-length", "-5")])
+def test_encode_rejects_non_positive_sizes(saved_model, texts, tmp_path, option, value):
+    code, lines = cli("encode", "--model", saved_model, "-i", texts, "-o", tmp_path / "e.npy", option, value)
+    assert code == 2 and option in "\n".join(lines) and not (tmp_path / "e.npy").exists()
+
+
+def test_encode_writes_exactly_the_path_given_and_checks_it_first(saved_model, texts, tmp_path):
+    code, _ = cli("encode", "--model", saved_model, "-i", texts, "-o", tmp_path / "emb.txt")
+    assert code == 0 and np.load(tmp_path / "emb.txt").shape[0] == 2 and not (tmp_path / "emb.txt.npy").exists()
+    (tmp_path / "adir").mkdir()
+    code, lines = cli("encode", "--model", saved_model, "-i", texts, "-o", tmp_path / "adir")
+    assert code == 2 and "is a folder" in lines[-1] and list((tmp_path / "adir").iterdir()) == []
+    # a missing output folder is found before the model loads (a model that does not exist is never reached)
+    code, lines = cli("encode", "--model", "no-such-model", "-i", texts, "-o", tmp_path / "missing" / "e.npy")
+    assert code == 2 and "does not exist" in lines[-1] and "missing" in lines[-1]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_encode_disk_full_keeps_the_old_file_and_says_so(saved_model, texts, tmp_path, monkeypatch):
+    out = tmp_path / "e.npy"
+    assert cli("encode", "--model", saved_model, "-i", texts, "-o", out)[0] == 0
+    good = out.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full)
+    code, lines = cli("encode", "--model", saved_model, "-i", texts, "-o", out)
+    assert code == 1 and lines[-1].startswith("error: disk full") and str(out) in lines[-1]
+    assert out.read_bytes() == good and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ---- 6: one line, no traceback --------------------------------------------------------------------------------------
+
+def test_user_errors_are_one_line_without_traceback(saved_model, texts, tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9\n".encode("latin-1"))
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["encode", "--model", saved_model, "-i", bad, "-o", tmp_path / "e.npy"], 2, ["latin1.txt", "UTF-8"]),
+        (["encode", "--model", tmp_path / "empty", "-i", texts, "-o", tmp_path / "e.npy"], 2, ["empty", "without a model"]),
+        (["encode", "--model", saved_model, "-i", tmp_path / "nope.txt", "-o", tmp_path / "e.npy"], 2, ["nope.txt"]),
+        (["encode", "--model", saved_model, "-i", texts, "-o", "/sys/e.npy"], 2, ["/sys", "not writable"]),
+        (["eval", "--model", saved_model, "--tasks", "STSBenchmark", "-o", "/sys/out"], 2, ["/sys", "not writable"]),
+        (["experiment", tmp_path / "nope.yaml"], 2, ["nope.yaml"]),
+        (["train", tmp_path / "nope.yaml"], 2, ["nope.yaml"]),
+    ]
+    for args, want_code, words in cases:
+        code, lines = cli(*args)
+        text = "\n".join(lines)
+        assert code == want_code, (args, text)
+        assert "Traceback" not in text and len(lines) <= 6, text  # typer's usage box is a few lines
+        assert all(w in text for w in words), (words, text)
+
+
+def test_debug_shows_the_traceback(saved_model, texts, tmp_path):
+    bad = tmp_path / "cfg.yaml"
+    bad.write_text("output_dir: [unclosed\n")
+    code, lines = cli("experiment", bad)
+    assert code == 2 and "not valid YAML" in lines[-1] and "cfg.yaml" in lines[-1]
+    res = runner.invoke(app, ["--debug", "experiment", str(bad)])
+    assert res.exit_code != 0 and res.exception is not None and not isinstance(res.exception, SystemExit)
+
+
+# ---- 4, 5, 7, 9: training data, run folder, checkpoints -------------------------------------------------------------
+
+def _train_yaml(tiny_llama, tmp_path, data: Path, **extra) -> Path:
+    from tests.test_training import tiny_config
+
+    cfg = tiny_config(tiny_llama, tmp_path).model_dump(mode="json")
+    cfg.update(data=[{"path": str(data)}], max_steps=2, save_every=1, **extra)
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_truncated_training_file_names_the_file_and_leaves_no_folder(tiny_llama, tmp_path):
+    from tests.test_training import write_data
+
+    write_data(tmp_path / "good")
+    raw = (tmp_path / "good" / "nli.jsonl").read_bytes()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "nli.jsonl.gz").write_bytes(gzip.compress(raw)[:200])
+    cfg = _train_yaml(tiny_llama, tmp_path, tmp_path / "bad")
+    code, lines = cli("train", cfg)
+    assert code == 1 and "nli.jsonl.gz" in lines[-1] and "truncated" in lines[-1], lines
+    assert not (tmp_path / "run").exists()  # nothing written: the folder is as it was
+    cfg = _train_yaml(tiny_llama, tmp_path, tmp_path / "good" / "nli.jsonl")  # the corrected data path
+    code, lines = cli("train", cfg)
+    assert code == 0, lines
+
+
+def test_checkpoint_disk_full_says_so_and_resume_skips_incomplete_checkpoints(tiny_llama, tmp_path, monkeypatch):
+    import torch
+
+    from poolattn.training import checkpoint, list_checkpoints
+    from tests.test_training import tiny_config
+
+    cfg = tiny_config(tiny_llama, tmp_path, max_steps=3, save_every=1)
+    real_save = torch.save
+
+    def save(obj, f, *a, **k):
+        if "optimizer" in str(f) and "step-000002" in str(f):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 90176 vs 90068")
+        return real_save(obj, f, *a, **k)
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr("shutil.disk_usage", lambda p: type("U", (), {"free": 1024})())
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    code, lines = cli("train", path)
+    assert code == 1 and lines[-1].startswith("error: disk full") and ".tmp-step-000002" in lines[-1], lines
+    monkeypatch.undo()
+    out = Path(cfg.output_dir)
+    assert [p.name for p in list_checkpoints(out)] == ["step-000001"]
+    # a pruning killed half-way in older versions left a folder holding only trainer_state.json: not resumed from
+    (out / "checkpoints" / "step-000005").mkdir()
+    (out / "checkpoints" / "step-000005" / "trainer_state.json").write_text("{}")
+    (out / "checkpoints" / ".tmp-step-000004").mkdir()
+    (out / ".final.tmp-abc").mkdir()
+    assert [p.name for p in list_checkpoints(out)] == ["step-000001"]
+    assert (out / "checkpoints" / "step-000001" / checkpoint.MARKER).exists()
+    from poolattn.training import train
+
+    train(cfg)
+    assert not (out / "checkpoints" / ".tmp-step-000004").exists() and not (out / ".final.tmp-abc").exists()
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == 3
+
+
+# ---- 8: experiment refusal names the field --------------------------------------------------------------------------
+
+def test_experiment_config_refusal_names_the_changed_field(tmp_path):
+    from poolattn.experiment import ExperimentConfig, _write_yaml_once
+
+    cfg = ExperimentConfig(output_dir=str(tmp_path))
+    _write_yaml_once(tmp_path, cfg)
+    _write_yaml_once(tmp_path, cfg.model_copy(update={"report": cfg.report.model_copy()}))  # same: accepted
+    changed = ExperimentConfig.model_validate({**cfg.model_dump(), "train": {"max_steps": 7}})
+    with pytest.raises(ValueError, match=r"train\.max_steps changed"):
+        _write_yaml_once(tmp_path, changed)
+
+
+# ---- 1, 10: the embedding cache -------------------------------------------------------------------------------------
+
+def _sts_pack(root: Path) -> Path:
+    import random
+
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over a lazy dog man playing guitar two dogs run in park cat".split()
+    rows = [{"sentence1": " ".join(rng.choices(words, k=6)), "sentence2": " ".join(rng.choices(words, k=6)),
+             "score": rng.uniform(0, 5)} for _ in range(300)]
+    (root / "mteb/STSBenchmark").mkdir(parents=True)
+    (root / "mteb/STSBenchmark/test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "tasks.json").write_text(json.dumps({"tasks": {"STSBenchmark": {
+        "type": "STS", "path": "mteb/STSBenchmark", "splits": {"test": "test.jsonl"}}}}))
+    return root
+
+
+def test_broken_store_is_rebuilt_with_a_warning_and_read_only_cache_is_skipped(saved_model, tmp_path, caplog):
+    """The store mteb left after a kill (dimension and vectors.npy, no index.json) is named and rebuilt; a cache
+    folder that cannot be written is skipped with a warning; every run gives the same score."""
+    pack = _sts_pack(tmp_path / "pack")
+    env = {"POOLATTN_CACHE": str(tmp_path / "cache")}
+    code, _ = cli_env(env, "eval", "--model", saved_model, "--tasks", "STSBenchmark", "--data", pack, "-o", tmp_path / "a")
+    assert code == 0
+    ref = _score(tmp_path / "a")
+    store = next((tmp_path / "cache" / "embeddings").glob("*/*/index.json")).parent
+    (store / "index.json").unlink()
+    code, lines = cli_env(env, "eval", "--model", saved_model, "--tasks", "STSBenchmark", "--data", pack, "-o",
+                          tmp_path / "b")
+    assert code == 0 and _score(tmp_path / "b") == ref
+    assert any("incomplete" in r.getMessage() and str(store) in r.getMessage() for r in caplog.records)
+    assert (store / "index.json").exists()
+    caplog.clear()
+    code, _ = cli_env({"POOLATTN_CACHE": "/sys/poolattn-cache"}, "eval", "--model", saved_model, "--tasks",
+                      "STSBenchmark", "--data", pack, "-o", tmp_path / "c")
+    assert code == 0 and _score(tmp_path / "c") == ref
+    assert any("evaluating without it" in r.getMessage() for r in caplog.records)
+
+
+def cli_env(env: dict, *args):
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return cli(*args)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _score(folder: Path) -> float:
+    return json.loads((folder / "summary.json").read_text())["tasks"][0]["main_score"]
+
+
+def _kill_when(cmd: list[str], env: dict, ready, timeout: float = 120) -> int | None:
+    """Run the real CLI, SIGKILL it as soon as ready() holds; its return code (None if it finished first)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < end:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    return proc.wait()
+
+
+@pytest.mark.parametrize("moment", ["store created", "vectors written"])
+def test_kill_during_the_cache_write_then_rerun_gives_identical_scores(saved_model, tmp_path, moment):
+    pack = _sts_pack(tmp_path / "pack")
+    cache = tmp_path / "cache"
+    env = {**ENV, "POOLATTN_CACHE": str(cache)}
+    cmd = [sys.executable, "-m", "poolattn.cli", "eval", "--model", str(saved_model), "--tasks", "STSBenchmark",
+           "--data", str(pack), "--batch-size", "8"]
+    subprocess.run(cmd + ["-o", str(tmp_path / "ref")], env={**env, "POOLATTN_CACHE": str(tmp_path / "c0")},
+                   check=True, capture_output=True)
+
+    def ready() -> bool:
+        stores = list((cache / "embeddings").glob("*/*")) if (cache / "embeddings").exists() else []
+        if moment == "store created":
+            return bool(stores)
+        return any((s / "vectors.npy").exists() and (s / "vectors.npy").stat().st_size > 0 for s in stores)
+    rc = _kill_when(cmd + ["-o", str(tmp_path / "killed")], env, ready)
+    assert rc in (-9, 0)
+    done = subprocess.run(cmd + ["-o", str(tmp_path / "rerun")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _score(tmp_path / "rerun") == _score(tmp_path / "ref")
