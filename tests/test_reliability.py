@@ -255,6 +255,7 @@ def _kill_when(cmd: list[str], env: dict, ready, timeout: float = 120) -> int | 
     return proc.wait()
 
 
+@pytest.mark.slow  # three CLI processes per case (about 30 s each on a loaded 2-core machine)
 @pytest.mark.parametrize("moment", ["store created", "vectors written"])
 def test_kill_during_the_cache_write_then_rerun_gives_identical_scores(saved_model, tmp_path, moment):
     pack = _sts_pack(tmp_path / "pack")
