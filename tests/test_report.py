@@ -158,6 +158,10 @@ def test_seed_level_answer_leads_the_report(tmp_path):
     lead = md.split("## What holds", 1)[1].split("\n## ", 1)[0]
     assert "One training seed" not in md and "across 3 training seeds" in lead
     assert f"{B} beats {A} by" in lead and "seed SD" in lead and "MDE" in lead
+    data = json.loads(paths["json"].read_text())  # single-run tables: seed 1's runs only, never seed against seed
+    assert data["per_run_seed"] == 1 and data["tested"] == [f"{A}-s1", f"{B}-s1", "C-x-y-s1"]
+    assert {r["a"] for r in data["paired_tests"]} | {r["b"] for r in data["paired_tests"]} == set(data["tested"])
+    assert "single trained runs of seed 1 only" in md
 
 
 def test_single_seed_report_says_so_first(report):

@@ -33,8 +33,14 @@ def analyse(exp: Experiment, settings: ReportSettings, items: dict[tuple[str, st
     ref = settings.reference or exp.designs[0]
     if ref not in exp.columns:
         raise ValueError(f"unknown reference design {ref!r}; valid: {exp.columns}")
-    tested = exp.designs + ([exp.baseline] if exp.baseline and (settings.baseline_in_tests or ref == exp.baseline)
-                            else [])
+    # With several seeds the single-run tests compare one seed's runs only (replicate against replicate would enter
+    # the Holm family as if each were a design); the design-level answer over seeds is seed_level.
+    table, first = design_table(exp.config), default_seed(exp.config)
+    replicated = any(table.get(d, {}).get("replicate_of") for d in exp.designs)
+    runs = [d for d in exp.designs if not table.get(d, {}).get("replicate_of") or table[d].get("seed") == first
+            or d == ref]
+    tested = runs + ([exp.baseline] if exp.baseline and (settings.baseline_in_tests or ref == exp.baseline)
+                     else [])
     pairs = list(itertools.combinations(tested, 2))
     tasks = exp.tasks
     cats = [c for c in CATEGORIES if any(exp.task_type(t) == c for t in tasks)]
@@ -86,6 +92,7 @@ def analyse(exp: Experiment, settings: ReportSettings, items: dict[tuple[str, st
         "experiment": exp.config.get("name", exp.folder.name), "folder": str(exp.folder),
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "settings": settings.model_dump() | {"reference": ref},
         "designs": exp.designs, "baseline": exp.baseline, "reference": ref, "tested": tested, "missing": exp.missing,
+        "per_run_seed": first if replicated else None,
         "tasks": {t: {"type": exp.task_type(t), "scores": {d: score(d, t) for d in exp.columns},
                       "seconds": {d: exp.scores[d][t].seconds for d in exp.columns if t in exp.scores[d]}}
                   for t in tasks},
@@ -95,7 +102,7 @@ def analyse(exp: Experiment, settings: ReportSettings, items: dict[tuple[str, st
         "win_tie_loss": wtl, "notes": notes, "config": exp.config, "environment": exp.environment,
         "training": training or {}, "budget": exp.budget,
         "replicates": replicates(exp.config, exp.designs, means),
-        "seed_level": seed_level(design_runs(design_table(exp.config), exp.designs, default_seed(exp.config)),
+        "seed_level": seed_level(design_runs(table, exp.designs, first),
                                  groups, items, settings.alpha, settings.confidence, settings.n_resamples,
                                  settings.seed),
     }

@@ -105,6 +105,9 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
         [data["baseline"]] if data["baseline"] else [])
     label = lambda c: f"{c} (untrained)" if c == data["baseline"] else c  # noqa: E731
     n_tests, n_wil = len(data["paired_tests"]), sum(1 for w in data["wilcoxon"] if w["reachable"])
+    scope = ("" if data.get("per_run_seed") is None else
+             f" These tests compare single trained runs of seed {data['per_run_seed']} only (one run per design); "
+             f"the design-level answer over all seeds is in What holds.")
     doc = _Doc()
     doc.h(1, f"Experiment report: {data['experiment']}")
     what_holds(doc, data)
@@ -146,7 +149,7 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
     doc.h(2, "Scores per task")
     doc.p(f"Bold: best in the row. {UP}/{DOWN}: significantly better/worse than the reference **{ref}** on that "
           f"task (paired permutation test on per-item scores, Holm over all {n_tests} per-dataset comparisons, "
-          f"alpha={alpha:g}).")
+          f"alpha={alpha:g}).{scope}")
     rows = []
     for t, info in data["tasks"].items():
         vals = [info["scores"][c] for c in cols]
@@ -170,7 +173,7 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
     if data.get("replicates"):
         doc.h(2, "Mean over seeds")
         doc.p("Each design was trained once per seed; cell = mean ± standard deviation over seeds of the category "
-              "average (x100). The tests above compare single runs (design × seed).")
+              "average (x100). The per-run tests compare one seed's runs; What holds tests the designs over seeds.")
         names = list(data["replicates"])
         rows = [[g] + [f"{_f(r['mean'][g])} ± {_f(r['sd'][g])}" if r["mean"].get(g) is not None else "—"
                        for r in data["replicates"].values()] for g in data["categories"]]
@@ -181,7 +184,7 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
         doc.h(2, f"Differences against {ref}")
         doc.p(f"metric(design) - metric({ref}) x100 recomputed from per-item scores, "
               f"[{int(100 * data['settings']['confidence'])}% paired bootstrap CI], Holm-adjusted p; "
-              f"{UP}/{DOWN} significant at alpha={alpha:g} after Holm, {RAW} only before it.")
+              f"{UP}/{DOWN} significant at alpha={alpha:g} after Holm, {RAW} only before it.{scope}")
         rows = []
         for t in data["tasks"]:
             row = [t]
@@ -198,7 +201,7 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
     doc.p(f"The paper's test: for each pair, the per-dataset main scores of a category; cell = mean difference "
           f"(row's first design minus second) x100, Holm-adjusted p over the {n_wil} tests that can reach "
           f"alpha={alpha:g}; {UP}/{DOWN} significant after Holm, {RAW} only before it. With n <= 5 datasets the "
-          f"exact two-sided test cannot reach p<0.05 (minimum p = 2/2^n).")
+          f"exact two-sided test cannot reach p<0.05 (minimum p = 2/2^n).{scope}")
     rows, footnotes = [], []
 
     def footnote(text):
@@ -225,7 +228,7 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
     doc.h(2, "Win / tie / loss")
     doc.p(f"Row design against column design over datasets: wins/ties/losses = significantly better / not "
           f"significant / significantly worse (per-dataset tests, Holm). {UP}/{DOWN}: the row is significantly "
-          f"better/worse over {ALL} by the Wilcoxon test (Holm).")
+          f"better/worse over {ALL} by the Wilcoxon test (Holm).{scope}")
     rows = []
     for r_ in data["tested"]:
         row = [r_]
