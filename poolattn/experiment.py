@@ -109,6 +109,9 @@ class ExperimentConfig(BaseModel):
     # LoRA and pooler change with it) as `<design>-s<seed>`; the report adds the mean and spread over seeds.
     seeds: list[int] | None = None
     device: str = "auto"  # where designs train and are evaluated: auto, cpu, cuda:N, mps (may change on resume)
+    # Total minutes for the run on this machine: steps, lr, warmup and number of seeds come from the recipe table
+    # that fits (poolattn.budget); None: train and seeds as configured (the estimate is printed either way).
+    budget_minutes: float | None = Field(None, gt=0)
     report: ReportSettings = Field(default_factory=ReportSettings)
 
     @field_validator("designs", mode="before")
@@ -208,6 +211,28 @@ def _evaluate(model, config: ExperimentConfig, out: Path, cache: bool = True) ->
              instructions=config.eval.instructions, batch_size=config.eval.batch_size, cache=cache)
 
 
+def _plan_budget(config: ExperimentConfig, folder: Path, console) -> ExperimentConfig:
+    """Measure this machine and estimate the run (budget.json; read back on resume), applying the budget's choice.
+    Measures only with one process and work left; several processes need budget.json from a one-process start."""
+    from .budget import plan, print_estimate
+    from .distributed import is_main, world
+
+    planned = (folder / "budget.json").exists()
+    left = any(not (folder / "runs" / d.name / "eval" / "summary.json").exists()
+               for d in ([config.baseline] if config.baseline else []) + config.all_designs())
+    if not planned and world()[1] > 1:
+        if config.budget_minutes is not None:
+            raise ValueError("budget_minutes needs this machine measured on one process first (start the "
+                             "experiment without a launcher, stop it after the estimate, then launch)")
+        return config
+    if not planned and not left:
+        return config
+    config, record = plan(config, folder)
+    if is_main():
+        print_estimate(record, console)
+    return config
+
+
 def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool = True) -> Path:
     """Train and evaluate every design (skipping finished ones, resuming interrupted ones); returns the folder
     (poolattn.report.write_report turns it into the report; `poolattn experiment` does both).
@@ -224,6 +249,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
     console = Console(stderr=True)
     folder = Path(config.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    config = _plan_budget(config, folder, console)
     if is_main():  # launchers set RANK before any process group exists
         _write_yaml_once(folder, config)
         write_json(folder / "environment.json", collect_environment())

@@ -1,0 +1,241 @@
+"""A budget that fits the machine: measure this machine's training step and evaluation speed before an experiment
+trains, estimate the whole run, and (with `budget_minutes`) pick steps and seeds from the recipe table.
+
+Measured (once per experiment folder, in a throwaway folder):
+  * training: PROBE_STEPS real steps of the first trainable design at the experiment's settings; designs with a
+    trainable pooler (latent, multilayer) cost more per step, so the first of them is probed too and every design
+    with a trainable pooler is charged its step time (the others the first design's). Step time = the trainer's
+    elapsed time from the first logged step to the last over the steps between (the first step warms up);
+    the rest of the probe's wall time (model load, first step, saving) is charged once per design as overhead;
+  * evaluation: characters per second encoding EVAL_PROBE_TEXTS texts of the suite with the untrained model; the
+    suite's evaluation = its characters to encode (poolattn.evaluation.pack.encode_cost) / that speed.
+Estimate = baseline evaluation + for every design x seed: overhead + steps x step time + evaluation.
+
+With `budget_minutes` the chooser takes the largest recipe of RECIPES (ordered, smallest useful first) whose
+estimate fits; every design gets its steps, lr and warmup, and the experiment its number of seeds. It writes the
+choice and the minimum detectable effect of a category-average difference that the recipe's seed SD implies into
+`budget.json` (the report's leading section states it), and refuses in one line before any training when even the
+smallest recipe does not fit. A folder that has `budget.json` resumes with its choice: nothing is measured again.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
+
+from .fileio import write_json
+from .seedstats import minimum_detectable_effect
+
+if TYPE_CHECKING:
+    from .experiment import Design, ExperimentConfig
+
+PROBE_STEPS = 3  # the first step warms up: 2 timed intervals
+EVAL_PROBE_TEXTS = 256
+TRAINABLE_POOLERS = ("latent", "multilayer")
+PLACEHOLDER = ("seed SD is a placeholder (not yet measured); the lead's budget study replaces it")
+
+
+class Recipe(BaseModel):
+    """One row of the recipe table: what every design trains with, how many seeds, and the planning numbers."""
+    model_config = ConfigDict(frozen=True)
+    steps: int
+    seeds: int
+    lr: float
+    warmup_steps: int
+    seed_sd: float  # SD over seeds of a category-average paired difference at this many steps
+    item_se: float  # item SE of a category-average difference shared by all seeds
+    measured: bool = False  # False: seed_sd / item_se are placeholders
+
+
+# Ordered: smallest useful first (three seeds: with two, the t test on one degree of freedom detects nothing
+# smaller than ~14 SEs). lr and warmup follow the literature's range (1e-4..5e-4 with warmup).
+# PLACEHOLDER seed_sd / item_se (units: score fraction, 0.03 = 3 points): guesses until the lead's measured
+# study (issue 10, deliverable 3) fills them in and sets measured=True.
+RECIPES: tuple[Recipe, ...] = (
+    Recipe(steps=20, seeds=3, lr=5e-4, warmup_steps=5, seed_sd=0.040, item_se=0.008),
+    Recipe(steps=40, seeds=3, lr=4e-4, warmup_steps=8, seed_sd=0.030, item_se=0.008),
+    Recipe(steps=80, seeds=3, lr=3e-4, warmup_steps=10, seed_sd=0.025, item_se=0.008),
+    Recipe(steps=80, seeds=5, lr=3e-4, warmup_steps=10, seed_sd=0.025, item_se=0.008),
+    Recipe(steps=200, seeds=3, lr=2e-4, warmup_steps=20, seed_sd=0.020, item_se=0.008),
+    Recipe(steps=200, seeds=5, lr=2e-4, warmup_steps=20, seed_sd=0.020, item_se=0.008),
+)
+
+
+class BudgetError(ValueError):
+    """The budget does not fit even the smallest useful recipe (raised before any training)."""
+
+
+@dataclass
+class Measurement:
+    step_seconds: dict[str, float]  # design name (a configured design) -> seconds per training step
+    overhead_seconds: float  # per trained design: load, first step, save
+    chars_per_second: float  # evaluation encoding speed
+    eval_chars: float  # characters the suite encodes per model
+
+    @property
+    def eval_seconds(self) -> float:
+        return self.eval_chars / self.chars_per_second
+
+
+def _probe_designs(designs: list[Design]) -> dict[str, Design]:
+    """The first design, and the first with a trainable pooler if that is another one."""
+    picks = [designs[0]] + [d for d in designs if d.pooling in TRAINABLE_POOLERS][:1]
+    return {d.name: d for d in picks}
+
+
+def _charged(design: Design, probes: dict[str, Design]) -> str:
+    """Which probe's step time a design is charged."""
+    pooled = [n for n, d in probes.items() if d.pooling in TRAINABLE_POOLERS]
+    plain = [n for n, d in probes.items() if d.pooling not in TRAINABLE_POOLERS]
+    return (pooled or plain)[0] if design.pooling in TRAINABLE_POOLERS else (plain or pooled)[0]
+
+
+def _probe_step(config: ExperimentConfig, design: Design) -> tuple[float, float]:
+    """(seconds per step, overhead seconds) from PROBE_STEPS real steps in a throwaway folder."""
+    from .experiment import train_config_for
+    from .training import train
+
+    with tempfile.TemporaryDirectory(prefix="poolattn-probe-") as tmp:
+        tc = train_config_for(config, design, Path(tmp)).model_copy(update={
+            "max_steps": PROBE_STEPS, "save_every": PROBE_STEPS, "progress": False, "max_time_minutes": None})
+        t0 = time.perf_counter()
+        train(tc)
+        wall = time.perf_counter() - t0
+        rows = [json.loads(line) for line in (Path(tc.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    elapsed = [r["elapsed_s"] for r in rows if "elapsed_s" in r]
+    step = (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1) if len(elapsed) > 1 else wall / PROBE_STEPS
+    return step, max(wall - PROBE_STEPS * step, 0.0)
+
+
+def _strings(part, k: int) -> list[str]:
+    """Up to k strings of each text column of a split (a datasets.Dataset, or a dict of them: retrieval)."""
+    if isinstance(part, dict):
+        return [t for v in part.values() if hasattr(v, "column_names") for t in _strings(v, k)]
+    if not hasattr(part, "column_names"):
+        return []
+    rows = part[:k]
+    return [t for c in part.column_names if not c.endswith("id") for t in rows[c] if isinstance(t, str) and t][:k]
+
+
+def _suite_texts(config: ExperimentConfig) -> tuple[list[str], float]:
+    """A sample of the suite's texts (spread over its tasks) and the characters the whole suite encodes."""
+    from .evaluation.pack import encode_cost, load_task, resolve_tasks, task_spec
+
+    tasks = [load_task(task_spec(n, config.eval.data_dir))
+             for n in resolve_tasks(config.eval.tasks, config.eval.data_dir)]
+    per_task = max(EVAL_PROBE_TEXTS // max(len(tasks), 1), 1)
+    texts: list[str] = []
+    for task in tasks:
+        data = next(iter(task.dataset.values())) if task.hf_subsets[0] in task.dataset else task.dataset
+        texts += _strings(data[task.eval_splits[0]], per_task)
+    return texts, float(sum(encode_cost(t) for t in tasks))
+
+
+def _base_designs(config: ExperimentConfig) -> list[Design]:
+    from .experiment import MEAN_BASELINES
+
+    return config.designs + (MEAN_BASELINES if config.include_mean_baselines else [])
+
+
+def measure(config: ExperimentConfig) -> Measurement:
+    """This machine's training step per probed design and evaluation speed (see module doc)."""
+    from .model import EmbeddingModel
+
+    designs = _base_designs(config)
+    probes = _probe_designs(designs)
+    timed = {name: _probe_step(config, d) for name, d in probes.items()}
+    texts, eval_chars = _suite_texts(config)
+    model = EmbeddingModel(config.model_config_for(config.baseline or designs[0]), device=config.device)
+    t0 = time.perf_counter()
+    model.encode(texts, batch_size=config.eval.batch_size, show_progress_bar=False)
+    speed = sum(map(len, texts)) / max(time.perf_counter() - t0, 1e-6)
+    return Measurement({d.name: timed[_charged(d, probes)][0] for d in designs},
+                       max(o for _, o in timed.values()), speed, eval_chars)
+
+
+def estimate(config: ExperimentConfig, m: Measurement, steps: int, seeds: int) -> dict:
+    """Minutes for the baseline evaluation and every design x seed at `steps` steps."""
+    per_design = {name: seeds * (m.overhead_seconds + steps * s + m.eval_seconds) / 60
+                  for name, s in m.step_seconds.items()}
+    base = m.eval_seconds / 60 if config.baseline else 0.0
+    return {"steps": steps, "seeds": seeds, "baseline_minutes": base, "design_minutes": per_design,
+            "total_minutes": base + sum(per_design.values())}
+
+
+def choose(config: ExperimentConfig, m: Measurement, budget_minutes: float,
+           recipes: tuple[Recipe, ...] = RECIPES) -> tuple[Recipe, dict]:
+    """The largest recipe (last in table order) whose estimate fits the budget; BudgetError when none does."""
+    fits = [(r, e) for r in recipes if (e := estimate(config, m, r.steps, r.seeds))["total_minutes"] <= budget_minutes]
+    if not fits:
+        small = recipes[0]
+        need = estimate(config, m, small.steps, small.seeds)["total_minutes"]
+        raise BudgetError(f"budget_minutes={budget_minutes:g} does not fit the smallest useful recipe ({small.steps} "
+                          f"steps x {small.seeds} seeds: estimated {need:.0f} min on this machine); raise "
+                          f"budget_minutes to at least {need:.0f}, or unset it and choose train.max_steps and seeds")
+    return fits[-1]
+
+
+def apply_choice(config: ExperimentConfig, choice: dict) -> ExperimentConfig:
+    """The config with the chosen steps, lr, warmup (every design the same) and seeds (the configured ones first,
+    then the next integers)."""
+    seeds = list(config.seeds or [config.seed])
+    while len(seeds) < choice["seeds"]:
+        seeds.append(max(seeds) + 1)
+    train = {**config.train, "max_steps": choice["steps"], "lr": choice["lr"],
+             "warmup_steps": choice["warmup_steps"]}
+    return config.model_copy(update={"train": train, "seeds": seeds[:choice["seeds"]]})
+
+
+def plan(config: ExperimentConfig, folder: Path, measure_fn=None) -> tuple[ExperimentConfig, dict]:
+    """Read `budget.json` (resume: same choice, nothing measured) or measure, estimate and choose, then write it.
+    Returns the config to run (the choice applied when there is one) and the budget record."""
+    path = folder / "budget.json"
+    if path.exists():
+        record = json.loads(path.read_text())
+        return (apply_choice(config, record["choice"]) if record.get("choice") else config), record
+    m = (measure_fn or measure)(config)
+    record: dict = {"measured": asdict(m) | {"probe_steps": PROBE_STEPS, "eval_seconds": m.eval_seconds},
+                    "budget_minutes": config.budget_minutes, "choice": None}
+    if config.budget_minutes is not None:
+        recipe, est = choose(config, m, config.budget_minutes)
+        mde = minimum_detectable_effect(recipe.seed_sd, recipe.item_se, recipe.seeds)
+        record["choice"] = recipe.model_dump() | {
+            "estimated_minutes": est["total_minutes"], "mde": mde,
+            "mde_source": "recipe table's measured seed SD" if recipe.measured else PLACEHOLDER}
+        record["estimate"] = est
+        config = apply_choice(config, record["choice"])
+    else:
+        n_seeds = len(config.seeds) if config.seeds else 1
+        record["estimate"] = estimate(config, m, int(config.train.get("max_steps", 1000)), n_seeds)
+    write_json(path, record)
+    return config, record
+
+
+def print_estimate(record: dict, console) -> None:
+    """The estimate (and choice) as a rich table before training starts."""
+    from rich.table import Table
+
+    est, m = record["estimate"], record["measured"]
+    table = Table(title=f"Estimated run on this machine: {est['total_minutes']:.1f} min "
+                        f"({est['steps']} steps x {est['seeds']} seed(s) per design)")
+    table.add_column("design")
+    table.add_column("s / step", justify="right")
+    table.add_column("minutes (all seeds)", justify="right")
+    if est["baseline_minutes"]:
+        table.add_row("baseline (evaluation only)", "-", f"{est['baseline_minutes']:.1f}")
+    for name, minutes in est["design_minutes"].items():
+        table.add_row(name, f"{m['step_seconds'][name]:.2f}", f"{minutes:.1f}")
+    console.print(table)
+    console.print(f"evaluation: {m['eval_chars'] / 1e6:.2f} M characters per model at "
+                  f"{m['chars_per_second']:.0f} chars/s = {m['eval_seconds'] / 60:.1f} min; per design "
+                  f"{m['overhead_seconds']:.0f} s of loading and saving")
+    c = record.get("choice")
+    if c:
+        console.print(f"budget {record['budget_minutes']:g} min: chose {c['steps']} steps x {c['seeds']} seeds "
+                      f"(lr {c['lr']:g}, warmup {c['warmup_steps']}); detectable category-average difference "
+                      f"about {100 * c['mde']:.1f} points at 80% power ({c['mde_source']})")

@@ -1,0 +1,99 @@
+"""The budget chooser (poolattn.budget): estimate from measured (here: mocked) timings, the largest recipe that
+fits, the one-line refusal before any training, resume with the same choice, the printed estimate; and one real
+measurement on the tiny model."""
+import io
+import json
+
+import pytest
+from rich.console import Console
+from test_experiment import _config
+
+from poolattn import budget
+from poolattn.budget import RECIPES, BudgetError, Measurement, choose, estimate, plan, print_estimate
+from poolattn.experiment import Design, ExperimentConfig, run_experiment
+
+DESIGNS = [Design(name="eos", pooling="eos"), Design(name="ml", pooling="multilayer", attention="bidirectional")]
+
+
+def _cfg(tmp_path, **kw) -> ExperimentConfig:
+    return ExperimentConfig(output_dir=str(tmp_path / "exp"), designs=DESIGNS, train={"max_steps": 20}, **kw)
+
+
+# 1 s/step (eos), 2 s/step (multilayer), 10 s overhead per design, 60 s evaluation per model
+M = Measurement({"eos": 1.0, "ml": 2.0}, overhead_seconds=10.0, chars_per_second=1000.0, eval_chars=60_000.0)
+
+
+def test_estimate_adds_baseline_and_every_design_times_seeds(tmp_path):
+    e = estimate(_cfg(tmp_path), M, steps=20, seeds=3)
+    assert e["baseline_minutes"] == pytest.approx(1.0)
+    assert e["design_minutes"] == pytest.approx({"eos": 3 * (10 + 20 + 60) / 60, "ml": 3 * (10 + 40 + 60) / 60})
+    assert e["total_minutes"] == pytest.approx(1 + 4.5 + 5.5)
+
+
+def test_choice_is_the_largest_recipe_that_fits(tmp_path):
+    cfg = _cfg(tmp_path)
+    totals = [estimate(cfg, M, r.steps, r.seeds)["total_minutes"] for r in RECIPES]
+    for k in range(len(RECIPES)):
+        recipe, est = choose(cfg, M, totals[k] + 0.01)
+        fitting = [r for r, t in zip(RECIPES, totals) if t <= totals[k] + 0.01]
+        assert recipe == fitting[-1] and est["total_minutes"] <= totals[k] + 0.01
+
+
+def test_refuses_in_one_line_before_training_when_the_smallest_recipe_does_not_fit(tmp_path, monkeypatch):
+    monkeypatch.setattr(budget, "measure", lambda config: M)
+    cfg = _cfg(tmp_path, budget_minutes=5)
+    with pytest.raises(BudgetError) as err:
+        run_experiment(cfg, progress=False)
+    msg = str(err.value)
+    assert "\n" not in msg and "budget_minutes=5" in msg and "20 steps x 3 seeds" in msg and "estimated 11" in msg
+    assert not (tmp_path / "exp" / "runs").exists() and not (tmp_path / "exp" / "budget.json").exists()
+
+
+def test_choice_is_applied_written_and_kept_on_resume(tmp_path):
+    cfg = _cfg(tmp_path, budget_minutes=60, seeds=[7])
+    run, record = plan(cfg, tmp_path, measure_fn=lambda config: M)
+    c = record["choice"]
+    expected = choose(cfg, M, 60)[0]
+    assert (c["steps"], c["seeds"]) == (expected.steps, expected.seeds)
+    assert run.train["max_steps"] == c["steps"] and run.train["lr"] == c["lr"] and run.seeds[0] == 7
+    assert len(run.seeds) == c["seeds"] == len(set(run.seeds))
+    assert 0 < c["mde"] < 1 and "placeholder" in c["mde_source"]  # the recipe SDs are not measured yet
+    saved = json.loads((tmp_path / "budget.json").read_text())
+    assert saved["choice"] == c and saved["budget_minutes"] == 60
+
+    def fail(config):
+        raise AssertionError("resume must not measure again")
+    again, record2 = plan(cfg, tmp_path, measure_fn=fail)
+    assert again == run and record2["choice"] == c
+
+
+def test_estimate_is_printed_with_the_choice(tmp_path):
+    _, record = plan(_cfg(tmp_path, budget_minutes=60), tmp_path, measure_fn=lambda config: M)
+    out = io.StringIO()
+    print_estimate(record, Console(file=out, width=200))
+    text = out.getvalue()
+    assert f"{record['estimate']['total_minutes']:.1f} min" in text and "ml" in text and "2.00" in text
+    assert "budget 60 min: chose" in text and "placeholder" in text
+
+
+@pytest.mark.slow  # real training steps (the end-to-end test in test_experiment.py measures too)
+def test_measures_the_tiny_model_and_charges_pooler_designs_their_own_step(tiny_llama, data_dir, tmp_path):
+    cfg = _config(tmp_path, tiny_llama, data_dir)
+    m = budget.measure(cfg)
+    assert set(m.step_seconds) == {"eos-causal", "multilayer-bi"} and all(s > 0 for s in m.step_seconds.values())
+    assert m.chars_per_second > 0 and m.eval_chars > 1000 and m.overhead_seconds >= 0
+    assert not list(tmp_path.glob("exp/runs/*"))  # the probe trains in a throwaway folder
+
+
+def test_report_leads_with_the_budgets_choice_and_its_detectable_effect(tmp_path):
+    from synthetic import write_synthetic_experiment
+
+    from poolattn.report import write_report
+
+    folder = write_synthetic_experiment(tmp_path / "exp", designs={"1-eos-causal": (0.0, 1), "2-mean-causal": (0.5, 2)}, baseline=None,
+                                        tasks={"STS1": ("STS", 300)})
+    _, record = plan(_cfg(tmp_path, budget_minutes=60), folder, measure_fn=lambda config: M)
+    lead = write_report(folder, progress=False)["md"].read_text().split("## What holds", 1)[1].split("\n## ")[0]
+    c = record["choice"]
+    assert f"the chooser picked {c['steps']} steps x {c['seeds']} seeds" in lead
+    assert f"{100 * c['mde']:.2f} points" in lead and "placeholder" in lead
