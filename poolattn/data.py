@@ -96,10 +96,27 @@ def parse_row(row: Any, where: str, columns: dict[str, str] | None = None,
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed row) of a JSONL file (.gz too), blank lines skipped; a bad line names file and line."""
+    import zlib
+
     path = Path(path)
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    lineno = 0
+    with opener(path, "rb") as f:  # bytes, decoded line by line, so a decoding error names its own line
+        lines = iter(f)
+        while True:
+            try:  # reading can fail too: a truncated or corrupt .gz
+                raw = next(lines)
+            except StopIteration:
+                return
+            except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+                raise ValueError(f"{path}:{lineno + 1}: truncated or corrupt compressed file ({err})") from None
+            lineno += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text ({err.reason}, byte "
+                                 f"{raw[err.start:err.start + 1]!r} at column {err.start + 1}); save it as UTF-8") \
+                    from None
             if not line.strip():
                 continue
             try:

@@ -144,3 +144,18 @@ def test_source_instruction_and_sides(tmp_path):
                                                                     ("Own", True)]
     (plain,) = load_sources([SourceConfig(path=str(path))])
     assert [(e.instruction, e.symmetric) for e in plain.examples] == [(None, False), ("Own", False)]
+
+
+def test_truncated_gzip_and_non_utf8_name_file_and_line(tmp_path):
+    good = tmp_path / "s.jsonl.gz"
+    with gzip.open(good, "wt") as f:
+        for i in range(2000):
+            f.write(json.dumps({"query": f"q{i} " * 20, "positive": f"p{i}"}) + "\n")
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(good.read_bytes()[:3000])
+    with pytest.raises(ValueError, match=r"cut\.jsonl\.gz:\d+: truncated or corrupt compressed file"):
+        read_jsonl(cut)
+    latin = tmp_path / "l.jsonl"
+    latin.write_bytes(b'{"query": "a", "positive": "b"}\n{"query": "caf\xe9", "positive": "b"}\n')
+    with pytest.raises(ValueError, match=r"l\.jsonl:2: not UTF-8 text"):
+        read_jsonl(latin)

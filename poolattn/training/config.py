@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..data import SourceConfig
+from ..distill import DistillSettings
 from ..model import LoraSettings, ModelConfig
 
 # Fields that may change when a run is resumed: they do not change what the run computes.
@@ -45,6 +46,8 @@ class TrainConfig(BaseModel):
     output_dir: str = "runs/train"
     max_time_minutes: float | None = None  # stop cleanly (checkpoint + final model) after this much training time
     progress: bool = True
+    # Distillation from a sentence-transformers teacher beside InfoNCE: OUTSIDE THE PAPER'S PROTOCOL, off by default.
+    distill: DistillSettings | None = None
 
     @model_validator(mode="after")
     def _check(self):

@@ -31,6 +31,7 @@ from ..data import Example, MixedBatchSampler, load_sources
 from ..distributed import world
 from ..errors import write_failed
 from ..fileio import write_json, write_text
+from ..distill import distill_loss
 from ..losses import info_nce
 from ..model import EmbeddingModel
 from . import checkpoint
@@ -173,6 +174,12 @@ class Trainer:
         # transformers loads models in eval mode, which also turns gradient checkpointing off in every layer.
         self.model.train()
         self.amp = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and _fast_bf16(acc.device))
+        self.teacher = None
+        if cfg.distill is not None:  # outside the paper's protocol (see poolattn.distill)
+            from ..backbone import cache_dir
+            from ..distill import Teacher
+
+            self.teacher = Teacher(cfg.distill, cache_dir() / "teacher")
 
         # The run folder is written only now that data and model loaded: a failed start leaves it as it was.
         acc.wait_for_everyone()  # every process has read the old config before the main one rewrites it
@@ -215,6 +222,8 @@ class Trainer:
         except (OSError, RuntimeError) as err:
             shutil.rmtree(tmp, ignore_errors=True)
             raise write_failed(tmp, err) from err
+        if self.teacher is not None and self.main:
+            self.teacher.save()  # teacher vectors are deterministic: a lost cache costs time, never results
         acc.wait_for_everyone()
         if self.main:
             checkpoint.commit(tmp, final)
@@ -279,10 +288,22 @@ class Trainer:
         neg_mask = torch.zeros(len(examples), dtype=torch.bool, device=device)
         neg_mask[neg_index] = True
 
+        teacher = None
+        if self.teacher is not None:  # the teacher sees the raw texts: it knows no instructions
+            tq, tp, tn = (self.teacher.embed(t) for t, _ in texts)
+            tneg = tq.new_zeros(tq.shape).index_copy(0, neg_index.cpu(), tn) if has_neg else tq.new_zeros(tq.shape)
+            teacher = (tq, torch.cat([tp, tneg]))
+
         def loss_fn(reps: list[torch.Tensor | None]) -> torch.Tensor:
             q, p, n = reps
             negative = q.new_zeros(q.shape) if n is None else q.new_zeros(q.shape).index_copy(0, neg_index, n)
-            return info_nce(q, p, negative, neg_mask, scale=cfg.scale)
+            loss = info_nce(q, p, negative, neg_mask, scale=cfg.scale)
+            if teacher is not None:
+                valid = torch.cat([torch.ones_like(neg_mask), neg_mask])
+                d = cfg.distill
+                loss = loss + d.weight * distill_loss(q, torch.cat([p, negative]), *teacher, valid, kind=d.kind,
+                                                      scale=cfg.scale, teacher_scale=d.teacher_scale)
+            return loss
 
         loss = contrastive_backward(self._embed(self.model), groups, loss_fn, backward=self.acc.backward,
                                     grad_cache=cfg.chunk_size is not None if grad_cache is None else grad_cache,
