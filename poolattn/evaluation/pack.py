@@ -31,6 +31,10 @@ LITE: tuple[str, ...] = (
     "ARCChallengeNano", "SIQANano",
 )
 SUITES = ("lite", "full")
+# Hub tasks are scored as on this leaderboard: its subsets (e.g. STS17 en-en, AmazonCounterfactual en, not en-ext) and
+# its split for the main score (test; MSMARCO dev). Other splits are still evaluated and kept in the result JSON.
+LEADERBOARD = "MTEB(eng, v1)"
+DEFAULT_LANGUAGES = ("eng",)
 
 
 class TaskUnavailable(RuntimeError):
@@ -293,20 +297,57 @@ def _pick_subset(task: Any, spec: TaskSpec) -> str:
                      f"holds with a 'subset' field")
 
 
-def load_task(spec: TaskSpec) -> Any:
-    """A fresh mteb task object with its data loaded: from the pack, else by mteb from the hub (clear error if not)."""
+@lru_cache(maxsize=1)
+def _leaderboard() -> dict[str, Any]:
+    import mteb
+
+    return {t.metadata.name: t for t in mteb.get_benchmark(LEADERBOARD).tasks}
+
+
+def main_split(task: Any) -> str:
+    """The split whose score is the task's main score: the leaderboard's, else test, else the first evaluated."""
+    board = _leaderboard().get(task.metadata.name)
+    for split in [*(board.eval_splits if board is not None else []), "test"]:
+        if split in task.eval_splits:
+            return split
+    return task.eval_splits[0]
+
+
+def hub_task(name: str, languages: Iterable[str] | None = DEFAULT_LANGUAGES) -> Any:
+    """The mteb task restricted to the subsets whose languages are all in `languages` (None: every subset); in
+    English, to the leaderboard's subsets where it lists the task."""
+    import mteb
+
+    languages = list(languages) if languages else None
+    try:
+        task = mteb.get_task(name, languages=languages, exclusive_language_filter=languages is not None)
+    except ValueError as e:  # mteb: "No subsets were found ..."
+        raise ValueError(f"task {name!r} has no subset in the languages {languages}; its subsets: "
+                         f"{list(mteb.get_task(name).metadata.hf_subsets_to_langscripts)}") from e
+    board = _leaderboard().get(name)
+    if languages == list(DEFAULT_LANGUAGES) and board is not None and task.metadata.is_multilingual:
+        task.hf_subsets = [s for s in task.hf_subsets if s in board.hf_subsets] or task.hf_subsets
+    return task
+
+
+def load_task(spec: TaskSpec, languages: Iterable[str] | None = DEFAULT_LANGUAGES) -> Any:
+    """A fresh mteb task object with its data loaded: from the pack, else by mteb from the hub (clear error if not).
+    Hub tasks keep the subsets in `languages` (default English; see hub_task); aggregate tasks (e.g.
+    CQADupstackRetrieval) load every task they combine, and mteb scores them as it combines them."""
     import mteb
     from datasets import DatasetDict
 
-    task = mteb.get_task(spec.mteb_task)
     if spec.entry is None:
+        task = hub_task(spec.mteb_task, languages)
         try:
-            task.load_data()
+            for part in (task.tasks if task.is_aggregate else [task]):
+                part.load_data()
         except Exception as e:  # noqa: BLE001 -- any failure here means the same thing to the user
             raise TaskUnavailable(f"task {spec.name!r} is not in the data pack and could not be loaded from the "
                                   f"Hugging Face hub ({type(e).__name__}: {str(e)[:300]}). Tasks in the pack "
                                   f"{spec.data_dir}: {', '.join(pack_tasks(spec.data_dir)) or 'none'}") from e
         return task
+    task = mteb.get_task(spec.mteb_task)
     splits = spec.entry.get("splits") or {}
     eval_splits = [s for s in task.metadata.eval_splits if s in splits]
     if not eval_splits:
@@ -335,6 +376,8 @@ def encode_cost(task: Any) -> float:
     def chars(texts: Iterable[Any]) -> int:
         return sum(len(t) for t in texts if isinstance(t, str))
 
+    if task.is_aggregate:
+        return sum(encode_cost(part) for part in task.tasks)
     total = 0.0
     for subset in task.hf_subsets:
         data = task.dataset[subset] if subset in task.dataset else task.dataset

@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..items import Source, write_part
+from ..items import Source, query_part, write_part
 from .encoders import EncodeRunner, fingerprint, load_model, mteb_encoder
 from .instructions import load_overrides
-from .pack import default_data_dir, encode_cost, load_task, resolve_tasks, task_spec
+from .pack import DEFAULT_LANGUAGES, default_data_dir, encode_cost, load_task, main_split, resolve_tasks, task_spec
 
 
 
@@ -26,13 +26,14 @@ class TaskScore:
     category: str
     source: str          # "pack" or "hub"
     main_metric: str
-    main_score: float    # as mteb reports it (0-1)
+    main_score: float    # as mteb reports it (0-1), on main_split (the leaderboard's split; others in result_file)
     seconds: float       # wall time, encoding included
     cpu_seconds: float   # CPU time of this process (all threads): wall time / threads when the CPU is not shared
     encoded: int         # texts run through the model (the rest came from the embedding cache)
     instruction: str | None
     result_file: str | None = None
     items_file: str | None = None
+    main_split: str | None = None
 
     @property
     def main_score_x100(self) -> float:
@@ -46,13 +47,29 @@ def embedding_cache_dir() -> Path:
 
 
 def _capture_query_scores(task: Any, sink: dict) -> None:
-    """Keep pytrec_eval's per-query scores through AbsTaskRetrieval's task_specific_scores hook."""
+    """Keep pytrec_eval's per-query scores through AbsTaskRetrieval's task_specific_scores hook (of every task an
+    aggregate task combines: keys are then (task, subset, split))."""
+    if task.is_aggregate:
+        for part in task.tasks:
+            sub: dict = {}
+            _capture_query_scores(part, sub)
+            sink[part.metadata.name] = sub
+        return
     original = task.task_specific_scores
 
     def hook(scores, qrels, results, hf_split, hf_subset):
         sink[(hf_subset, hf_split)] = scores
         return original(scores, qrels, results, hf_split=hf_split, hf_subset=hf_subset)
     task.task_specific_scores = hook
+
+
+def _aggregate_items(task: Any, query_scores: dict) -> list[dict[str, Any]]:
+    """Per-query scores of every task an aggregate combines, one part each (mteb's score is the mean over them)."""
+    parts = []
+    for name, sink in query_scores.items():
+        for (subset, split), per_query in sink.items():
+            parts.append({"split": split, "subset": f"{name}/{subset}", **query_part(per_query)})
+    return parts
 
 
 def _items(task: Any, predictions: dict, query_scores: dict, result: Any) -> list[dict[str, Any]]:
@@ -93,13 +110,15 @@ def write_summary(scores: Mapping[str, TaskScore], output_dir: Path, header: dic
 
 def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None = None,
              output_dir: str | Path | None = None, instructions: Mapping[str, str | None] | str | Path | None = None,
-             batch_size: int = 32, cache: bool = True, progress: bool = True) -> dict[str, TaskScore]:
+             batch_size: int = 32, cache: bool = True, progress: bool = True,
+             languages: Iterable[str] | None = DEFAULT_LANGUAGES) -> dict[str, TaskScore]:
     """Score a model on tasks with mteb's evaluators; returns {task name: TaskScore} in task order.
 
     model: EmbeddingModel, SentenceTransformer, or anything `load_model` takes. tasks: names, suites, categories
     (see resolve_tasks). instructions: overrides of the instruction table (dict or YAML/JSON file). With output_dir,
     writes <task>.json (mteb's result format), <task>.items.json (per-item scores), summary.json and summary.md.
-    cache: reuse embeddings under $POOLATTN_CACHE/embeddings/<model fingerprint>/.
+    cache: reuse embeddings under $POOLATTN_CACHE/embeddings/<model fingerprint>/. languages: the subsets of
+    multilingual hub tasks kept (ISO 639-3, default English as on the English leaderboard; None: all).
     """
     import datasets
     import mteb
@@ -131,7 +150,7 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
             loaded = []
             for name in names:
                 spec = task_spec(name, data_dir)
-                task = load_task(spec)
+                task = load_task(spec, languages)
                 try:
                     cost = encode_cost(task)
                 except Exception:  # noqa: BLE001 -- an odd hub dataset shape only costs the ETA its accuracy
@@ -209,7 +228,8 @@ def _run_one(spec: Any, task: Any, runner: EncodeRunner, encoder: Any, batch_siz
             predictions = json.loads((folder / task.prediction_file_name).read_text())
     seconds, cpu_seconds = time.monotonic() - t0, time.process_time() - c0
     result = res.task_results[0]
-    main_score = float(result.get_score())
+    split = main_split(task)
+    main_score = float(result.get_score(splits=[split]))
     if result.task_name != spec.name and spec.name.endswith("Nano"):  # a derivative, not the MTEB task: say so
         result = result.model_copy(update={"task_name": spec.name})
     instruction = None
@@ -219,12 +239,17 @@ def _run_one(spec: Any, task: Any, runner: EncodeRunner, encoder: Any, batch_siz
     score = TaskScore(task=spec.name, mteb_task=spec.mteb_task, type=kind, category=spec.category,
                       source=spec.source, main_metric=task.metadata.main_score, main_score=main_score,
                       seconds=round(seconds, 2), cpu_seconds=round(cpu_seconds, 2),
-                      encoded=runner.encoded - encoded_before, instruction=instruction)
+                      encoded=runner.encoded - encoded_before, instruction=instruction, main_split=split)
     if output is not None:
         score.result_file = str(output / f"{spec.name}.json")
         score.items_file = str(output / f"{spec.name}.items.json")
         result.to_disk(Path(score.result_file))
+        parts = (_aggregate_items(task, query_scores) if task.is_aggregate
+                 else _items(task, predictions, query_scores, result))
+        # `parts`: the main split's (what main_score is computed on, and what the report tests); other splits apart.
         items = {"task": spec.name, "mteb_task": spec.mteb_task, "type": kind, "main_metric": score.main_metric,
-                 "main_score": score.main_score, "parts": _items(task, predictions, query_scores, result)}
+                 "main_score": score.main_score, "main_split": split,
+                 "parts": [p for p in parts if p["split"] == split],
+                 "other_splits": [p for p in parts if p["split"] != split]}
         Path(score.items_file).write_text(json.dumps(items))
     return score
