@@ -220,22 +220,30 @@ def experiment(
     set_: list[str] = typer.Option([], "--set", help="override a config value, e.g. --set train.max_steps=50"),
     device: str = typer.Option(None, callback=_check_device, help=f"{DEVICE_HELP} (default: the config's, auto)"),
     no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the embedding cache"),
+    design: list[str] = typer.Option([], "--design", help="run only this design (repeatable; `baseline` for the "
+                                     "reference row): separate scheduler jobs on one folder, each design claimed "
+                                     "by the job that runs it; the report is written once every design is done"),
 ):
     """Train every design, evaluate each and the untrained backbone, test the differences, write the report.
-    Run it again to resume: finished designs are skipped, an interrupted one resumes from its checkpoint."""
+    Run it again to resume: finished designs are skipped, an interrupted one resumes from its checkpoint.
+    Under torchrun / accelerate launch every process trains each design and encodes its share of the evaluation."""
     from rich import print as rprint
 
-    from .experiment import ExperimentConfig, run_experiment
+    from .experiment import ExperimentConfig, pending, run_experiment
     from .fileio import check_input_file, check_output_dir
 
     set_ = list(set_) + ([f"device={device}"] if device else [])
     cfg = ExperimentConfig.load(check_input_file(config, "CONFIG"), set_)
     check_output_dir(cfg.output_dir, "output_dir")
-    folder = run_experiment(cfg, cache=not no_cache)
+    folder = run_experiment(cfg, cache=not no_cache, only=list(design) or None)
     from .distributed import is_main
     from .report import write_report
 
-    if is_main():
+    left = pending(folder)
+    if is_main() and left:
+        rprint(f"[yellow]not done yet[/yellow]: {', '.join(left)}; the report is written when every design is done "
+               f"(or run `poolattn report {folder}`)")
+    elif is_main():
         paths = write_report(folder)
         rprint(f"[green]report[/green]: {paths['md']}  {paths['html']}")
 

@@ -17,3 +17,40 @@ def world() -> tuple[int, int]:
 def is_main() -> bool:
     """True on the process that writes shared files and prints (rank 0)."""
     return world()[0] == 0
+
+
+def launched() -> bool:
+    """Whether a launcher started several processes (a group may not be open yet)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def ensure_group(device_type: str = "cpu") -> bool:
+    """Open the launcher's process group if none is open yet (gloo on CPU, nccl on CUDA), so one group serves a whole
+    experiment: accelerate reuses an open group. Returns whether a group is open."""
+    if not (dist.is_available() and launched()):
+        return dist.is_available() and dist.is_initialized()
+    if not dist.is_initialized():
+        import datetime
+
+        # Evaluation keeps every rank busy (sharded encoding), but a design's mteb scoring on CPU can take a while:
+        # a generous collective timeout rather than the 10-minute default.
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
+    return True
+
+
+def broadcast(obj):
+    """Rank 0's `obj` on every rank (identity without a group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_all(obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank ([obj] without a group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -233,15 +233,67 @@ def _plan_budget(config: ExperimentConfig, folder: Path, console) -> ExperimentC
     return config
 
 
-def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool = True) -> Path:
+def pending(folder: str | Path) -> list[str]:
+    """The designs (and baseline) of the experiment pinned in `folder` whose evaluation is not written yet."""
+    folder = Path(folder)
+    config = ExperimentConfig.model_validate(yaml.safe_load((folder / "experiment.yaml").read_text()))
+    steps = ([config.baseline] if config.baseline else []) + config.all_designs()
+    return [d.name for d in steps if not (folder / "runs" / d.name / "eval" / "summary.json").exists()]
+
+
+def _claim(run_dir: Path) -> str | None:
+    """Take the design for this job (a file created exclusively: two jobs on one folder never train the same design).
+    None when taken; else who holds it. A claim of this host whose process is gone is stale and taken over."""
+    import json
+    import os
+    import socket
+
+    path = run_dir / "claim.json"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "job": os.environ.get("SLURM_JOB_ID")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                held = json.loads(path.read_text())
+            except (OSError, ValueError):
+                held = {}
+            if held.get("host") == me["host"] and held.get("pid") == me["pid"]:
+                return None
+            alive = True
+            if held.get("host") == me["host"] and isinstance(held.get("pid"), int):
+                try:
+                    os.kill(held["pid"], 0)
+                except ProcessLookupError:
+                    alive = False
+                except PermissionError:
+                    pass
+            if alive:
+                return f"{held.get('host', '?')} pid {held.get('pid', '?')} (delete {path} if that job is gone)"
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return None
+    return f"another job ({path})"
+
+
+def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool = True,
+                   only: list[str] | None = None) -> Path:
     """Train and evaluate every design (skipping finished ones, resuming interrupted ones); returns the folder
     (poolattn.report.write_report turns it into the report; `poolattn experiment` does both).
-    cache=False: evaluate without reading or writing the embedding cache (as `poolattn eval --no-cache`)."""
+    cache=False: evaluate without reading or writing the embedding cache (as `poolattn eval --no-cache`).
+    only: the names of the designs this job runs (`--design`; `baseline` for the reference row): for a scheduler that
+    launches designs as separate jobs on one folder; each design is claimed by the job that runs it.
+    Under torchrun / accelerate launch one process group serves the run: every rank trains each design together and
+    encodes its share of every evaluation (rank 0 scores with mteb and writes the files)."""
     from rich.console import Console
 
     import torch
 
-    from .distributed import is_main, world
+    from .device import resolve_device
+    from .distributed import broadcast, ensure_group, is_main, world
     from .model import EmbeddingModel
     from .environment import collect_environment
     from .training import train
@@ -249,6 +301,13 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
     console = Console(stderr=True)
     folder = Path(config.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    ensure_group(resolve_device(config.device).type)
+    steps = ([config.baseline] if config.baseline else []) + config.all_designs()
+    if only:
+        unknown = sorted(set(only) - {d.name for d in steps})
+        if unknown:
+            raise ValueError(f"--design {', '.join(unknown)}: not in this experiment; its designs: "
+                             f"{', '.join(d.name for d in steps)}")
     config = _plan_budget(config, folder, console)
     if is_main():  # launchers set RANK before any process group exists
         _write_yaml_once(folder, config)
@@ -258,25 +317,31 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
     for k, design in enumerate(steps, 1):
         run_dir = folder / "runs" / design.name
         eval_dir = run_dir / "eval"
+        if only and design.name not in only:
+            continue
         if (eval_dir / "summary.json").exists():
             console.print(f"[dim]({k}/{len(steps)}) {design.name}: done, skipped[/dim]")
             continue
+        if only:
+            held = broadcast(_claim(run_dir) if is_main() else None)
+            if held:
+                console.print(f"[yellow]({k}/{len(steps)}) {design.name}: claimed by {held}; skipped[/yellow]")
+                continue
         elapsed = time.time() - started
         console.rule(f"({k}/{len(steps)}) {design.name}  [{elapsed / 60:.1f} min so far]")
         t0 = time.time()
         final = None if design is config.baseline else train(train_config_for(config, design, run_dir))
         t1 = time.time()
-        rank, size = world()  # under accelerate/torchrun every process trains; the main one evaluates
-        if rank == 0:
-            # The baseline is the untrained backbone: a reference row, not a design.
-            model = EmbeddingModel.from_pretrained(final, inference=True, device=config.device) if final else (
-                EmbeddingModel(config.model_config_for(design), device=config.device))
-            _evaluate(model, config, eval_dir, cache)
-            del model
-            # Wall time of this invocation's work (a resumed training counts only its resumed part).
+        # Every process trains (DDP) and evaluates (its share of the texts); rank 0 writes. The baseline is the
+        # untrained backbone: a reference row, not a design.
+        model = EmbeddingModel.from_pretrained(final, inference=True, device=config.device) if final else (
+            EmbeddingModel(config.model_config_for(design), device=config.device))
+        _evaluate(model, config, eval_dir, cache)
+        del model
+        if is_main():  # wall time of this invocation's work (a resumed training counts only its resumed part)
             write_json(run_dir / "timing.json",
                        {"train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.time() - t1, 1)})
-        if size > 1 and torch.distributed.is_initialized():  # none yet after the baseline
+        if world()[1] > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()
     console.print(f"all designs done in {(time.time() - started) / 60:.1f} min")
     return folder

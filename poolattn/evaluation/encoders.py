@@ -207,8 +207,13 @@ class EncodeRunner:
 
     def __init__(self, encoder: Any, cache_dir: Path | None, key: Callable[[Any, PromptType | None], str],
                  chunk_size: int = 256, on_progress: Callable[[int, int], None] | None = None):
+        from ..distributed import world
+
         self.encoder = encoder
-        self.cache_dir = cache_dir
+        # Under a process group every rank runs the same mteb calls and encodes its share of each call's texts
+        # (rank, rank + size, ...); rank 0 alone reads and writes the cache and decides what is left to encode.
+        self.rank, self.size = world()
+        self.cache_dir = cache_dir if self.rank == 0 else None
         self.key = key
         self.chunk_size = chunk_size
         self.on_progress = on_progress  # (done, total) texts of the current encode call
@@ -268,6 +273,13 @@ class EncodeRunner:
                 todo.append(i)
             else:
                 out[i] = np.array(v)
+        if self.size > 1:  # rank 0's cache decides; the others get its served vectors with the encoded ones
+            from ..distributed import broadcast
+
+            todo, served = broadcast((todo, {i: out[i] for i in first.values() if out[i] is not None}))
+            for i, v in served.items():
+                out[i] = v
+        every, todo = todo, todo[self.rank::self.size]
         saved = time.monotonic()
         for start in range(0, len(todo), self.chunk_size):
             idx = todo[start:start + self.chunk_size]
@@ -288,6 +300,18 @@ class EncodeRunner:
             self.encoded += len(idx)
             if self.on_progress:
                 self.on_progress(start + len(idx), len(todo))
+        if self.size > 1:
+            from ..distributed import gather_all
+
+            for r, part in enumerate(gather_all({i: out[i] for i in todo})):
+                for i, v in part.items():
+                    out[i] = v
+                if store is not None and r != self.rank and part:
+                    try:
+                        store.add([{"text": texts[i]} for i in part], np.stack(list(part.values())))
+                    except OSError as err:
+                        store = self._drop_cache(err)
+            todo = every
         if store is not None and todo:
             try:
                 store.save()

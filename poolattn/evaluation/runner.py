@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..distributed import world
 from ..items import Source, query_part, write_part
 from .encoders import EncodeRunner, fingerprint, load_model, mteb_encoder
 from .instructions import load_overrides
@@ -131,6 +132,8 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
     overrides = load_overrides(instructions)
     encoder, key = mteb_encoder(model, overrides)
     output = Path(output_dir) if output_dir is not None else None
+    if world()[0] != 0:  # under a process group every rank encodes its share; rank 0 writes and reports
+        output, progress = None, False
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True, quiet=not progress)
