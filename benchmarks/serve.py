@@ -99,23 +99,23 @@ def main() -> None:
     batches = [texts(args.requests * args.texts_per_request)[i::args.requests] for i in range(args.requests)]
     logs = Path("runs/bench-serve")
     logs.mkdir(parents=True, exist_ok=True)
-    servers = {}
-    port = free_port()
-    servers["poolattn serve"] = (start([sys.executable, "-m", "poolattn.cli", "serve", args.model, "--port", str(port),
-                                        "--served-model-name", "m", "--dtype", args.dtype, "--log-level", "warning"],
-                                       port, logs / "poolattn.log"), f"http://127.0.0.1:{port}", "m")
-    if args.infinity:
-        export = args.export or f"{args.model.rstrip('/')}-st"
-        if not Path(export).exists():
-            subprocess.run([sys.executable, "-m", "poolattn.cli", "export", args.model, export, "--dtype", args.dtype],
-                           check=True)
+    servers, rows = {}, []
+    try:  # every server started is stopped, whatever fails
         port = free_port()
-        servers["infinity"] = (start([args.infinity, "v2", "--model-id", str(Path(export).resolve()), "--port", str(port),
-                                      "--engine", "torch", "--dtype", args.dtype, "--device", "cpu",
-                                      "--trust-remote-code", "--served-model-name", "m"],
-                                     port, logs / "infinity.log"), f"http://127.0.0.1:{port}", "m")
-    rows = []
-    try:
+        servers["poolattn serve"] = (start([sys.executable, "-m", "poolattn.cli", "serve", args.model, "--port", str(port),
+                                            "--served-model-name", "m", "--dtype", args.dtype, "--log-level", "warning"],
+                                           port, logs / "poolattn.log"), f"http://127.0.0.1:{port}", "m")
+        if args.infinity:
+            export = args.export or f"{args.model.rstrip('/')}-st"
+            if not Path(export).exists():
+                subprocess.run([sys.executable, "-m", "poolattn.cli", "export", args.model, export, "--dtype", args.dtype],
+                               check=True)
+            port = free_port()
+            servers["infinity"] = (start([args.infinity, "v2", "--model-id", str(Path(export).resolve()), "--port", str(port),
+                                          "--engine", "torch", "--dtype", args.dtype, "--device", "cpu",
+                                          "--trust-remote-code", "--served-model-name", "m",
+                                          "--url-prefix", "/v1", "--host", "127.0.0.1"],  # default: /embeddings on 0.0.0.0
+                                         port, logs / "infinity.log"), f"http://127.0.0.1:{port}", "m")
         for level in levels:
             for name, (_, url, model) in servers.items():  # interleaved: both see the same machine state
                 wall, lat, errors = asyncio.run(load(url, model, batches, level))

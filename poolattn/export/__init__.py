@@ -78,6 +78,8 @@ def _append_eos(folder: Path, tokenizer) -> None:
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
     config.update(add_eos_token=True, padding_side="right")  # Llama-style tokenizers rebuild their template
+    if config.get("tokenizer_class") == "TokenizersBackend":  # transformers 5's generic name; 4.x (and servers
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"  # pinned to it, e.g. infinity) know only this one
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
     from transformers import AutoTokenizer
 
@@ -110,7 +112,8 @@ def _sentence_transformers(model, out: Path) -> None:
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
     if cfg.pooling in ST_POOLING:
         modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
-        _write_json(out / "1_Pooling" / "config.json", {"embedding_dimension": dim, "pooling_mode": ST_POOLING[cfg.pooling],
+        # word_embedding_dimension: the key every sentence-transformers version reads (6.x renames it on load)
+        _write_json(out / "1_Pooling" / "config.json", {"word_embedding_dimension": dim, "pooling_mode": ST_POOLING[cfg.pooling],
                                                         "include_prompt": not mask_prompt})
     else:
         modules.append({"idx": 1, "name": "1", "path": "1_PoolattnPooler", "type": "poolattn_pooler.PoolattnPooler"})
