@@ -36,7 +36,12 @@ def serve_command(
     log_level: str = typer.Option("info"),
 ):
     """Serve a model behind an OpenAI-compatible POST /v1/embeddings (plus /v1/models, /health, /metrics)."""
+    import os
     from pathlib import Path
+
+    # Requests are tokenized on worker threads while the inference thread runs torch's intra-op threads: the
+    # tokenizers library's own thread pool on top oversubscribes the cores and stalls torch's threads.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from pydantic import ValidationError
 
