@@ -31,8 +31,7 @@ class Engine:
         EOS. Longer than the limit: InputTooLong, or cut to limit - 1 tokens + EOS when `truncate`."""
         eos = self.model.tokenizer.eos_token_id
         if inputs and isinstance(inputs[0], str):
-            out = self.model._token_ids(list(inputs), instruction)
-            ids, skip = out if isinstance(out, tuple) else (out, [0] * len(out))  # older models: no pool mask
+            ids, skip = self.model._token_ids(list(inputs), instruction)
             full = self.model.config.max_length
             lengths = [len(x) if len(x) < full else self._untruncated(t, instruction) for x, t in zip(ids, inputs)]
         else:
@@ -56,7 +55,7 @@ class Engine:
     @torch.inference_mode()
     def encode(self, inputs: list[tuple[list[int], int]]) -> np.ndarray:
         ids, skip = [x for x, _ in inputs], [n for _, n in inputs]
-        batch = self.model._pad(ids, skip) if any(skip) else self.model._pad(ids)
+        batch = self.model._pad(ids, skip)  # adds pool_mask only where an instruction is masked out
         device = self.model.device
         return self.model(**{k: v.to(device) for k, v in batch.items()}).float().cpu().numpy()
 
