@@ -249,6 +249,28 @@ def experiment(
 
 
 @app.command()
+def study(
+    config: str = typer.Argument(..., help="study YAML: an experiment config plus a `study:` section "
+                                 "(see configs/study_budget.yaml)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config value, e.g. --set study.seeds=[42,43]"),
+    device: str = typer.Option(None, callback=_check_device, help=f"{DEVICE_HELP} (default: the config's, auto)"),
+):
+    """Measure what budget tells designs apart: an lr sweep, then every seed at the picked lr, evaluated at several
+    step budgets from one constant-lr run each; writes study.md / study.json and a report per (lr, budget).
+    Run it again to resume."""
+    from rich import print as rprint
+
+    from .fileio import check_input_file, check_output_dir
+    from .study import load_study, run_study
+
+    set_ = list(set_) + ([f"device={device}"] if device else [])
+    cfg, settings = load_study(check_input_file(config, "CONFIG"), set_)
+    check_output_dir(cfg.output_dir, "output_dir")
+    out = run_study(cfg, settings)
+    rprint(f"[green]study[/green]: {out / 'study.md'}")
+
+
+@app.command()
 def layers(
     model: str = typer.Option("smollm2-135m", callback=_check_model_spec,
                               help="saved poolattn folder, backbone alias, local folder or hub id"),

@@ -71,7 +71,7 @@ class Experiment:
         return load_items(path) if path.exists() else None
 
 
-def _read_summary(path: Path) -> dict[str, TaskScore]:
+def read_summary(path: Path) -> dict[str, TaskScore]:
     """summary.json's "tasks": rows with a "task" field (the harness's), or a dict keyed by task."""
     try:
         tasks = json.loads(path.read_text())["tasks"]
@@ -123,7 +123,7 @@ def load_experiment(folder: str | Path) -> Experiment:
     baseline = (config.get("baseline") or {}).get("name", "baseline")
     configured = list(design_table(config))
     on_disk = sorted(p.parent.parent.name for p in (folder / "runs").glob("*/eval/summary.json"))
-    scores = {name: _read_summary(folder / "runs" / name / "eval" / "summary.json") for name in on_disk}
+    scores = {name: read_summary(folder / "runs" / name / "eval" / "summary.json") for name in on_disk}
     designs = [d for d in configured if d in scores] + [d for d in on_disk if d not in configured and d != baseline]
     if not designs:
         raise ValueError(f"{folder}: no design has results yet (runs/<design>/eval/summary.json)")

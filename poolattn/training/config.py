@@ -14,7 +14,7 @@ from ..model import LoraSettings, ModelConfig
 
 # Fields that may change when a run is resumed: they do not change what the run computes.
 RESUMABLE_FIELDS = {"max_time_minutes", "save_every", "keep_last", "log_every", "output_dir", "data_dir",
-                    "progress", "num_threads", "device"}
+                    "progress", "num_threads", "device", "snapshot_steps"}
 
 
 class TrainConfig(BaseModel):
@@ -42,6 +42,9 @@ class TrainConfig(BaseModel):
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 autocast where bf16 is fast
     save_every: int = Field(100, ge=1)
     keep_last: int = Field(2, ge=1)
+    # Full model folders (as final/) at these steps, snapshots/step-NNNNNN: with schedule constant the snapshot at
+    # step k is the model a k-step run gives (same data order, same lr), so one run serves several budgets.
+    snapshot_steps: list[int] = Field(default_factory=list)
     log_every: int = Field(1, ge=1)
     output_dir: str = "runs/train"
     max_time_minutes: float | None = None  # stop cleanly (checkpoint + final model) after this much training time

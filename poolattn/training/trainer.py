@@ -8,6 +8,7 @@ Run folder (`output_dir`):
     metrics.jsonl                 one line per step: step, loss, lr, grad_norm, seqs_per_s, tokens_per_s, source
     checkpoints/step-NNNNNN/      trainable weights, optimizer, scheduler, RNG states, data position (last K kept)
     final/                        EmbeddingModel.save_pretrained folder
+    snapshots/step-NNNNNN/        the same at each of `snapshot_steps` (one constant-lr run serves several budgets)
     train_summary.json            status (completed | time_budget), steps, elapsed time
 Calling `train` again with the same output_dir resumes from the newest checkpoint, or returns at once when done.
 """
@@ -199,6 +200,16 @@ class Trainer:
             self._truncate_metrics()
         acc.wait_for_everyone()
 
+    def save_model(self, folder: Path) -> None:
+        """The model as EmbeddingModel.from_pretrained loads it (whole or not at all), with the model's max_length."""
+        m = self.unwrapped
+        trained_config = m.config
+        m.config = m.config.model_copy(update={"max_length": self.saved_max_length})
+        try:
+            m.save_pretrained(folder)
+        finally:
+            m.config = trained_config
+
     # -- checkpoints --------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         from safetensors.torch import save_file
@@ -374,17 +385,15 @@ class Trainer:
                 if self.step % cfg.save_every == 0:
                     self.save_checkpoint()
                     last_saved = self.step
+                if self.step in cfg.snapshot_steps and self.main:
+                    self.save_model(self.out / "snapshots" / f"step-{self.step:06d}")
                 for cb in self.callbacks:
                     cb(self.step, record)
             if last_saved != self.step:
                 self.save_checkpoint()
             final = self.out / "final"
             if self.main:
-                m = self.unwrapped
-                trained_config = m.config
-                m.config = m.config.model_copy(update={"max_length": self.saved_max_length})
-                m.save_pretrained(final)
-                m.config = trained_config
+                self.save_model(final)
                 write_json(self.out / "train_summary.json",
                            {"status": status, "steps": self.step, "max_steps": cfg.max_steps,
                             "elapsed_s": round(self._elapsed(), 2), "final_model": "final", "world_size": self.world})

@@ -1,0 +1,248 @@
+"""A budget study: which lr, how many steps and how many seeds an experiment needs to tell its designs apart.
+The tool measures this itself (its output is data): `poolattn study configs/study_budget.yaml`.
+
+The experiment's designs train with a constant lr after warmup, once per (lr, seed), to the largest budget, with a
+model snapshot at every budget: with a constant lr the snapshot at step k IS the k-step run (same data order, same
+lr at every step; tests/test_study.py checks it), so one run serves every budget. Each (lr, budget) becomes an
+ordinary experiment folder, `lr<lr>-steps<k>/` (experiment.yaml with that lr and max_steps; runs/<design>[-s<seed>]/
+eval), and poolattn.report's seed-aware analysis (effect, CI, seed SD, item SE, minimum detectable effect) applies
+to it unchanged. Phases:
+  1. sweep: every lr at the first seed, evaluated at `sweep_budgets` (folders `sweep/lr<lr>-steps<k>/`);
+  2. pick: the lr with the best mean main score (over designs and tasks) at the largest sweep budget;
+  3. seeds: every seed at the picked lr, evaluated at every budget (the first seed's runs are the sweep's);
+  4. a report per folder, and study.json / study.md: the sweep table, and per budget and category each design's
+     mean +- seed SD and, per design pair, the difference, its seed SD, item SE and minimum detectable effect.
+Resumable: a finished training, snapshot evaluation or report is never redone.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .experiment import ExperimentConfig, _evaluate, train_config_for
+from .fileio import write_json, write_text
+from .report.folder import read_summary
+
+
+class StudySettings(BaseModel):
+    """The `study:` section of a study config (the rest of the file is an experiment config)."""
+    model_config = ConfigDict(extra="forbid")
+    lrs: list[float] = Field(min_length=1)
+    budgets: list[int] = Field(min_length=1)  # training steps at which every run is evaluated
+    seeds: list[int] = Field(min_length=1)  # the first is the sweep's seed
+    sweep_budgets: list[int] | None = None  # budgets evaluated for every lr (default: all)
+    warmup_steps: int = Field(5, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self):
+        self.budgets = sorted(set(self.budgets))
+        if self.budgets[0] <= self.warmup_steps:
+            raise ValueError(f"budgets must all exceed warmup_steps={self.warmup_steps}: {self.budgets}")
+        if self.sweep_budgets is not None and not set(self.sweep_budgets) <= set(self.budgets):
+            raise ValueError(f"sweep_budgets {self.sweep_budgets} must be among budgets {self.budgets}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct: {self.seeds}")
+        return self
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig, StudySettings]:
+    from .configfile import read_config
+    from .training import apply_overrides
+
+    raw = apply_overrides(read_config(path), overrides or [])
+    if "study" not in raw:
+        raise ValueError(f"{path}: a study config needs a `study:` section (lrs, budgets, seeds); "
+                         f"see configs/study_budget.yaml")
+    study = StudySettings.model_validate(raw.pop("study"))
+    return ExperimentConfig.model_validate(raw), study
+
+
+def _lr(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-")
+
+
+def folder_config(config: ExperimentConfig, study: StudySettings, lr: float, steps: int, seeds: list[int],
+                  folder: Path) -> ExperimentConfig:
+    """The experiment a (lr, budget) folder stands for: every design at this lr for `steps` steps, these seeds."""
+    train = {**config.train, "lr": lr, "max_steps": steps, "schedule": "constant",
+             "warmup_steps": study.warmup_steps, "max_time_minutes": None}
+    return config.model_copy(update={"output_dir": str(folder), "train": train, "seeds": seeds, "baseline": None,
+                                     "budget_minutes": None, "name": f"{config.name} lr {_lr(lr)} {steps} steps"})
+
+
+def _train_run(config: ExperimentConfig, study: StudySettings, lr: float, seed: int, design, out: Path) -> Path:
+    """Train one (design, lr, seed) to the largest budget with snapshots; returns the run folder."""
+    from .training import train
+
+    run = out / "train" / f"lr{_lr(lr)}" / f"{design.name}-s{seed}"
+    cfg = folder_config(config, study, lr, study.budgets[-1], [seed], run)
+    tc = train_config_for(cfg, design.model_copy(update={"seed": seed}), run)
+    train(tc.model_copy(update={"snapshot_steps": study.budgets, "output_dir": str(run)}))
+    return run
+
+
+def _write_folder(cfg: ExperimentConfig) -> None:
+    import yaml
+
+    path = Path(cfg.output_dir) / "experiment.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def _evaluate_snapshot(cfg: ExperimentConfig, run: Path, steps: int, eval_dir: Path, console) -> None:
+    from .model import EmbeddingModel
+
+    if (eval_dir / "summary.json").exists():
+        return
+    console.print(f"[dim]evaluate {run.name} at {steps} steps -> {eval_dir}[/dim]")
+    model = EmbeddingModel.from_pretrained(run / "snapshots" / f"step-{steps:06d}", inference=True,
+                                           device=cfg.device)
+    _evaluate(model, cfg, eval_dir)
+
+
+def _mean_score(folder: Path) -> float:
+    """Mean main score over every task of every run in an experiment folder."""
+    scores = [v.main_score for p in folder.glob("runs/*/eval/summary.json") for v in read_summary(p).values()]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def run_study(config: ExperimentConfig, study: StudySettings, console=None) -> Path:
+    from rich.console import Console
+
+    from .report import write_report
+
+    console = console or Console(stderr=True)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    designs = config.designs
+    first = study.seeds[0]
+    sweep_budgets = study.sweep_budgets or study.budgets
+    runs: dict[tuple[float, int, str], Path] = {}
+
+    # 1. sweep: every lr at the first seed
+    for lr in study.lrs:
+        for design in designs:
+            console.rule(f"sweep: {design.name}, lr {_lr(lr)}, seed {first}")
+            runs[lr, first, design.name] = _train_run(config, study, lr, first, design, out)
+        for k in sweep_budgets:
+            cfg = folder_config(config, study, lr, k, [first], out / "sweep" / f"lr{_lr(lr)}-steps{k}")
+            _write_folder(cfg)
+            for design in designs:
+                _evaluate_snapshot(cfg, runs[lr, first, design.name], k,
+                                   Path(cfg.output_dir) / "runs" / design.name / "eval", console)
+    # 2. pick the lr
+    last = max(sweep_budgets)
+    means = {_lr(lr): _mean_score(out / "sweep" / f"lr{_lr(lr)}-steps{last}") for lr in study.lrs}
+    picked = max(study.lrs, key=lambda lr: means[_lr(lr)])
+    write_json(out / "sweep.json", {"criterion": f"mean main score over designs and tasks at {last} steps",
+                                    "mean_score": means, "picked_lr": picked})
+    console.print(f"picked lr {_lr(picked)} (mean score at {last} steps: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in means.items()) + ")")
+    # 3. seeds at the picked lr, every budget
+    for seed in study.seeds:
+        for design in designs:
+            if (picked, seed, design.name) not in runs:
+                console.rule(f"seeds: {design.name}, lr {_lr(picked)}, seed {seed}")
+                runs[picked, seed, design.name] = _train_run(config, study, picked, seed, design, out)
+    folders = []
+    for k in study.budgets:
+        cfg = folder_config(config, study, picked, k, study.seeds, out / f"lr{_lr(picked)}-steps{k}")
+        _write_folder(cfg)
+        folders.append(Path(cfg.output_dir))
+        for d in cfg.all_designs():
+            eval_dir = Path(cfg.output_dir) / "runs" / d.name / "eval"
+            seed = cfg.seed_for(d)
+            sweep_eval = out / "sweep" / f"lr{_lr(picked)}-steps{k}" / "runs" / (d.replicate_of or d.name) / "eval"
+            if seed == first and (sweep_eval / "summary.json").exists() and not eval_dir.exists():
+                shutil.copytree(sweep_eval, eval_dir)  # the same model, already evaluated in the sweep
+            _evaluate_snapshot(cfg, runs[picked, seed, d.replicate_of or d.name], k, eval_dir, console)
+    # 4. reports and the study table
+    for folder in folders + sorted((out / "sweep").glob("lr*-steps*")):
+        if not (folder / "report.json").exists():
+            write_report(folder, progress=False)
+    data = summarise(out, study, picked, runs)
+    write_json(out / "study.json", data)
+    write_text(out / "study.md", render_study(data))
+    return out
+
+
+ALL = "All tasks"
+
+
+def _category_scores(summary: Path) -> dict[str, float]:
+    """Category average of main scores (x100) and over all tasks (the report's `All tasks`), from one run's
+    eval/summary.json."""
+    cats: dict[str, list[float]] = {}
+    for v in read_summary(summary).values():
+        cats.setdefault(v.type, []).append(100 * v.main_score)
+        cats.setdefault(ALL, []).append(100 * v.main_score)
+    return {c: float(np.mean(s)) for c, s in cats.items()}
+
+
+def _step_seconds(run: Path) -> float:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    t = [r["elapsed_s"] for r in rows]
+    return float(np.median(np.diff(t))) if len(t) > 2 else float("nan")
+
+
+def summarise(out: Path, study: StudySettings, picked: float, runs: dict) -> dict[str, Any]:
+    """study.json: the sweep (first seed), and per budget at the picked lr the seed statistics."""
+    sweep = []
+    for folder in sorted((out / "sweep").glob("lr*-steps*")):
+        for p in sorted(folder.glob("runs/*/eval/summary.json")):
+            sweep.append({"folder": folder.name, "design": p.parent.parent.name, **_category_scores(p)})
+    budgets = []
+    for k in study.budgets:
+        folder = out / f"lr{_lr(picked)}-steps{k}"
+        per_design: dict[str, dict[str, list[float]]] = {}
+        for p in sorted(folder.glob("runs/*/eval/summary.json")):
+            name = p.parent.parent.name.rsplit("-s", 1)[0]
+            for c, v in _category_scores(p).items():
+                per_design.setdefault(name, {}).setdefault(c, []).append(v)
+        report = json.loads((folder / "report.json").read_text())
+        pairs = [{k2: r.get(k2) for k2 in ("a", "b", "category", "diff", "ci_low", "ci_high", "seed_sd", "item_se",
+                                           "mde", "p_value", "p_holm")}
+                 for r in report["seed_level"]["categories"]]
+        budgets.append({"steps": k, "folder": folder.name, "designs": {
+            d: {c: {"mean": float(np.mean(v)), "seed_sd": float(np.std(v, ddof=1)) if len(v) > 1 else None,
+                    "n": len(v)} for c, v in cats.items()} for d, cats in per_design.items()}, "pairs": pairs})
+    step_s = {f"{name} lr {_lr(lr)} s{seed}": _step_seconds(run) for (lr, seed, name), run in runs.items()}
+    return {"lrs": study.lrs, "picked_lr": picked, "budgets_steps": study.budgets, "seeds": study.seeds,
+            "sweep": sweep, "budgets": budgets, "seconds_per_step": step_s}
+
+
+def _f(x: float | None, scale: float = 1.0) -> str:
+    return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{scale * x:.2f}"
+
+
+def render_study(data: dict) -> str:
+    lines = [f"# Budget study", "",
+             f"Constant lr after warmup; seeds {data['seeds']}; picked lr **{_lr(data['picked_lr'])}** "
+             f"(best mean main score in the sweep).", "", "## lr sweep (first seed; category averages x100)", ""]
+    cats = sorted({c for r in data["sweep"] for c in r if c not in ("folder", "design")} - {ALL}) + [ALL]
+    lines += ["| folder | design | " + " | ".join(cats) + " |", "|---|---|" + "---:|" * len(cats)]
+    lines += [f"| {r['folder']} | {r['design']} | " + " | ".join(_f(r.get(c)) for c in cats) + " |"
+              for r in data["sweep"]]
+    lines += ["", "## Seed SD and minimum detectable effect per budget (picked lr)", "",
+              "Per design: mean +- SD over seeds of the category average (x100). Per design pair: the seed-averaged "
+              "difference, the SD over seeds of the paired difference, the item SE, and the minimum detectable "
+              "effect at 80% power with these seeds (points).", ""]
+    lines += ["| steps | category | " + " | ".join(sorted(data["budgets"][0]["designs"])) +
+              " | pair | diff | seed SD of diff | item SE | MDE |",
+              "|---:|---|" + "---:|" * len(data["budgets"][0]["designs"]) + "---|---:|---:|---:|---:|"]
+    for b in data["budgets"]:
+        for pair in b["pairs"]:
+            c = pair["category"]
+            cells = [f"{v[c]['mean']:.2f} +- {_f(v[c]['seed_sd'])}" if c in v else "-"
+                     for _, v in sorted(b["designs"].items())]
+            lines.append(f"| {b['steps']} | {c} | " + " | ".join(cells) + f" | {pair['b']} - {pair['a']} | "
+                         f"{_f(pair['diff'], 100)} | {_f(pair['seed_sd'], 100)} | {_f(pair['item_se'], 100)} | "
+                         f"{_f(pair['mde'], 100)} |")
+    lines += ["", "Median seconds per training step: " + ", ".join(
+        f"{k} {v:.1f}" for k, v in sorted(data["seconds_per_step"].items())), ""]
+    return "\n".join(lines)

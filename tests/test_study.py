@@ -1,0 +1,82 @@
+"""The budget study on a tiny model: a constant-lr snapshot at step k is the k-step run, and the study writes its
+sweep, seed folders, reports and table."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from poolattn.experiment import Design
+from poolattn.model import EmbeddingModel
+from poolattn.study import StudySettings, load_study, run_study
+from poolattn.training import TrainConfig, train
+
+from test_experiment import _config
+
+TEXTS = ["a man plays a guitar", "the cat sat on the mat", "how do i reset my password"]
+
+
+def _train(tmp_path, tiny_llama, name, steps, snapshots=()):
+    train_file = tmp_path / "t.jsonl"
+    if not train_file.exists():
+        train_file.write_text("".join(json.dumps({"query": f"q {i} text", "positive": f"p {i} text"}) + "\n"
+                                      for i in range(40)))
+    cfg = TrainConfig(model={"backbone": str(tiny_llama), "dtype": "float32", "pooling": "multilayer",
+                             "attention": "bidirectional", "pooling_kwargs": {"num_latents": 4, "num_heads": 4}},
+                      data=[{"path": str(train_file)}], batch_size=4, lr=1e-3, warmup_steps=1, schedule="constant",
+                      max_steps=steps, save_every=100, progress=False, output_dir=str(tmp_path / name),
+                      lora={"r": 4, "alpha": 8, "dropout": 0.1}, gradient_checkpointing=False,
+                      snapshot_steps=list(snapshots))
+    return train(cfg)
+
+
+def test_constant_lr_snapshot_equals_the_shorter_run(tiny_llama, tmp_path):
+    _train(tmp_path, tiny_llama, "long", 5, snapshots=[2, 5])
+    short = _train(tmp_path, tiny_llama, "short", 2)
+    snap = tmp_path / "long" / "snapshots" / "step-000002"
+    assert (tmp_path / "long" / "snapshots" / "step-000005").is_dir()
+    a = EmbeddingModel.from_pretrained(snap, device="cpu").encode(TEXTS)
+    b = EmbeddingModel.from_pretrained(short, device="cpu").encode(TEXTS)
+    c = EmbeddingModel.from_pretrained(tmp_path / "long" / "final", device="cpu").encode(TEXTS)
+    assert np.abs(a - b).max() < 1e-5  # the same model
+    assert np.abs(a - c).max() > 1e-4  # and not the 5-step one
+
+
+def test_study_settings_checked():
+    with pytest.raises(ValueError, match="warmup"):
+        StudySettings(lrs=[1e-3], budgets=[3], seeds=[1], warmup_steps=5)
+    with pytest.raises(ValueError, match="sweep_budgets"):
+        StudySettings(lrs=[1e-3], budgets=[3, 6], seeds=[1], sweep_budgets=[4], warmup_steps=1)
+
+
+def test_shipped_study_config_loads():
+    cfg, study = load_study("configs/study_budget.yaml")
+    assert [d.name for d in cfg.designs] == ["1-eos-causal", "5-multilayer-bidirectional"]
+    assert study.budgets == sorted(study.budgets) and len(study.seeds) >= 3
+
+
+def test_tiny_study_end_to_end(tiny_llama, data_dir, tmp_path):
+    cfg = _config(tmp_path, tiny_llama, data_dir)
+    cfg.eval.tasks = ["BIOSSES"]
+    cfg = cfg.model_copy(update={"designs": [Design(name="eos-causal", pooling="eos"),
+                                             Design(name="mean-bi", pooling="mean", attention="bidirectional")],
+                                 "output_dir": str(tmp_path / "study")})
+    study = StudySettings(lrs=[1e-4, 1e-3], budgets=[2, 3], sweep_budgets=[3], seeds=[1, 2], warmup_steps=1)
+    out = run_study(cfg, study)
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["picked_lr"] in (1e-4, 1e-3) and len(sweep["mean_score"]) == 2
+    picked = "1e-4" if sweep["picked_lr"] == 1e-4 else "1e-3"
+    for k in (2, 3):
+        folder = out / f"lr{picked}-steps{k}"
+        assert sorted(p.parent.parent.name for p in folder.glob("runs/*/eval/summary.json")) == [
+            "eos-causal-s1", "eos-causal-s2", "mean-bi-s1", "mean-bi-s2"]
+        assert (folder / "report.md").exists()
+    data = json.loads((out / "study.json").read_text())
+    assert [b["steps"] for b in data["budgets"]] == [2, 3]
+    pair = data["budgets"][0]["pairs"][0]
+    assert pair["mde"] > 0 and pair["seed_sd"] is not None
+    assert "| 2 |" in (out / "study.md").read_text()
+    # resumed: nothing is redone
+    stamp = (out / f"lr{picked}-steps3" / "runs" / "mean-bi-s2" / "eval" / "summary.json").stat().st_mtime_ns
+    run_study(cfg, study)
+    assert (out / f"lr{picked}-steps3" / "runs" / "mean-bi-s2" / "eval" / "summary.json").stat().st_mtime_ns == stamp
