@@ -1,15 +1,16 @@
 """A budget study: which lr, how many steps and how many seeds an experiment needs to tell its designs apart.
 The tool measures this itself (its output is data): `poolattn study configs/study_budget.yaml`.
 
-The experiment's designs train with a constant lr after warmup, once per (lr, seed), to the largest budget, with a
-model snapshot at every budget: with a constant lr the snapshot at step k IS the k-step run (same data order, same
-lr at every step; tests/test_study.py checks it), so one run serves every budget. Each (lr, budget) becomes an
+The experiment's designs train with a constant lr after warmup, once per (lr, seed), with a model snapshot at every
+budget: with a constant lr the snapshot at step k IS the k-step run (same data order, same lr at every step;
+tests/test_study.py checks it), so one run serves every budget, and a run may be extended to more steps. Each (lr, budget) becomes an
 ordinary experiment folder, `lr<lr>-steps<k>/` (experiment.yaml with that lr and max_steps; runs/<design>[-s<seed>]/
 eval), and poolattn.report's seed-aware analysis (effect, CI, seed SD, item SE, minimum detectable effect) applies
 to it unchanged. Phases:
-  1. sweep: every lr at the first seed, evaluated at `sweep_budgets` (folders `sweep/lr<lr>-steps<k>/`);
+  1. sweep: every lr at the first seed, trained to and evaluated at `sweep_budgets` (`sweep/lr<lr>-steps<k>/`);
   2. pick: the lr with the best mean main score (over designs and tasks) at the largest sweep budget;
-  3. seeds: every seed at the picked lr, evaluated at every budget (the first seed's runs are the sweep's);
+  3. seeds: every seed at the picked lr to the largest budget, evaluated at every budget (the first seed's runs
+     are the sweep's, extended);
   4. a report per folder, and study.json / study.md: the sweep table, and per budget and category each design's
      mean +- seed SD and, per design pair, the difference, its seed SD, item SE and minimum detectable effect.
 Resumable: a finished training, snapshot evaluation or report is never redone.
@@ -75,14 +76,16 @@ def folder_config(config: ExperimentConfig, study: StudySettings, lr: float, ste
                                      "budget_minutes": None, "name": f"{config.name} lr {_lr(lr)} {steps} steps"})
 
 
-def _train_run(config: ExperimentConfig, study: StudySettings, lr: float, seed: int, design, out: Path) -> Path:
-    """Train one (design, lr, seed) to the largest budget with snapshots; returns the run folder."""
+def _train_run(config: ExperimentConfig, study: StudySettings, lr: float, seed: int, design, out: Path,
+               steps: int) -> Path:
+    """Train one (design, lr, seed) to `steps` with a snapshot at every budget on the way; returns the run folder.
+    A run trained to fewer steps before is extended (a constant-lr run may be: tests/test_study.py)."""
     from .training import train
 
     run = out / "train" / f"lr{_lr(lr)}" / f"{design.name}-s{seed}"
-    cfg = folder_config(config, study, lr, study.budgets[-1], [seed], run)
+    cfg = folder_config(config, study, lr, steps, [seed], run)
     tc = train_config_for(cfg, design.model_copy(update={"seed": seed}), run)
-    train(tc.model_copy(update={"snapshot_steps": study.budgets, "output_dir": str(run)}))
+    train(tc.model_copy(update={"snapshot_steps": [k for k in study.budgets if k <= steps], "output_dir": str(run)}))
     return run
 
 
@@ -128,7 +131,7 @@ def run_study(config: ExperimentConfig, study: StudySettings, console=None) -> P
     for lr in study.lrs:
         for design in designs:
             console.rule(f"sweep: {design.name}, lr {_lr(lr)}, seed {first}")
-            runs[lr, first, design.name] = _train_run(config, study, lr, first, design, out)
+            runs[lr, first, design.name] = _train_run(config, study, lr, first, design, out, max(sweep_budgets))
         for k in sweep_budgets:
             cfg = folder_config(config, study, lr, k, [first], out / "sweep" / f"lr{_lr(lr)}-steps{k}")
             _write_folder(cfg)
@@ -146,9 +149,8 @@ def run_study(config: ExperimentConfig, study: StudySettings, console=None) -> P
     # 3. seeds at the picked lr, every budget
     for seed in study.seeds:
         for design in designs:
-            if (picked, seed, design.name) not in runs:
-                console.rule(f"seeds: {design.name}, lr {_lr(picked)}, seed {seed}")
-                runs[picked, seed, design.name] = _train_run(config, study, picked, seed, design, out)
+            console.rule(f"seeds: {design.name}, lr {_lr(picked)}, seed {seed}")
+            runs[picked, seed, design.name] = _train_run(config, study, picked, seed, design, out, study.budgets[-1])
     folders = []
     for k in study.budgets:
         cfg = folder_config(config, study, picked, k, study.seeds, out / f"lr{_lr(picked)}-steps{k}")

@@ -40,6 +40,10 @@ def test_constant_lr_snapshot_equals_the_shorter_run(tiny_llama, tmp_path):
     c = EmbeddingModel.from_pretrained(tmp_path / "long" / "final", device="cpu").encode(TEXTS)
     assert np.abs(a - b).max() < 1e-5  # the same model
     assert np.abs(a - c).max() > 1e-4  # and not the 5-step one
+    # A constant-lr run may be extended: 2 steps, then 5, is the 5-step run.
+    extended = _train(tmp_path, tiny_llama, "short", 5)
+    d = EmbeddingModel.from_pretrained(extended, device="cpu").encode(TEXTS)
+    assert np.abs(c - d).max() < 1e-5
 
 
 def test_study_settings_checked():

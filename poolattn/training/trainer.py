@@ -83,7 +83,10 @@ class Trainer:
         if saved.exists():
             old = json.loads(saved.read_text())
             new = self.config.model_dump(mode="json")
-            diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k))
+            free = set(RESUMABLE_FIELDS)
+            if old.get("schedule") == new.get("schedule") == "constant":
+                free.add("max_steps")  # a constant lr does not depend on the run's length: the run may be extended
+            diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
             if diff:
                 raise ValueError(f"{self.out} holds a run with a different config ({', '.join(diff)} differ); "
                                  f"use another output_dir (only {', '.join(sorted(RESUMABLE_FIELDS))} may change "
