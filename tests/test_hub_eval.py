@@ -91,3 +91,31 @@ def test_aggregate_task_is_scored_as_mteb_combines_it(tiny_model, tmp_path, monk
     per_task = [sum(p["ndcg_at_10"]) / len(p["ndcg_at_10"]) for p in items["parts"]]
     assert score.main_score == pytest.approx(sum(per_task) / len(per_task), abs=1e-4)  # mteb rounds to 5 places
     assert score.main_score > 0.5  # a query identical to its document ranks it first
+
+
+def test_languages_reach_the_evaluation_from_the_cli_and_the_experiment(monkeypatch, tmp_path):
+    """`poolattn eval --languages` and the experiment's `eval.languages` choose the subsets (default English)."""
+    from typer.testing import CliRunner
+
+    import poolattn.evaluation as evaluation
+    from poolattn.cli import app
+    from poolattn.experiment import ExperimentConfig, _evaluate
+
+    seen = []
+
+    def fake(model, tasks, **kw):
+        seen.append(kw["languages"])
+        (tmp_path / "out").mkdir(exist_ok=True)
+        (tmp_path / "out" / "summary.md").write_text("")
+        return {}
+
+    monkeypatch.setattr(evaluation, "evaluate", fake)
+    monkeypatch.setattr(evaluation, "load_model", lambda *a, **k: None)
+    for flag, want in ((None, ["eng"]), ("deu,fra", ["deu", "fra"]), ("all", None)):
+        args = ["eval", "-m", "smollm2-135m", "-t", "STS17", "-o", str(tmp_path / "out")]
+        result = CliRunner().invoke(app, args + (["--languages", flag] if flag else []))
+        assert result.exit_code == 0, result.output
+        assert seen[-1] == want
+    cfg = ExperimentConfig.model_validate({"eval": {"languages": ["deu"]}})
+    _evaluate(None, cfg, tmp_path / "e")
+    assert seen[-1] == ["deu"] and ExperimentConfig().eval.languages == ["eng"]

@@ -64,6 +64,7 @@ for full, leaf in zip(grads, leaves):
 if rank == 0:
     torch.save({"loss": torch.stack(losses).mean(), "grads": grads}, sys.argv[2])
 dist.barrier()
+dist.destroy_process_group()  # left open, gloo aborts at exit about one launch in four (poolattn.distributed)
 """
 
 
@@ -78,14 +79,9 @@ def test_two_processes_score_against_the_global_batch(tmp_path):
     torch.save((q, p, n, mask), tmp_path / "inputs.pt")
     (tmp_path / "worker.py").write_text(WORKER)
     out = tmp_path / "dist.pt"
-    # About one launch in eight, a rank aborts at exit with "terminate called without an active exception"
-    # (a torch/gloo thread teardown issue, after all results are written): such a launch is retried, twice at most.
-    for _ in range(3):
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                               str(tmp_path / "worker.py"), str(tmp_path / "inputs.pt"), str(out)],
-                              capture_output=True, text=True, timeout=300)
-        if proc.returncode == 0 or "terminate called without an active exception" not in proc.stderr:
-            break
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(tmp_path / "worker.py"), str(tmp_path / "inputs.pt"), str(out)],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     got = torch.load(out)
     leaves = [t.clone().requires_grad_() for t in (q, p, n)]

@@ -367,6 +367,60 @@ def test_two_processes_match_one(tiny_llama, tmp_path):
     assert json.loads((Path(cfg.output_dir) / "train_summary.json").read_text())["world_size"] == 2
 
 
+NODE_SCRIPT = """
+import sys
+from poolattn.training import TrainConfig, train
+train(TrainConfig.model_validate_json(open(sys.argv[1]).read()))
+"""
+
+
+def _two_nodes(tmp_path, cfg_file, port):
+    """Two single-process 'nodes' (two torchrun launches, node ranks 0 and 1) in two working directories: a relative
+    output_dir then lands on two separate trees, as on nodes without a shared file system."""
+    procs = []
+    for node in (0, 1):
+        cwd = tmp_path / f"node{node}"
+        cwd.mkdir(exist_ok=True)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}",
+             "--master_addr=127.0.0.1", f"--master_port={port}", str(tmp_path / "node.py"), str(cfg_file)],
+            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV))
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-4000:]
+
+
+@pytest.mark.integration
+def test_save_on_each_node_resumes_without_shared_storage(tiny_llama, tmp_path):
+    """Every node holds whole checkpoints (its own RNG state included) and the final model, and a run extended on
+    both nodes resumes from them: the two nodes end with the same weights."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "node.py").write_text(NODE_SCRIPT)
+    cfg = tiny_config(tiny_llama, tmp_path, max_steps=2, schedule="constant", save_on_each_node=True,
+                      **{"lora.dropout": 0.0}).model_copy(update={"output_dir": "run"})
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    _two_nodes(tmp_path, tmp_path / "cfg.json", port)
+    for node in (0, 1):
+        ckpt = tmp_path / f"node{node}" / "run" / "checkpoints" / "step-000002"
+        assert (ckpt / "trainable.safetensors").exists() and (ckpt / "optimizer.pt").exists()
+        assert (ckpt / f"rng_state_{node}.pt").exists(), sorted(p.name for p in ckpt.iterdir())
+        assert (tmp_path / f"node{node}" / "run" / "final" / "poolattn_config.json").exists()
+    (tmp_path / "cfg.json").write_text(cfg.model_copy(update={"max_steps": 4}).model_dump_json())
+    _two_nodes(tmp_path, tmp_path / "cfg.json", port + 1 if port < 65000 else port - 1)
+    finals = []
+    for node in (0, 1):
+        run = tmp_path / f"node{node}" / "run"
+        assert json.loads((run / "train_summary.json").read_text())["steps"] == 4
+        steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [1, 2, 3, 4]  # resumed at 2 (not restarted): one line per step
+        finals.append(load_file(str(run / "checkpoints" / "step-000004" / "trainable.safetensors")))
+    assert_same(finals[0], finals[1], atol=0)
+
+
 @pytest.mark.parametrize("mode", ["pooler_only", "full_finetune"])
 def test_pooler_only_and_full_finetuning(tiny_llama, tmp_path, mode):
     overrides = {"lora": None, "max_steps": 2, "save_every": 2}

@@ -42,6 +42,9 @@ class TrainConfig(BaseModel):
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 autocast where bf16 is fast
     save_every: int = Field(100, ge=1)
     keep_last: int = Field(2, ge=1)
+    # Nodes without a shared file system: each node's first process writes whole checkpoints and the final model
+    # into its own output_dir (accelerate's name for it); false: rank 0 writes, every rank reads (shared storage).
+    save_on_each_node: bool = False
     # Full model folders (as final/) at these steps, snapshots/step-NNNNNN: with schedule constant the snapshot at
     # step k is the model a k-step run gives (same data order, same lr), so one run serves several budgets.
     snapshot_steps: list[int] = Field(default_factory=list)

@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from ..data import Example, MixedBatchSampler, load_sources
-from ..distributed import world
+from ..distributed import close_at_exit, world
 from ..errors import write_failed
 from ..fileio import write_json, write_text
 from ..distill import distill_loss
@@ -123,7 +123,11 @@ class Trainer:
             raise ValueError(f"device {cfg.device!r}: the launcher placed this process on {acc.device}; under "
                              f"torchrun / accelerate launch use device: auto (each process takes its own GPU)")
         self.rank, self.world = world()  # the process group accelerate opened, or (0, 1)
+        close_at_exit()  # gloo aborts at exit when the group is left open (see poolattn.distributed)
         self.main = self.rank == 0
+        # The process that writes this node's run folder: rank 0 on a shared file system; with save_on_each_node
+        # (nodes without one), each node's first process, so every node holds whole checkpoints to resume from.
+        self.writer = self.main or (cfg.save_on_each_node and acc.is_local_main_process)
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.world} processes")
         self.local_batch = cfg.batch_size // self.world
@@ -187,7 +191,7 @@ class Trainer:
 
         # The run folder is written only now that data and model loaded: a failed start leaves it as it was.
         acc.wait_for_everyone()  # every process has read the old config before the main one rewrites it
-        if self.main:
+        if self.writer:
             self._write_config()
             for stale in checkpoint.clean_leftovers(self.out):
                 log.info("removed %s (left by an interrupted save)", stale)
@@ -199,7 +203,7 @@ class Trainer:
             self.load_checkpoint(checkpoints[-1])
         else:
             set_seed(cfg.seed, device_specific=True)  # different dropout per process
-        if self.main:
+        if self.writer:
             self._truncate_metrics()
         acc.wait_for_everyone()
 
@@ -219,13 +223,13 @@ class Trainer:
 
         acc, name = self.acc, f"step-{self.step:06d}"
         final, tmp = self.ckpt_dir / name, self.ckpt_dir / f"{checkpoint.TMP_PREFIX}{name}"
-        if self.main:
+        if self.writer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         try:  # a failed write (full disk: torch says only "iostream error") names the checkpoint and the reason
             torch.save(checkpoint.rng_state(), tmp / f"rng_state_{self.rank}.pt")
-            if self.main:
+            if self.writer:
                 state = {k: v.detach().contiguous().cpu() for k, v in self.unwrapped.trainable_state_dict().items()}
                 save_file(state, str(tmp / "trainable.safetensors"))
                 torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
@@ -236,10 +240,10 @@ class Trainer:
         except (OSError, RuntimeError) as err:
             shutil.rmtree(tmp, ignore_errors=True)
             raise write_failed(tmp, err) from err
-        if self.teacher is not None and self.main:
+        if self.teacher is not None and self.writer:
             self.teacher.save()  # teacher vectors are deterministic: a lost cache costs time, never results
         acc.wait_for_everyone()
-        if self.main:
+        if self.writer:
             checkpoint.commit(tmp, final)
             for old in list_checkpoints(self.out)[:-self.config.keep_last]:
                 checkpoint.remove(old)
@@ -251,8 +255,9 @@ class Trainer:
 
         state = json.loads((path / "trainer_state.json").read_text())
         load_trainable_state(self.unwrapped, load_file(str(path / "trainable.safetensors")))
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.acc.device,
-                                                  weights_only=True))
+        # Loaded to the CPU, moved by load_state_dict to each parameter's device: under a multi-node launcher the
+        # saved storages are tagged "cpu:0", which map_location=<the process's device> cannot restore.
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.elapsed_before = state["step"], state["elapsed_s"]
@@ -346,7 +351,7 @@ class Trainer:
         model_log.addFilter(once)
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc=f"train {cfg.model.name}", unit="step",
                    disable=not (self.main and cfg.progress), dynamic_ncols=True)
-        metrics_file = open(self.out / "metrics.jsonl", "a") if self.main else None
+        metrics_file = open(self.out / "metrics.jsonl", "a") if self.writer else None
         try:
             while self.step < cfg.max_steps:
                 if budget is not None and self._elapsed() >= budget:
@@ -388,19 +393,20 @@ class Trainer:
                 if self.step % cfg.save_every == 0:
                     self.save_checkpoint()
                     last_saved = self.step
-                if self.step in cfg.snapshot_steps and self.main:
+                if self.step in cfg.snapshot_steps and self.writer:
                     self.save_model(self.out / "snapshots" / f"step-{self.step:06d}")
                 for cb in self.callbacks:
                     cb(self.step, record)
             if last_saved != self.step:
                 self.save_checkpoint()
             final = self.out / "final"
-            if self.main:
+            if self.writer:
                 self.save_model(final)
                 write_json(self.out / "train_summary.json",
                            {"status": status, "steps": self.step, "max_steps": cfg.max_steps,
                             "elapsed_s": round(self._elapsed(), 2), "final_model": "final", "world_size": self.world})
-                _say(f"{status}: {self.step} steps in {self._elapsed() / 60:.1f} min -> {final}")
+                if self.main:
+                    _say(f"{status}: {self.step} steps in {self._elapsed() / 60:.1f} min -> {final}")
             acc.wait_for_everyone()
             return final
         finally:
