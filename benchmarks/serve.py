@@ -94,6 +94,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--texts-per-request", type=int, default=8)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                    help="another poolattn server with extra serve options, e.g. 'gil5=--gil-switch-ms 5'")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     batches = [texts(args.requests * args.texts_per_request)[i::args.requests] for i in range(args.requests)]
@@ -101,10 +103,12 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     servers, rows = {}, []
     try:  # every server started is stopped, whatever fails
-        port = free_port()
-        servers["poolattn serve"] = (start([sys.executable, "-m", "poolattn.cli", "serve", args.model, "--port", str(port),
-                                            "--served-model-name", "m", "--dtype", args.dtype, "--log-level", "warning"],
-                                           port, logs / "poolattn.log"), f"http://127.0.0.1:{port}", "m")
+        for name, extra in [("poolattn serve", "")] + [v.split("=", 1) for v in args.variant]:
+            port = free_port()
+            servers[name] = (start([sys.executable, "-m", "poolattn.cli", "serve", args.model, "--port", str(port),
+                                    "--served-model-name", "m", "--dtype", args.dtype, "--log-level", "warning",
+                                    *extra.split()], port, logs / f"{name.replace(' ', '-')}.log"),
+                             f"http://127.0.0.1:{port}", "m")
         if args.infinity:
             export = args.export or f"{args.model.rstrip('/')}-st"
             if not Path(export).exists():

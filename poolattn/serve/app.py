@@ -11,6 +11,7 @@ import asyncio
 import base64
 import logging
 import secrets
+import sys
 import time
 from contextlib import asynccontextmanager
 
@@ -147,6 +148,12 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # The inference thread gives up the GIL inside every torch op and needs it back between ops (hundreds per
+        # forward); while the event loop parses and answers requests it waits up to the switch interval each time
+        # (CPython's default 5 ms). A shorter interval hands the GIL back sooner; restored on shutdown.
+        switch = sys.getswitchinterval()
+        if settings.gil_switch_ms is not None:
+            sys.setswitchinterval(settings.gil_switch_ms / 1000)
         app.state.batcher = Batcher(engine.encode, engine.dim, batch_tokens=settings.batch_tokens,
                                     max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
                                     wait_s=settings.batch_wait_ms / 1000, metrics=metrics).start()
@@ -154,6 +161,7 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
             yield
         finally:  # uvicorn has let requests in flight finish by now
             await anyio.to_thread.run_sync(app.state.batcher.close)
+            sys.setswitchinterval(switch)
 
     app = FastAPI(title="poolattn embeddings", lifespan=lifespan,
                   responses={s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 422, 429)})
@@ -215,8 +223,12 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
         vectors = truncate_dims(vectors, req.dimensions)
         n_tokens = sum(len(x) for x, _ in ids)
         data = [Embedding(index=i, embedding=e) for i, e in enumerate(_encode_vectors(vectors, req.encoding_format))]
-        return EmbeddingResponse(data=data, model=settings.model_name,
+        body = EmbeddingResponse(data=data, model=settings.model_name,
                                  usage=Usage(prompt_tokens=n_tokens, total_tokens=n_tokens))
+        # Serialised by pydantic-core (Rust) straight to bytes: FastAPI's own path (validate against
+        # response_model again, jsonable_encoder, json.dumps) holds the GIL for milliseconds per response, and
+        # every millisecond the event loop holds it the inference thread waits between two torch ops.
+        return Response(body.model_dump_json(), media_type="application/json")
 
     @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(check_key)])
     async def models():

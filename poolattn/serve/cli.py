@@ -27,6 +27,7 @@ def serve_command(
     max_batch_size: int = typer.Option(_F["max_batch_size"].default, help=_help("max_batch_size")),
     max_queue: int = typer.Option(_F["max_queue"].default, help=_help("max_queue")),
     batch_wait_ms: float = typer.Option(_F["batch_wait_ms"].default, help=_help("batch_wait_ms")),
+    gil_switch_ms: float = typer.Option(_F["gil_switch_ms"].default, help=_help("gil_switch_ms")),
     instruction: str = typer.Option(None, help=_help("instruction")),
     graceful_shutdown_s: float = typer.Option(_F["graceful_shutdown_s"].default, help=_help("graceful_shutdown_s")),
     pooling: str = typer.Option(None, help="design of a fresh model on a backbone (default eos)"),
@@ -54,7 +55,7 @@ def serve_command(
         settings = ServeSettings(model_name=name, api_key=api_key, max_inputs=max_inputs,
                                  max_input_tokens=max_input_tokens, truncate=truncate, max_body_bytes=max_body_bytes,
                                  batch_tokens=batch_tokens, max_batch_size=max_batch_size, max_queue=max_queue,
-                                 batch_wait_ms=batch_wait_ms, instruction=instruction,
+                                 batch_wait_ms=batch_wait_ms, gil_switch_ms=gil_switch_ms, instruction=instruction,
                                  graceful_shutdown_s=graceful_shutdown_s)
     except ValidationError as err:
         raise typer.BadParameter("; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"

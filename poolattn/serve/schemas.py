@@ -21,6 +21,8 @@ class ServeSettings(BaseModel):
     max_batch_size: PositiveInt = Field(256, description="inputs per encoded batch")
     max_queue: PositiveInt = Field(8192, description="inputs waiting or being encoded; more gets 429")
     batch_wait_ms: float = Field(0.0, ge=0, description="how long the worker waits for a batch to fill")
+    gil_switch_ms: float | None = Field(0.5, gt=0, description="Python's GIL switch interval while serving (CPython's "
+                                        "default 5 ms lets the event loop stall the inference thread); None: keep")
     instruction: str | None = Field(None, description="instruction for requests that do not send one "
                                                       "(default: none, as for documents)")
     graceful_shutdown_s: float = Field(30.0, gt=0, description="on SIGTERM, how long requests in flight may take")
