@@ -25,6 +25,9 @@ DESIGNS = {  # name: (pooling, attention, pooling_kwargs)
     "latent": ("latent", "causal", {"num_latents": 4, "num_heads": 4}),
     "latent-nvembed": ("latent", "bidirectional", {"preset": "nvembed", "num_latents": 4, "num_heads": 4}),
     "multilayer-bi": ("multilayer", "bidirectional", {"num_latents": 4, "num_heads": 4}),
+    "mean-layers": ("mean", "causal", {"layers": [1]}),  # not ST's own Pooling: exported with the module file
+    "multilayer-meaninit": ("multilayer", "bidirectional", {"num_latents": 4, "num_heads": 2, "head_dim": 32,
+                                                            "init": "mean", "layers": [1, 2]}),
 }
 
 # Loads every export with poolattn unimportable, as on a machine without it.

@@ -207,3 +207,46 @@ def test_head_width_rule_and_explicit_override():
         build_pooler("multilayer", 16, 3, preset="nvembed")
     with pytest.raises(ValueError, match="tokens must be 'last' or 'mean'"):
         build_pooler("multilayer", 16, 3, tokens="all")
+
+
+def test_mean_over_chosen_layers():
+    hs = _states()
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    pool = build_pooler("mean", 16, 3, layers=[1, -1])
+    assert pool.needs_all_layers and pool.get_config() == {"layers": [1, -1]}
+    want = (hs[1][0, :3].mean(0) + hs[3][0, :3].mean(0)) / 2
+    assert torch.allclose(pool(hs, mask)[0], want, atol=1e-6)
+    assert not build_pooler("mean", 16, 3).needs_all_layers
+    with pytest.raises(ValueError, match="out of range"):
+        build_pooler("mean", 16, 3, layers=[4])
+
+
+@pytest.mark.parametrize("name,kw", [("multilayer", {"tokens": "mean"}), ("multilayer", {"tokens": "last"}),
+                                     ("latent", {"tokens": "all"})])
+def test_mean_init_starts_as_the_mean_of_standardised_context(name, kw):
+    """init='mean': step 0 is the mean of the (layer-norm standardised) context vectors, and every parameter
+    that shapes the function from there gets a gradient."""
+    from torch.nn.functional import layer_norm, normalize
+
+    from poolattn.pooling import last_token_index, masked_mean
+
+    hs = _states(B=2, D=16, L=3)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    pool = build_pooler(name, 16, 3, num_latents=4, num_heads=2, head_dim=8, init="mean", **kw)
+    rows = torch.arange(2)
+    if name == "multilayer" and kw["tokens"] == "mean":
+        ctx, m = torch.stack([masked_mean(hs[i], mask) for i in (1, 2, 3)], 1), torch.ones(2, 3)
+    elif name == "multilayer":
+        ctx, m = torch.stack([hs[i][rows, last_token_index(mask)] for i in (1, 2, 3)], 1), torch.ones(2, 3)
+    else:
+        ctx, m = hs[-1], mask.float()
+    want = normalize((layer_norm(ctx, (16,)) * m[..., None]).sum(1) / m.sum(1, keepdim=True), dim=-1)
+    out = pool(hs, mask)
+    assert torch.allclose(out, want, atol=1e-5)
+    assert pool.get_config()["init"] == "mean"
+    out.pow(3).sum().backward()
+    assert pool.block.latents.grad.abs().sum() > 0 and pool.block.ff.proj_out.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="inner width"):
+        build_pooler(name, 16, 3, num_latents=4, num_heads=2, head_dim=4, init="mean", **kw)
+    with pytest.raises(ValueError, match="init must be"):
+        build_pooler(name, 16, 3, init="zeros", **kw)

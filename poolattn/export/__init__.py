@@ -104,13 +104,18 @@ def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def _st_native(model) -> bool:
+    """Whether sentence-transformers' own Pooling computes this design (last layer, no options)."""
+    return model.config.pooling in ST_POOLING and not model.pooler.get_config()
+
+
 def _sentence_transformers(model, out: Path) -> None:
     from .. import pooling
 
     cfg, dim = model.config, model.embedding_dim
     mask_prompt = bool(getattr(cfg, "mask_instruction", False))
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
-    if cfg.pooling in ST_POOLING:
+    if _st_native(model):
         modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
         # word_embedding_dimension: the key every sentence-transformers version reads (6.x renames it on load)
         _write_json(out / "1_Pooling" / "config.json", {"word_embedding_dimension": dim, "pooling_mode": ST_POOLING[cfg.pooling],
@@ -153,9 +158,10 @@ def export_model(folder: str | Path, out: str | Path, fmt: Literal["sentence-tra
     if fmt not in ("sentence-transformers", "hf"):
         raise ValueError(f"unknown export format {fmt!r}; valid: sentence-transformers, hf")
     model = EmbeddingModel.from_pretrained(folder, dtype="float32", device="cpu").eval()
-    if fmt == "hf" and model.config.pooling not in ST_POOLING:
-        raise ValueError(f"--format hf needs a design with built-in pooling (eos, mean; weighted_mean: ST only), "
-                         f"not {model.config.pooling!r}: use --format sentence-transformers")
+    if fmt == "hf" and not _st_native(model):
+        raise ValueError(f"--format hf needs a design with built-in pooling (eos, mean of the last layer; "
+                         f"weighted_mean: ST only), not {model.config.pooling!r} {model.pooler.get_config() or ''}: "
+                         f"use --format sentence-transformers")
     backbone, cos = _merged(model)
     backbone.config.output_hidden_states = bool(model.pooler.needs_all_layers)
     backbone = backbone.to(getattr(torch, dtype))
