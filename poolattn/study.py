@@ -13,7 +13,8 @@ to it unchanged. Phases:
      are the sweep's, extended);
   4. a report per folder, and study.json / study.md: the sweep table, and per budget and category each design's
      mean +- seed SD and, per design pair, the difference, its seed SD, item SE and minimum detectable effect.
-Resumable: a finished training, snapshot evaluation or report is never redone.
+Resumable: a finished training or snapshot evaluation is never redone, and the picked lr stays picked, so designs
+added to the config later (levers measured against the same reference runs) cost only their own runs.
 """
 from __future__ import annotations
 
@@ -127,8 +128,10 @@ def run_study(config: ExperimentConfig, study: StudySettings, console=None) -> P
     sweep_budgets = study.sweep_budgets or study.budgets
     runs: dict[tuple[float, int, str], Path] = {}
 
-    # 1. sweep: every lr at the first seed
-    for lr in study.lrs:
+    # 1. sweep: every lr at the first seed (once decided, the pick stays: designs added to a study later, e.g.
+    #    levers measured against the same references, train at the picked lr only and reuse every finished run)
+    decided = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").exists() else None
+    for lr in ([decided["picked_lr"]] if decided else study.lrs):
         for design in designs:
             console.rule(f"sweep: {design.name}, lr {_lr(lr)}, seed {first}")
             runs[lr, first, design.name] = _train_run(config, study, lr, first, design, out, max(sweep_budgets))
@@ -140,12 +143,16 @@ def run_study(config: ExperimentConfig, study: StudySettings, console=None) -> P
                                    Path(cfg.output_dir) / "runs" / design.name / "eval", console)
     # 2. pick the lr
     last = max(sweep_budgets)
-    means = {_lr(lr): _mean_score(out / "sweep" / f"lr{_lr(lr)}-steps{last}") for lr in study.lrs}
-    picked = max(study.lrs, key=lambda lr: means[_lr(lr)])
-    write_json(out / "sweep.json", {"criterion": f"mean main score over designs and tasks at {last} steps",
-                                    "mean_score": means, "picked_lr": picked})
-    console.print(f"picked lr {_lr(picked)} (mean score at {last} steps: "
-                  + ", ".join(f"{k} {v:.4f}" for k, v in means.items()) + ")")
+    if decided:
+        picked = decided["picked_lr"]
+    else:
+        means = {_lr(lr): _mean_score(out / "sweep" / f"lr{_lr(lr)}-steps{last}") for lr in study.lrs}
+        picked = max(study.lrs, key=lambda lr: means[_lr(lr)])
+        write_json(out / "sweep.json", {"criterion": f"mean main score over designs and tasks at {last} steps",
+                                        "designs": [d.name for d in designs], "mean_score": means,
+                                        "picked_lr": picked})
+        console.print(f"picked lr {_lr(picked)} (mean score at {last} steps: "
+                      + ", ".join(f"{k} {v:.4f}" for k, v in means.items()) + ")")
     # 3. seeds at the picked lr, every budget
     for seed in study.seeds:
         for design in designs:
@@ -165,8 +172,7 @@ def run_study(config: ExperimentConfig, study: StudySettings, console=None) -> P
             _evaluate_snapshot(cfg, runs[picked, seed, d.replicate_of or d.name], k, eval_dir, console)
     # 4. reports and the study table
     for folder in folders + sorted((out / "sweep").glob("lr*-steps*")):
-        if not (folder / "report.json").exists():
-            write_report(folder, progress=False)
+        write_report(folder, progress=False)  # again each time: designs may have been added
     data = summarise(out, study, picked, runs)
     write_json(out / "study.json", data)
     write_text(out / "study.md", render_study(data))

@@ -80,7 +80,14 @@ def test_tiny_study_end_to_end(tiny_llama, data_dir, tmp_path):
     pair = data["budgets"][0]["pairs"][0]
     assert pair["mde"] > 0 and pair["seed_sd"] is not None
     assert "| 2 |" in (out / "study.md").read_text()
-    # resumed: nothing is redone
+    # resumed with one more design (a lever against the same references): only its runs are trained, at the
+    # picked lr; nothing else is redone and the pick stays
     stamp = (out / f"lr{picked}-steps3" / "runs" / "mean-bi-s2" / "eval" / "summary.json").stat().st_mtime_ns
-    run_study(cfg, study)
+    more = cfg.model_copy(update={"designs": cfg.designs + [Design(name="wmean", pooling="weighted_mean")]})
+    run_study(more, study)
     assert (out / f"lr{picked}-steps3" / "runs" / "mean-bi-s2" / "eval" / "summary.json").stat().st_mtime_ns == stamp
+    assert json.loads((out / "sweep.json").read_text()) == sweep
+    assert sorted(p.name for p in (out / "train").glob("*/wmean-*")) == ["wmean-s1", "wmean-s2"]
+    assert len(list((out / "train").glob(f"lr{picked}/wmean-*"))) == 2
+    data = json.loads((out / "study.json").read_text())
+    assert {(r["a"], r["b"]) for r in data["budgets"][1]["pairs"]} >= {("eos-causal", "wmean"), ("mean-bi", "wmean")}
