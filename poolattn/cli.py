@@ -166,10 +166,13 @@ def eval_(
 
     from rich import print as rprint
 
+    from .device import resolve_device
+    from .distributed import ensure_group, is_main
     from .evaluation import TaskUnavailable, evaluate, load_model, resolve_tasks
     from .fileio import check_input_file, check_output_dir
 
     check_output_dir(output)
+    ensure_group(resolve_device(device).type)  # under torchrun every rank encodes its share; rank 0 scores
     if instructions is not None:
         check_input_file(instructions, "--instructions")
     try:
@@ -183,8 +186,9 @@ def eval_(
     except TaskUnavailable as e:
         rprint(f"[red]{e}[/red]")
         raise typer.Exit(1) from e
-    rprint(f"[green]{len(scores)} task(s)[/green] -> {output}")
-    rprint((Path(output) / "summary.md").read_text())
+    if is_main():
+        rprint(f"[green]{len(scores)} task(s)[/green] -> {output}")
+        rprint((Path(output) / "summary.md").read_text())
 
 
 # --- report command (report) ---
