@@ -263,7 +263,7 @@ def study(
     device: str = typer.Option(None, callback=_check_device, help=f"{DEVICE_HELP} (default: the config's, auto)"),
 ):
     """Measure what budget tells designs apart: an lr sweep, then every seed at the picked lr, evaluated at several
-    step budgets from one constant-lr run each; writes study.md / study.json and a report per (lr, budget).
+    step budgets from one constant-lr run each; writes <name>.md / .json and a report per (lr, budget).
     Run it again to resume."""
     from rich import print as rprint
 
@@ -274,7 +274,7 @@ def study(
     cfg, settings = load_study(check_input_file(config, "CONFIG"), set_)
     check_output_dir(cfg.output_dir, "output_dir")
     out = run_study(cfg, settings)
-    rprint(f"[green]study[/green]: {out / 'study.md'}")
+    rprint(f"[green]study[/green]: {out / (cfg.name + '.md')}")
 
 
 @app.command()

@@ -11,7 +11,7 @@ to it unchanged. Phases:
   2. pick: the lr with the best mean main score (over designs and tasks) at the largest sweep budget;
   3. seeds: every seed at the picked lr to the largest budget, evaluated at every budget (the first seed's runs
      are the sweep's, extended);
-  4. a report per folder, and study.json / study.md: the sweep table, and per budget and category each design's
+  4. a report per folder, and <name>.json / <name>.md (the config's name): the sweep table, and per budget and category each design's
      mean +- seed SD and, per design pair, the difference, its seed SD, item SE and minimum detectable effect.
 Resumable: a finished training or snapshot evaluation is never redone, and the picked lr stays picked, so designs
 added to the config later (levers measured against the same reference runs) cost only their own runs.
@@ -174,8 +174,8 @@ def run_study(config: ExperimentConfig, study: StudySettings, console=None) -> P
     for folder in folders + sorted((out / "sweep").glob("lr*-steps*")):
         write_report(folder, progress=False)  # again each time: designs may have been added
     data = summarise(out, study, picked, runs)
-    write_json(out / "study.json", data)
-    write_text(out / "study.md", render_study(data))
+    write_json(out / f"{config.name}.json", data)  # named after the config: a lever study on the same folder
+    write_text(out / f"{config.name}.md", render_study(data))  # keeps the budget study's table
     return out
 
 

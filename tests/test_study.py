@@ -64,7 +64,7 @@ def test_tiny_study_end_to_end(tiny_llama, data_dir, tmp_path):
     cfg.eval.tasks = ["BIOSSES"]
     cfg = cfg.model_copy(update={"designs": [Design(name="eos-causal", pooling="eos"),
                                              Design(name="mean-bi", pooling="mean", attention="bidirectional")],
-                                 "output_dir": str(tmp_path / "study")})
+                                 "output_dir": str(tmp_path / "study"), "name": "study"})
     study = StudySettings(lrs=[1e-4, 1e-3], budgets=[2, 3], sweep_budgets=[3], seeds=[1, 2], warmup_steps=1)
     out = run_study(cfg, study)
     sweep = json.loads((out / "sweep.json").read_text())
