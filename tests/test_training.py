@@ -438,3 +438,16 @@ def test_pooler_only_and_full_finetuning(tiny_llama, tmp_path, mode):
         with pytest.raises(ValueError, match="nothing to train"):
             train(tiny_config(tiny_llama, tmp_path / "eos", **overrides, **{"model.pooling": "eos",
                                                                               "model.pooling_kwargs": {}}))
+
+
+def test_resume_accepts_a_run_started_before_a_field_existed_and_refuses_a_changed_one(tiny_llama, tmp_path):
+    cfg = tiny_config(tiny_llama, tmp_path, max_steps=2, schedule="constant")
+    train(cfg)
+    saved = Path(cfg.output_dir) / "config.json"
+    old = json.loads(saved.read_text())
+    old.pop("save_on_each_node")  # as written by a version without the field
+    saved.write_text(json.dumps(old))
+    train(cfg.model_copy(update={"max_steps": 3}))  # constant lr: may be extended
+    assert json.loads((Path(cfg.output_dir) / "train_summary.json").read_text())["steps"] == 3
+    with pytest.raises(ValueError, match="different config .*lr"):
+        train(cfg.model_copy(update={"max_steps": 4, "lr": 5e-4}))

@@ -82,6 +82,11 @@ class Trainer:
         saved = self.out / "config.json"
         if saved.exists():
             old = json.loads(saved.read_text())
+            try:  # validated again, so fields added since the run started compare at their defaults
+                old = type(self.config).model_validate({k: v for k, v in old.items()
+                                                        if k in type(self.config).model_fields}).model_dump(mode="json")
+            except ValueError:
+                pass  # compared as written: every differing field is named below
             new = self.config.model_dump(mode="json")
             free = set(RESUMABLE_FIELDS)
             if old.get("schedule") == new.get("schedule") == "constant":
