@@ -91,6 +91,9 @@ def test_seeds_replicate_every_design_and_the_report_averages_them(tiny_llama, d
     rep = json.loads(paths["json"].read_text())["replicates"]["eos-causal"]
     assert rep["runs"] == ["eos-causal-s1", "eos-causal-s2"] and rep["sd"]["STS"] >= 0
     assert "Mean over seeds" in paths["md"].read_text()
+    # a configured design named as the reference (as default.yaml does) means its first seed's run
+    again = write_report(exp, progress=False, reference="eos-causal")
+    assert json.loads(again["json"].read_text())["reference"] == "eos-causal-s1"
 
     # A folder pinned before a config field existed still resumes (the field compares at its default).
     pinned = yaml.safe_load((exp / "experiment.yaml").read_text())

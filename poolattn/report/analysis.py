@@ -31,11 +31,14 @@ def analyse(exp: Experiment, settings: ReportSettings, items: dict[tuple[str, st
     runs x task, one Holm family), Wilcoxon tests (every pair x category and over all tasks, another family).
     items: (run, task) -> per-item results (poolattn.report.folder.load_run_items)."""
     ref = settings.reference or exp.designs[0]
+    table, first = design_table(exp.config), default_seed(exp.config)
+    if ref not in exp.columns:  # a replicated design names its first seed's run (e.g. 1-eos-causal-s42)
+        ref = next((d for d in exp.columns if table.get(d, {}).get("replicate_of") == ref
+                    and table[d].get("seed") == first), ref)
     if ref not in exp.columns:
         raise ValueError(f"unknown reference design {ref!r}; valid: {exp.columns}")
     # With several seeds the single-run tests compare one seed's runs only (replicate against replicate would enter
     # the Holm family as if each were a design); the design-level answer over seeds is seed_level.
-    table, first = design_table(exp.config), default_seed(exp.config)
     replicated = any(table.get(d, {}).get("replicate_of") for d in exp.designs)
     runs = [d for d in exp.designs if not table.get(d, {}).get("replicate_of") or table[d].get("seed") == first
             or d == ref]
