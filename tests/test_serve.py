@@ -212,3 +212,11 @@ def test_instruction_masked_out_of_pooling_matches_encode(tiny_llama):
 
     resp = run_with_client(create_app(model, settings()), calls)
     assert np.abs(np.array([d.embedding for d in resp.data]) - ref).max() < 1e-5
+
+
+def test_batch_limits_follow_the_device_unless_set():
+    from poolattn.serve.schemas import ServeSettings
+
+    assert ServeSettings().batch_limits("cpu") == (4096, 32)
+    assert ServeSettings().batch_limits("cuda") == (16384, 256)
+    assert ServeSettings(batch_tokens=100, max_batch_size=7).batch_limits("cpu") == (100, 7)

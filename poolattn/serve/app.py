@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import numpy as np
+import torch
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -154,8 +155,9 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
         switch = sys.getswitchinterval()
         if settings.gil_switch_ms is not None:
             sys.setswitchinterval(settings.gil_switch_ms / 1000)
-        app.state.batcher = Batcher(engine.encode, engine.dim, batch_tokens=settings.batch_tokens,
-                                    max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
+        batch_tokens, max_batch_size = settings.batch_limits(torch.device(engine.model.device).type)
+        app.state.batcher = Batcher(engine.encode, engine.dim, batch_tokens=batch_tokens,
+                                    max_batch_size=max_batch_size, max_queue=settings.max_queue,
                                     wait_s=settings.batch_wait_ms / 1000, metrics=metrics).start()
         try:
             yield
