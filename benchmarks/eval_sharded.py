@@ -48,7 +48,7 @@ def main() -> None:
         one, many = Path(tmp) / "one", Path(tmp) / "many"
         t1 = run([sys.executable, *base, "-o", str(one)], {**env, "OMP_NUM_THREADS": str(cores)})
         tn = run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-                  *base[1:], "-o", str(many)], {**env, "OMP_NUM_THREADS": str(max(cores // args.nproc, 1))})
+                  *base, "-o", str(many)], {**env, "OMP_NUM_THREADS": str(max(cores // args.nproc, 1))})
         a, b = scores(one), scores(many)
     diff = max(abs(a[t] - b[t]) for t in a)
     print(f"{args.model} {args.pooling}, tasks {args.tasks}, {cores} cores")
