@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 PROBE_STEPS = 3  # the first step warms up: 2 timed intervals
 EVAL_PROBE_TEXTS = 256
 TRAINABLE_POOLERS = ("latent", "multilayer")
-PLACEHOLDER = ("seed SD is a placeholder (not yet measured); the lead's budget study replaces it")
+PLACEHOLDER = ("seed SD is a placeholder (this many steps not yet measured: the 60-step SD of the budget study)")
 
 
 class Recipe(BaseModel):
@@ -50,19 +50,24 @@ class Recipe(BaseModel):
     seed_sd: float  # SD over seeds of a category-average paired difference at this many steps
     item_se: float  # item SE of a category-average difference shared by all seeds
     measured: bool = False  # False: seed_sd / item_se are placeholders
+    schedule: str = "constant"
+    batch_size: int = 16
+    max_length: int = 32
 
 
 # Ordered: smallest useful first (three seeds: with two, the t test on one degree of freedom detects nothing
-# smaller than ~14 SEs). lr and warmup follow the literature's range (1e-4..5e-4 with warmup).
-# PLACEHOLDER seed_sd / item_se (units: score fraction, 0.03 = 3 points): guesses until the lead's measured
-# study (issue 10, deliverable 3) fills them in and sets measured=True.
+# smaller than ~14 SEs). Measured by the budget study (configs/study_budget.yaml, runs/study-budget/study-budget.md;
+# SmolLM2-135M, designs 1 and 5, lr 1e-3 constant after 5 warmup steps, batch 16 x 32 tokens, seeds 42-44, STS and
+# clustering tasks of the lite suite): the SD over seeds of the design-5-minus-design-1 difference of the all-task
+# average was 25.6 points at 30 steps and 18.2 at 60; its shared item SE 0.5 points (at 30 steps the estimate
+# clipped to 0; the 60-step value is used for both). The lr is the sweep's pick (1e-4, 3e-4, 1e-3 at seed 42).
+# The 200-step rows are not measured: their SD is the 60-step one (placeholders until a study measures them).
 RECIPES: tuple[Recipe, ...] = (
-    Recipe(steps=20, seeds=3, lr=5e-4, warmup_steps=5, seed_sd=0.040, item_se=0.008),
-    Recipe(steps=40, seeds=3, lr=4e-4, warmup_steps=8, seed_sd=0.030, item_se=0.008),
-    Recipe(steps=80, seeds=3, lr=3e-4, warmup_steps=10, seed_sd=0.025, item_se=0.008),
-    Recipe(steps=80, seeds=5, lr=3e-4, warmup_steps=10, seed_sd=0.025, item_se=0.008),
-    Recipe(steps=200, seeds=3, lr=2e-4, warmup_steps=20, seed_sd=0.020, item_se=0.008),
-    Recipe(steps=200, seeds=5, lr=2e-4, warmup_steps=20, seed_sd=0.020, item_se=0.008),
+    Recipe(steps=30, seeds=3, lr=1e-3, warmup_steps=5, seed_sd=0.256, item_se=0.0046, measured=True),
+    Recipe(steps=60, seeds=3, lr=1e-3, warmup_steps=5, seed_sd=0.182, item_se=0.0046, measured=True),
+    Recipe(steps=60, seeds=5, lr=1e-3, warmup_steps=5, seed_sd=0.182, item_se=0.0046, measured=True),
+    Recipe(steps=200, seeds=3, lr=1e-3, warmup_steps=5, seed_sd=0.182, item_se=0.0046),
+    Recipe(steps=200, seeds=5, lr=1e-3, warmup_steps=5, seed_sd=0.182, item_se=0.0046),
 )
 
 
@@ -181,13 +186,13 @@ def choose(config: ExperimentConfig, m: Measurement, budget_minutes: float,
 
 
 def apply_choice(config: ExperimentConfig, choice: dict) -> ExperimentConfig:
-    """The config with the chosen steps, lr, warmup (every design the same) and seeds (the configured ones first,
-    then the next integers)."""
+    """The config with the chosen steps, lr, warmup, schedule, batch and length (every design the same: the recipe
+    as the study measured it) and seeds (the configured ones first, then the next integers)."""
     seeds = list(config.seeds or [config.seed])
     while len(seeds) < choice["seeds"]:
         seeds.append(max(seeds) + 1)
-    train = {**config.train, "max_steps": choice["steps"], "lr": choice["lr"],
-             "warmup_steps": choice["warmup_steps"]}
+    train = {**config.train, "max_steps": choice["steps"], "lr": choice["lr"], "warmup_steps": choice["warmup_steps"],
+             **{k: choice[k] for k in ("schedule", "batch_size", "max_length") if k in choice}}
     return config.model_copy(update={"train": train, "seeds": seeds[:choice["seeds"]]})
 
 
@@ -206,7 +211,7 @@ def plan(config: ExperimentConfig, folder: Path, measure_fn=None) -> tuple[Exper
         mde = minimum_detectable_effect(recipe.seed_sd, recipe.item_se, recipe.seeds)
         record["choice"] = recipe.model_dump() | {
             "estimated_minutes": est["total_minutes"], "mde": mde,
-            "mde_source": "recipe table's measured seed SD" if recipe.measured else PLACEHOLDER}
+            "mde_source": "seed SD measured by the budget study" if recipe.measured else PLACEHOLDER}
         record["estimate"] = est
         config = apply_choice(config, record["choice"])
     else:

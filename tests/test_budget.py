@@ -45,7 +45,7 @@ def test_refuses_in_one_line_before_training_when_the_smallest_recipe_does_not_f
     with pytest.raises(BudgetError) as err:
         run_experiment(cfg, progress=False)
     msg = str(err.value)
-    assert "\n" not in msg and "budget_minutes=5" in msg and "20 steps x 3 seeds" in msg and "estimated 11" in msg
+    assert "\n" not in msg and "budget_minutes=5" in msg and "30 steps x 3 seeds" in msg and "estimated" in msg
     assert not (tmp_path / "exp" / "runs").exists() and not (tmp_path / "exp" / "budget.json").exists()
 
 
@@ -56,8 +56,10 @@ def test_choice_is_applied_written_and_kept_on_resume(tmp_path):
     expected = choose(cfg, M, 60)[0]
     assert (c["steps"], c["seeds"]) == (expected.steps, expected.seeds)
     assert run.train["max_steps"] == c["steps"] and run.train["lr"] == c["lr"] and run.seeds[0] == 7
+    assert (run.train["schedule"], run.train["batch_size"]) == (expected.schedule, expected.batch_size)
     assert len(run.seeds) == c["seeds"] == len(set(run.seeds))
-    assert 0 < c["mde"] < 1 and "placeholder" in c["mde_source"]  # the recipe SDs are not measured yet
+    assert 0 < c["mde"] < 1 and c["mde_source"] == ("seed SD measured by the budget study" if expected.measured
+                                                    else budget.PLACEHOLDER)
     saved = json.loads((tmp_path / "budget.json").read_text())
     assert saved["choice"] == c and saved["budget_minutes"] == 60
 
@@ -73,7 +75,8 @@ def test_estimate_is_printed_with_the_choice(tmp_path):
     print_estimate(record, Console(file=out, width=200))
     text = out.getvalue()
     assert f"{record['estimate']['total_minutes']:.1f} min" in text and "ml" in text and "2.00" in text
-    assert "budget 60 min: chose" in text and "placeholder" in text
+    flat = " ".join(text.split())  # rich wraps long lines
+    assert "budget 60 min: chose" in text and " ".join(record["choice"]["mde_source"].split()) in flat
 
 
 @pytest.mark.slow  # real training steps (the end-to-end test in test_experiment.py measures too)
@@ -97,3 +100,11 @@ def test_report_leads_with_the_budgets_choice_and_its_detectable_effect(tmp_path
     c = record["choice"]
     assert f"the chooser picked {c['steps']} steps x {c['seeds']} seeds" in lead
     assert f"{100 * c['mde']:.2f} points" in lead and "placeholder" in lead
+
+
+def test_recipe_table_is_ordered_and_the_measured_rows_come_from_the_study():
+    assert [r.steps * r.seeds for r in RECIPES] == sorted(r.steps * r.seeds for r in RECIPES)
+    measured = [r for r in RECIPES if r.measured]
+    assert measured and all(r.lr == 1e-3 and r.schedule == "constant" for r in measured)
+    # more steps, less seed noise (25.6 points at 30 steps, 18.2 at 60)
+    assert RECIPES[0].seed_sd > RECIPES[1].seed_sd
