@@ -38,6 +38,12 @@ class Pooler(nn.Module):
     def get_config(self) -> dict[str, Any]:
         return {}
 
+    def _check_all_layers(self, hidden_states: Sequence[torch.Tensor]) -> None:
+        """A pooler that reads chosen layers needs the embeddings and every layer's states."""
+        if len(hidden_states) != self.num_layers + 1:
+            raise ValueError(f"{self.name} pooling expects {self.num_layers + 1} hidden states (embeddings + "
+                             f"{self.num_layers} layers), got {len(hidden_states)}")
+
     @property
     def output_dim(self) -> int:
         return self.hidden_size
@@ -70,9 +76,7 @@ class MeanPooling(Pooler):
     def forward(self, hidden_states, mask):
         if self.layers is None:
             return masked_mean(hidden_states[-1].float(), mask)
-        if len(hidden_states) != self.num_layers + 1:
-            raise ValueError(f"mean pooling over layers {self.layers} expects {self.num_layers + 1} hidden states, "
-                             f"got {len(hidden_states)}")
+        self._check_all_layers(hidden_states)
         return torch.stack([masked_mean(hidden_states[i], mask) for i in self.layers]).mean(0)
 
 
@@ -329,9 +333,7 @@ class MultiLayerPooling(TrainablePooler):
             nn.init.normal_(self.layer_embedding.weight, std=0.0 if opts.get("init") == "mean" else opts["init_std"])
 
     def forward(self, hidden_states, mask):
-        if len(hidden_states) != self.num_layers + 1:
-            raise ValueError(f"multilayer pooling expects {self.num_layers + 1} hidden states (embeddings + "
-                             f"{self.num_layers} layers), got {len(hidden_states)}")
+        self._check_all_layers(hidden_states)
         if self.options["tokens"] == "last":
             rows, last = torch.arange(mask.shape[0], device=mask.device), last_token_index(mask)
             vectors = torch.stack([hidden_states[i][rows, last].float() for i in self.layers], dim=1)

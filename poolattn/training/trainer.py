@@ -94,7 +94,7 @@ class Trainer:
             diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
             if diff:
                 raise ValueError(f"{self.out} holds a run with a different config ({', '.join(diff)} differ); "
-                                 f"use another output_dir (only {', '.join(sorted(RESUMABLE_FIELDS))} may change "
+                                 f"use another output_dir (only {', '.join(sorted(free))} may change "
                                  f"on resume)")
 
     def _write_config(self) -> None:
