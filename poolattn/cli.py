@@ -1,6 +1,8 @@
 """Command line: thin typer wrappers over the library; every command's work lives in its own module."""
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from .errors import ErrorBoundary, UserError
@@ -312,5 +314,21 @@ from .export.cli import export_command  # noqa: E402
 app.command("export")(export_command)
 
 
+def main() -> None:
+    """The `poolattn` entry point: typer's app, except that a process which opened a process group (torchrun,
+    accelerate launch) leaves through distributed.exit_process, so gloo cannot abort it after its work is done."""
+    from . import distributed
+
+    try:
+        app()
+    except SystemExit as e:
+        if not distributed.opened_group():
+            raise
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):
+            print(e.code, file=sys.stderr)
+        distributed.exit_process(code)
+
+
 if __name__ == "__main__":
-    app()
+    main()

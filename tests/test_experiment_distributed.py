@@ -84,3 +84,42 @@ def test_ranks_exit_cleanly_every_time(tmp_path):
         if proc.returncode:
             failed.append(proc.stderr[-500:])
     assert not failed, failed[0]
+
+
+EXIT_SCRIPT = """
+import atexit, sys
+from pathlib import Path
+import torch.distributed as dist
+from poolattn.distributed import exit_process
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=0, world_size=1)
+atexit.register(lambda: Path(sys.argv[1]).write_text("atexit ran; group open: %s" % dist.is_initialized()))
+print("unterminated line", end="")
+exit_process(3)
+print("never reached")
+"""
+
+
+def test_exit_process_runs_exit_handlers_flushes_and_keeps_the_code(tmp_path):
+    """The hard exit that replaces gloo's static teardown still does what a normal exit does: atexit handlers run
+    (after the group is destroyed), buffered output reaches the pipe, and the exit code is the one asked for."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "exit.py").write_text(EXIT_SCRIPT)
+    proc = subprocess.run([sys.executable, str(tmp_path / "exit.py"), str(tmp_path / "mark"), str(port)],
+                          capture_output=True, text=True, timeout=120, env=ENV)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stdout == "unterminated line"
+    assert (tmp_path / "mark").read_text() == "atexit ran; group open: False"
+
+
+def test_cli_main_exits_normally_without_a_group(monkeypatch):
+    """Outside a launcher the entry point is typer's own: SystemExit propagates with its code."""
+    from poolattn import cli
+
+    monkeypatch.setattr(sys, "argv", ["poolattn", "--help"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 0

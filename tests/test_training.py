@@ -338,6 +338,8 @@ for chunk in (None, 3):
 final = train(cfg)
 if t.main:
     torch.save(results, sys.argv[2])
+from poolattn.distributed import exit_process
+exit_process(0)  # as a user's torchrun script should end: gloo can abort at exit otherwise (poolattn.distributed)
 """
 
 
@@ -371,6 +373,8 @@ NODE_SCRIPT = """
 import sys
 from poolattn.training import TrainConfig, train
 train(TrainConfig.model_validate_json(open(sys.argv[1]).read()))
+from poolattn.distributed import exit_process
+exit_process(0)
 """
 
 
