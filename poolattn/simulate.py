@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .seedstats import seed_effect
-from .stats import Items, item_bootstrap, paired_test, wilcoxon_test
+from .stats import Items, item_bootstrap, paired_test
+from .family import wilcoxon_test
 
 KINDS = ("spearman", "ap", "accuracy", "ndcg_at_10")
 

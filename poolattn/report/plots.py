@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..stats import PairedResult, significance
+from ..stats import PairedResult
+from ..family import significance
 from .analysis import oriented
 
 

@@ -10,7 +10,8 @@ import itertools
 import numpy as np
 
 from ..seedstats import SeedEffect, seed_effect
-from ..stats import Items, holm_adjust, item_bootstrap, score_of, wilcoxon_test
+from ..stats import Items, item_bootstrap, score_of
+from ..family import holm_adjust, wilcoxon_test
 
 
 def design_runs(table: dict[str, dict], runs: list[str], default_seed: int) -> dict[str, dict[int, str]]:
