@@ -37,6 +37,24 @@ class Design(BaseModel):
     mask_instruction: bool = False  # leave instruction tokens out of pooling (NV-Embed's pool mask)
     seed: int | None = None  # set when the grid is replicated over `seeds` (the name then ends in -s<seed>)
     replicate_of: str | None = None  # the configured design this replicate belongs to
+    # A lever: TrainConfig fields this design trains with instead of the experiment's `train` (max_length, lora,
+    # distill, ...; a mapping merges one level deep: {lora: {r: 32}} keeps the shared alpha and dropout). The
+    # paper's designs change none; a report lists every change.
+    train: dict[str, Any] = {}
+    lever_of: str | None = None  # the design this one changes one thing of: the study's lever table compares them
+
+    @field_validator("train")
+    @classmethod
+    def _train_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from .training import TrainConfig
+
+        fixed = {"model", "output_dir", "seed", "snapshot_steps"} & set(v)
+        if fixed:
+            raise ValueError(f"a design's train may not set {sorted(fixed)}: the experiment sets them per design")
+        unknown = set(v) - set(TrainConfig.model_fields)
+        if unknown:
+            raise ValueError(f"unknown training field(s) {sorted(unknown)}; valid: {', '.join(TrainConfig.model_fields)}")
+        return v
 
 
 # The paper's five designs as its reference code (yixuantt/PoolingAndAttn @57791d5, model_loaders/model1-5.py)
@@ -137,6 +155,11 @@ class ExperimentConfig(BaseModel):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"design names must be unique; repeated: {dup}")
+        configured = [d.name for d in self.designs]
+        for d in self.designs:
+            if d.lever_of is not None and (d.lever_of not in configured or d.lever_of == d.name):
+                raise ValueError(f"design {d.name!r}: lever_of {d.lever_of!r} must name another configured design "
+                                 f"({', '.join(n for n in configured if n != d.name)})")
         return self
 
     @model_validator(mode="after")
@@ -194,11 +217,20 @@ def _changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [prefix.rstrip(".")] if old != new else []
 
 
+def merge_train(shared: dict[str, Any], lever: dict[str, Any]) -> dict[str, Any]:
+    """The experiment's training fields with a design's lever over them (mappings merged one level deep)."""
+    out = dict(shared)
+    for k, v in lever.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def train_config_for(config: ExperimentConfig, design: Design, run_dir: Path):
-    """Every design gets the same training settings, data and seed: only the model config differs."""
+    """Every design gets the same training settings, data and seed: only the model config differs, and a lever
+    design's own `train` fields."""
     from .training import TrainConfig
 
-    raw = {**config.train, "model": config.model_config_for(design).model_dump(),
+    raw = {**merge_train(config.train, design.train), "model": config.model_config_for(design).model_dump(),
            "output_dir": str(run_dir / "train"), "seed": config.seed_for(design)}
     raw.setdefault("data_dir", config.eval.data_dir)
     raw.setdefault("device", config.device)

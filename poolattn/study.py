@@ -61,7 +61,13 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[Ex
         raise ValueError(f"{path}: a study config needs a `study:` section (lrs, budgets, seeds); "
                          f"see configs/study_budget.yaml")
     study = StudySettings.model_validate(raw.pop("study"))
-    return ExperimentConfig.model_validate(raw), study
+    config = ExperimentConfig.model_validate(raw)
+    for d in config.designs:
+        axes = {"lr", "max_steps", "schedule", "warmup_steps", "max_time_minutes"} & set(d.train)
+        if axes:
+            raise ValueError(f"{path}: design {d.name!r} sets {sorted(axes)} in its train: the study sets those "
+                             f"for every design (study.lrs, study.budgets, study.warmup_steps)")
+    return config, study
 
 
 def _lr(lr: float) -> str:
@@ -173,7 +179,7 @@ def run_study(config: ExperimentConfig, study: StudySettings, console=None) -> P
     # 4. reports and the study table
     for folder in folders + sorted((out / "sweep").glob("lr*-steps*")):
         write_report(folder, progress=False)  # again each time: designs may have been added
-    data = summarise(out, study, picked, runs)
+    data = summarise(out, study, picked, runs, config)
     write_json(out / f"{config.name}.json", data)  # named after the config: a lever study on the same folder
     write_text(out / f"{config.name}.md", render_study(data))  # keeps the budget study's table
     return out
@@ -198,12 +204,51 @@ def _step_seconds(run: Path) -> float:
     return float(np.median(np.diff(t))) if len(t) > 2 else float("nan")
 
 
-def summarise(out: Path, study: StudySettings, picked: float, runs: dict) -> dict[str, Any]:
-    """study.json: the sweep (first seed), and per budget at the picked lr the seed statistics."""
+def _changes(design, base) -> str:
+    """What a lever design changes against the design it is a lever of, in config terms."""
+    out = [f"{k}: {json.dumps(getattr(design, k))}" for k in ("pooling", "attention", "mask_instruction")
+           if getattr(design, k) != getattr(base, k)]
+    kw = {k: v for k, v in design.pooling_kwargs.items() if base.pooling_kwargs.get(k) != v}
+    kw.update({k: None for k in base.pooling_kwargs if k not in design.pooling_kwargs})
+    out += [f"pooling_kwargs.{k}: {json.dumps(v)}" for k, v in kw.items()]
+    out += [f"train.{k}: {json.dumps(v)}" for k, v in design.train.items() if base.train.get(k) != v]
+    return "; ".join(out) or "nothing"
+
+
+def lever_rows(config: ExperimentConfig, pairs: list[dict], step_s: dict[str, list[float]]) -> list[dict]:
+    """For every design with `lever_of`: its seed-level effect against that design per category (lever - base,
+    CI and Holm p from the report), and the median seconds per step of both."""
+    by_name = {d.name: d for d in config.designs}
+    rows = []
+    for d in config.designs:
+        if d.lever_of is None:
+            continue
+        for pair in pairs:
+            if {pair["a"], pair["b"]} != {d.name, d.lever_of}:
+                continue
+            sign = 1 if pair["b"] == d.name else -1
+            lo, hi = pair["ci_low"], pair["ci_high"]
+            rows.append({"lever": d.name, "base": d.lever_of, "changes": _changes(d, by_name[d.lever_of]),
+                         "category": pair["category"], "effect": sign * pair["diff"],
+                         "ci_low": sign * (lo if sign > 0 else hi), "ci_high": sign * (hi if sign > 0 else lo),
+                         "p_holm": pair["p_holm"], "seed_sd": pair["seed_sd"], "n_seeds": pair.get("n_seeds"),
+                         "step_s": float(np.median(step_s.get(d.name) or [np.nan])),
+                         "base_step_s": float(np.median(step_s.get(d.lever_of) or [np.nan]))})
+    return rows
+
+
+def summarise(out: Path, study: StudySettings, picked: float, runs: dict,
+              config: ExperimentConfig | None = None) -> dict[str, Any]:
+    """study.json: the sweep (first seed), and per budget at the picked lr the seed statistics (and the lever
+    table when designs name what they are a lever of)."""
     sweep = []
     for folder in sorted((out / "sweep").glob("lr*-steps*")):
         for p in sorted(folder.glob("runs/*/eval/summary.json")):
             sweep.append({"folder": folder.name, "design": p.parent.parent.name, **_category_scores(p)})
+    picked_step_s: dict[str, list[float]] = {}
+    for (lr, _, name), run in runs.items():
+        if lr == picked:
+            picked_step_s.setdefault(name, []).append(_step_seconds(run))
     budgets = []
     for k in study.budgets:
         folder = out / f"lr{_lr(picked)}-steps{k}"
@@ -214,22 +259,28 @@ def summarise(out: Path, study: StudySettings, picked: float, runs: dict) -> dic
                 per_design.setdefault(name, {}).setdefault(c, []).append(v)
         report = json.loads((folder / "report.json").read_text())
         pairs = [{k2: r.get(k2) for k2 in ("a", "b", "category", "diff", "ci_low", "ci_high", "seed_sd", "item_se",
-                                           "mde", "p_value", "p_holm")}
+                                           "mde", "p_value", "p_holm", "n_seeds")}
                  for r in report["seed_level"]["categories"]]
         budgets.append({"steps": k, "folder": folder.name, "designs": {
             d: {c: {"mean": float(np.mean(v)), "seed_sd": float(np.std(v, ddof=1)) if len(v) > 1 else None,
-                    "n": len(v)} for c, v in cats.items()} for d, cats in per_design.items()}, "pairs": pairs})
+                    "n": len(v)} for c, v in cats.items()} for d, cats in per_design.items()}, "pairs": pairs,
+            "levers": lever_rows(config, pairs, picked_step_s) if config is not None else []})
     step_s = {f"{name} lr {_lr(lr)} s{seed}": _step_seconds(run) for (lr, seed, name), run in runs.items()}
-    return {"lrs": study.lrs, "picked_lr": picked, "budgets_steps": study.budgets, "seeds": study.seeds,
-            "sweep": sweep, "budgets": budgets, "seconds_per_step": step_s}
+    return {"name": config.name if config is not None else "study", "lrs": study.lrs, "picked_lr": picked,
+            "budgets_steps": study.budgets, "seeds": study.seeds, "sweep": sweep, "budgets": budgets,
+            "seconds_per_step": step_s}
 
 
 def _f(x: float | None, scale: float = 1.0) -> str:
     return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{scale * x:.2f}"
 
 
+def _p(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def render_study(data: dict) -> str:
-    lines = [f"# Budget study", "",
+    lines = [f"# Study: {data.get('name', 'study')}", "",
              f"Constant lr after warmup; seeds {data['seeds']}; picked lr **{_lr(data['picked_lr'])}** "
              f"(best mean main score in the sweep).", "", "## lr sweep (first seed; category averages x100)", ""]
     cats = sorted({c for r in data["sweep"] for c in r if c not in ("folder", "design")} - {ALL}) + [ALL]
@@ -251,6 +302,19 @@ def render_study(data: dict) -> str:
             lines.append(f"| {b['steps']} | {c} | " + " | ".join(cells) + f" | {pair['b']} - {pair['a']} | "
                          f"{_f(pair['diff'], 100)} | {_f(pair['seed_sd'], 100)} | {_f(pair['item_se'], 100)} | "
                          f"{_f(pair['mde'], 100)} |")
+    levers = [(b["steps"], r) for b in data["budgets"] for r in b.get("levers", [])]
+    if levers:
+        lines += ["", "## Levers", "",
+                  "Each lever design changes one thing of the design it is a lever of; same data, seeds and "
+                  "evaluation. Effect: lever - base, mean over seeds of the paired difference of the category "
+                  "average (x100), with the 95% CI and Holm-adjusted p of the seed-level test (seed and item "
+                  "variance both in it). Seconds per step: median over the runs of the lever / of its base.", "",
+                  "| steps | lever | changes | vs | category | effect | 95% CI | p (Holm) | seeds | s/step |",
+                  "|---:|---|---|---|---|---:|---|---:|---:|---|"]
+        lines += [f"| {k} | {r['lever']} | {r['changes']} | {r['base']} | {r['category']} | {_f(r['effect'], 100)} | "
+                  f"[{_f(r['ci_low'], 100)}, {_f(r['ci_high'], 100)}] | "
+                  f"{_p(r['p_holm'])} | {r['n_seeds']} | "
+                  f"{_f(r['step_s'], 1)} / {_f(r['base_step_s'], 1)} |" for k, r in levers]
     lines += ["", "Median seconds per training step: " + ", ".join(
         f"{k} {v:.1f}" for k, v in sorted(data["seconds_per_step"].items())), ""]
     return "\n".join(lines)

@@ -174,3 +174,24 @@ def test_named_designs_and_extends(tmp_path):
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     with pytest.raises(ValueError, match="loops back"):
         ExperimentConfig.load(tmp_path / "b.yaml")
+
+
+def test_design_levers_merge_into_the_shared_training_and_are_checked(tmp_path):
+    from poolattn.experiment import merge_train, train_config_for
+
+    shared = {"lora": {"r": 16, "alpha": 32, "dropout": 0.1}, "max_length": 32, "batch_size": 16}
+    assert merge_train(shared, {"lora": {"r": 4}, "max_length": 64}) == {
+        "lora": {"r": 4, "alpha": 32, "dropout": 0.1}, "max_length": 64, "batch_size": 16}
+    assert shared["lora"]["r"] == 16  # the shared settings are not changed in place
+    with pytest.raises(ValueError, match="unknown training field"):
+        Design(name="x", pooling="eos", train={"max_lenght": 64})
+    with pytest.raises(ValueError, match="may not set"):
+        Design(name="x", pooling="eos", train={"seed": 1})
+    base = [Design(name="a", pooling="eos")]
+    with pytest.raises(ValueError, match="lever_of 'b'"):
+        ExperimentConfig(designs=base + [Design(name="c", pooling="eos", lever_of="b")])
+    cfg = ExperimentConfig(designs=base + [Design(name="c", pooling="eos", lever_of="a", train={"max_length": 64})],
+                           train={"max_length": 32, "batch_size": 8})
+    tc = train_config_for(cfg, cfg.designs[1], tmp_path)
+    assert tc.max_length == 64 and tc.batch_size == 8
+    assert train_config_for(cfg, cfg.designs[0], tmp_path).max_length == 32

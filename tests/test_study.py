@@ -1,6 +1,7 @@
 """The budget study on a tiny model: a constant-lr snapshot at step k is the k-step run, and the study writes its
 sweep, seed folders, reports and table."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,11 +84,45 @@ def test_tiny_study_end_to_end(tiny_llama, data_dir, tmp_path):
     # resumed with one more design (a lever against the same references): only its runs are trained, at the
     # picked lr; nothing else is redone and the pick stays
     stamp = (out / f"lr{picked}-steps3" / "runs" / "mean-bi-s2" / "eval" / "summary.json").stat().st_mtime_ns
-    more = cfg.model_copy(update={"designs": cfg.designs + [Design(name="wmean", pooling="weighted_mean")]})
+    # The added design is a lever of mean-bi that also trains with another LoRA rank (merged into the shared lora).
+    lever = Design(name="wmean", pooling="weighted_mean", attention="bidirectional", lever_of="mean-bi",
+                   train={"lora": {"r": 2}})
+    more = cfg.model_copy(update={"designs": cfg.designs + [lever]})
     run_study(more, study)
+    saved = json.loads((out / "train" / f"lr{picked}" / "wmean-s1" / "config.json").read_text())
+    assert saved["lora"]["r"] == 2 and saved["lora"]["alpha"] == 8  # rank changed, the shared alpha kept
     assert (out / f"lr{picked}-steps3" / "runs" / "mean-bi-s2" / "eval" / "summary.json").stat().st_mtime_ns == stamp
     assert json.loads((out / "sweep.json").read_text()) == sweep
     assert sorted(p.name for p in (out / "train").glob("*/wmean-*")) == ["wmean-s1", "wmean-s2"]
     assert len(list((out / "train").glob(f"lr{picked}/wmean-*"))) == 2
     data = json.loads((out / "study.json").read_text())
     assert {(r["a"], r["b"]) for r in data["budgets"][1]["pairs"]} >= {("eos-causal", "wmean"), ("mean-bi", "wmean")}
+    levers = data["budgets"][1]["levers"]
+    assert {r["category"] for r in levers} >= {"STS"} and {r["lever"] for r in levers} == {"wmean"}
+    row = next(r for r in levers if r["category"] == "STS")
+    assert row["base"] == "mean-bi" and row["changes"] == 'pooling: "weighted_mean"; train.lora: {"r": 2}'
+    assert row["ci_low"] <= row["effect"] <= row["ci_high"] and row["n_seeds"] == 2
+    pair = next(p for p in data["budgets"][1]["pairs"] if {p["a"], p["b"]} == {"mean-bi", "wmean"}
+                and p["category"] == "STS")
+    assert row["effect"] == pytest.approx(pair["diff"] if pair["b"] == "wmean" else -pair["diff"])
+    md = (out / "study.md").read_text()
+    assert "## Levers" in md and "| 3 | wmean |" in md
+    assert "training changes" in (out / f"lr{picked}-steps3" / "report.md").read_text()
+
+
+def test_study_refuses_a_lever_on_its_own_axes(tmp_path):
+    (tmp_path / "s.yaml").write_text(
+        "extends: %s\nstudy: {lrs: [1.0e-3], budgets: [30], seeds: [1]}\n"
+        "designs: [1-eos-causal, {name: fast, pooling: eos, lever_of: 1-eos-causal, train: {lr: 1.0e-2}}]\n"
+        % (Path("configs/study_budget.yaml").resolve()))
+    with pytest.raises(ValueError, match="study sets those"):
+        load_study(tmp_path / "s.yaml")
+
+
+def test_shipped_lever_study_names_what_each_lever_changes():
+    cfg, _ = load_study("configs/study_levers.yaml")
+    names = [d.name for d in cfg.designs]
+    for d in cfg.designs:
+        if d.lever_of:
+            assert d.lever_of in names
+    assert any(d.train.get("distill") for d in cfg.designs)

@@ -14,7 +14,8 @@ import numpy as np
 import yaml
 from markdown_it import MarkdownIt
 
-from ..stats import PairedResult, WilcoxonResult, significance
+from ..stats import PairedResult
+from ..family import WilcoxonResult, significance
 from .analysis import ALL, oriented
 from .folder import design_table
 from .holds import what_holds
@@ -119,14 +120,22 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
         cfg = data["config"]
         default_seed = (cfg.get("seeds") or [cfg.get("seed", "")])[0]
 
+        levers = any(c.get("train") for c in designs_cfg.values())
+
         def row(d):
             c = designs_cfg.get(d, {})
             seed = c.get("seed") if c.get("seed") is not None else default_seed
             return [d, str(c.get("pooling", "")), str(c.get("attention", "")),
-                    json.dumps(c.get("pooling_kwargs") or {}), str(seed)]
+                    json.dumps(c.get("pooling_kwargs") or {}), str(seed)] + (
+                       [json.dumps(c.get("train") or {})] if levers else [])
         doc.h(2, "Designs")
-        doc.table(["design", "pooling", "attention", "pooling kwargs", "seed"], [row(d) for d in data["designs"]],
-                  numeric=False)
+        doc.table(["design", "pooling", "attention", "pooling kwargs", "seed"] + (
+            ["training changes"] if levers else []), [row(d) for d in data["designs"]], numeric=False)
+        distilled = sorted(d for d, c in designs_cfg.items() if d in data["designs"] and (
+            (c.get("train") or {}).get("distill") or (cfg.get("train") or {}).get("distill")))
+        if distilled:
+            doc.p("**Outside the paper's protocol:** " + ", ".join(distilled) + " trained with a distillation "
+                  "term from a teacher model beside InfoNCE (the paper trains with InfoNCE only).")
 
     training = data.get("training") or {}
     if training:
