@@ -7,8 +7,12 @@ Measured (once per experiment folder, in a throwaway folder):
     with a trainable pooler is charged its step time (the others the first design's). Step time = the trainer's
     elapsed time from the first logged step to the last over the steps between (the first step warms up);
     the rest of the probe's wall time (model load, first step, saving) is charged once per design as overhead;
-  * evaluation: characters per second encoding EVAL_PROBE_TEXTS texts of the suite with the untrained model; the
-    suite's evaluation = its characters to encode (poolattn.evaluation.pack.encode_cost) / that speed.
+  * evaluation: per task, a sample of its texts (EVAL_PROBE_TEXTS over the suite) encoded with the task's instruction
+    as evaluation applies it, by the untrained model (charged to the baseline and the designs without a trainable
+    pooler) and by the probed pooler design (charged to the designs with one); a task's time = its characters to
+    encode (poolattn.evaluation.pack.encode_cost) / the characters per second of its sample. Measured against the
+    default experiment's real evaluations (README): without the instructions and the pooler the estimate was half
+    the time (185 s per model against 364 s for the untrained row and about 510 s for the pooler designs).
 Estimate = baseline evaluation + for every design x seed: overhead + steps x step time + evaluation.
 
 With `budget_minutes` the chooser takes the largest recipe of RECIPES (ordered, smallest useful first) whose
@@ -22,7 +26,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,12 +83,17 @@ class BudgetError(ValueError):
 class Measurement:
     step_seconds: dict[str, float]  # design name (a configured design) -> seconds per training step
     overhead_seconds: float  # per trained design: load, first step, save
-    chars_per_second: float  # evaluation encoding speed
+    chars_per_second: float  # evaluation encoding speed of the untrained model over the suite
     eval_chars: float  # characters the suite encodes per model
+    eval_seconds_by_design: dict[str, float] = field(default_factory=dict)  # a design's evaluation, when measured
 
     @property
     def eval_seconds(self) -> float:
+        """The untrained model's evaluation (the baseline row)."""
         return self.eval_chars / self.chars_per_second
+
+    def eval_for(self, design: str) -> float:
+        return self.eval_seconds_by_design.get(design, self.eval_seconds)
 
 
 def _probe_designs(designs: list[Design]) -> dict[str, Design]:
@@ -127,18 +136,34 @@ def _strings(part, k: int) -> list[str]:
     return [t for c in part.column_names if not c.endswith("id") for t in rows[c] if isinstance(t, str) and t][:k]
 
 
-def _suite_texts(config: ExperimentConfig) -> tuple[list[str], float]:
-    """A sample of the suite's texts (spread over its tasks) and the characters the whole suite encodes."""
+def _suite_samples(config: ExperimentConfig) -> list[tuple[str | None, list[str], float]]:
+    """Per task of the suite: (its instruction as evaluation applies it, a sample of its texts, the characters the
+    whole task encodes)."""
+    from .evaluation.instructions import instruction_for
     from .evaluation.pack import encode_cost, load_task, resolve_tasks, task_spec
 
     tasks = [load_task(task_spec(n, config.eval.data_dir))
              for n in resolve_tasks(config.eval.tasks, config.eval.data_dir)]
     per_task = max(EVAL_PROBE_TEXTS // max(len(tasks), 1), 1)
-    texts: list[str] = []
+    out = []
     for task in tasks:
         data = next(iter(task.dataset.values())) if task.hf_subsets[0] in task.dataset else task.dataset
-        texts += _strings(data[task.eval_splits[0]], per_task)
-    return texts, float(sum(encode_cost(t) for t in tasks))
+        texts = _strings(data[task.eval_splits[0]], per_task)
+        if texts:
+            out.append((instruction_for([task.metadata.name], task.metadata, config.eval.instructions), texts,
+                        float(encode_cost(task))))
+    return out
+
+
+def _eval_seconds(model, samples, batch_size: int) -> float:
+    """Seconds this model takes to encode the suite: per task, its characters at its sample's speed."""
+    model.encode(samples[0][1][:4], instruction=samples[0][0], batch_size=batch_size, show_progress_bar=False)  # warm
+    total = 0.0
+    for instruction, texts, chars in samples:
+        t0 = time.perf_counter()
+        model.encode(texts, instruction=instruction, batch_size=batch_size, show_progress_bar=False)
+        total += chars * max(time.perf_counter() - t0, 1e-6) / max(sum(map(len, texts)), 1)
+    return total
 
 
 def _base_designs(config: ExperimentConfig) -> list[Design]:
@@ -154,18 +179,22 @@ def measure(config: ExperimentConfig) -> Measurement:
     designs = _base_designs(config)
     probes = _probe_designs(designs)
     timed = {name: _probe_step(config, d) for name, d in probes.items()}
-    texts, eval_chars = _suite_texts(config)
-    model = EmbeddingModel(config.model_config_for(config.baseline or designs[0]), device=config.device)
-    t0 = time.perf_counter()
-    model.encode(texts, batch_size=config.eval.batch_size, show_progress_bar=False)
-    speed = sum(map(len, texts)) / max(time.perf_counter() - t0, 1e-6)
+    samples = _suite_samples(config)
+    eval_chars = sum(chars for _, _, chars in samples)
+    plain = _eval_seconds(EmbeddingModel(config.model_config_for(config.baseline or designs[0]),
+                                         device=config.device), samples, config.eval.batch_size)
+    by_probe = {}
+    for name, d in probes.items():  # a pooler's evaluation costs more than the backbone's alone
+        by_probe[name] = plain if d.pooling not in TRAINABLE_POOLERS else _eval_seconds(
+            EmbeddingModel(config.model_config_for(d), device=config.device), samples, config.eval.batch_size)
     return Measurement({d.name: timed[_charged(d, probes)][0] for d in designs},
-                       max(o for _, o in timed.values()), speed, eval_chars)
+                       max(o for _, o in timed.values()), eval_chars / max(plain, 1e-6), eval_chars,
+                       {d.name: by_probe[_charged(d, probes)] for d in designs})
 
 
 def estimate(config: ExperimentConfig, m: Measurement, steps: int, seeds: int) -> dict:
     """Minutes for the baseline evaluation and every design x seed at `steps` steps."""
-    per_design = {name: seeds * (m.overhead_seconds + steps * s + m.eval_seconds) / 60
+    per_design = {name: seeds * (m.overhead_seconds + steps * s + m.eval_for(name)) / 60
                   for name, s in m.step_seconds.items()}
     base = m.eval_seconds / 60 if config.baseline else 0.0
     return {"steps": steps, "seeds": seeds, "baseline_minutes": base, "design_minutes": per_design,
@@ -236,9 +265,11 @@ def print_estimate(record: dict, console) -> None:
     for name, minutes in est["design_minutes"].items():
         table.add_row(name, f"{m['step_seconds'][name]:.2f}", f"{minutes:.1f}")
     console.print(table)
-    console.print(f"evaluation: {m['eval_chars'] / 1e6:.2f} M characters per model at "
-                  f"{m['chars_per_second']:.0f} chars/s = {m['eval_seconds'] / 60:.1f} min; per design "
-                  f"{m['overhead_seconds']:.0f} s of loading and saving")
+    pooled = sorted({v for v in (m.get("eval_seconds_by_design") or {}).values() if v != m["eval_seconds"]})
+    console.print(f"evaluation: {m['eval_chars'] / 1e6:.2f} M characters per model, with the tasks' instructions: "
+                  f"{m['eval_seconds'] / 60:.1f} min for the untrained model"
+                  + (f", {pooled[-1] / 60:.1f} min with a trainable pooler" if pooled else "")
+                  + f"; per design {m['overhead_seconds']:.0f} s of loading and saving")
     c = record.get("choice")
     if c:
         console.print(f"budget {record['budget_minutes']:g} min: chose {c['steps']} steps x {c['seeds']} seeds "

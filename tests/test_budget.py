@@ -28,6 +28,11 @@ def test_estimate_adds_baseline_and_every_design_times_seeds(tmp_path):
     assert e["baseline_minutes"] == pytest.approx(1.0)
     assert e["design_minutes"] == pytest.approx({"eos": 3 * (10 + 20 + 60) / 60, "ml": 3 * (10 + 40 + 60) / 60})
     assert e["total_minutes"] == pytest.approx(1 + 4.5 + 5.5)
+    # a design whose evaluation was measured on its own (a trainable pooler: 90 s) is charged that
+    slow = Measurement(M.step_seconds, 10.0, 1000.0, 60_000.0, {"eos": 60.0, "ml": 90.0})
+    e = estimate(_cfg(tmp_path), slow, steps=20, seeds=3)
+    assert e["baseline_minutes"] == pytest.approx(1.0)
+    assert e["design_minutes"]["ml"] == pytest.approx(3 * (10 + 40 + 90) / 60)
 
 
 def test_choice_is_the_largest_recipe_that_fits(tmp_path):
@@ -85,6 +90,9 @@ def test_measures_the_tiny_model_and_charges_pooler_designs_their_own_step(tiny_
     m = budget.measure(cfg)
     assert set(m.step_seconds) == {"eos-causal", "multilayer-bi"} and all(s > 0 for s in m.step_seconds.values())
     assert m.chars_per_second > 0 and m.eval_chars > 1000 and m.overhead_seconds >= 0
+    # each design is charged the evaluation of its kind: the untrained model's for eos, the pooler probe's for ml
+    assert m.eval_seconds_by_design["eos-causal"] == pytest.approx(m.eval_seconds)
+    assert m.eval_seconds_by_design["multilayer-bi"] > 0
     assert not list(tmp_path.glob("exp/runs/*"))  # the probe trains in a throwaway folder
 
 
