@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 PROBE_STEPS = 3  # the first step warms up: 2 timed intervals
 EVAL_PROBE_TEXTS = 256
 TRAINABLE_POOLERS = ("latent", "multilayer")
-PLACEHOLDER = ("seed SD is a placeholder (this many steps not yet measured: the 60-step SD of the budget study)")
+PLACEHOLDER = ("seed SD is a placeholder (this many steps not yet measured: the 120-step SD of the budget study)")
 
 
 class Recipe(BaseModel):
@@ -70,8 +70,9 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(steps=30, seeds=3, lr=1e-3, warmup_steps=5, seed_sd=0.256, item_se=0.0046, measured=True),
     Recipe(steps=60, seeds=3, lr=1e-3, warmup_steps=5, seed_sd=0.182, item_se=0.0046, measured=True),
     Recipe(steps=60, seeds=5, lr=1e-3, warmup_steps=5, seed_sd=0.182, item_se=0.0046, measured=True),
-    Recipe(steps=200, seeds=3, lr=1e-3, warmup_steps=5, seed_sd=0.182, item_se=0.0046),
-    Recipe(steps=200, seeds=5, lr=1e-3, warmup_steps=5, seed_sd=0.182, item_se=0.0046),
+    Recipe(steps=120, seeds=3, lr=1e-3, warmup_steps=5, seed_sd=0.124, item_se=0.0091, measured=True),
+    Recipe(steps=120, seeds=5, lr=1e-3, warmup_steps=5, seed_sd=0.124, item_se=0.0091, measured=True),
+    Recipe(steps=200, seeds=5, lr=1e-3, warmup_steps=5, seed_sd=0.124, item_se=0.0091),
 )
 
 
