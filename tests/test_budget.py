@@ -103,7 +103,9 @@ def test_report_leads_with_the_budgets_choice_and_its_detectable_effect(tmp_path
 
     folder = write_synthetic_experiment(tmp_path / "exp", designs={"1-eos-causal": (0.0, 1), "2-mean-causal": (0.5, 2)}, baseline=None,
                                         tasks={"STS1": ("STS", 300)})
-    _, record = plan(_cfg(tmp_path, budget_minutes=60), folder, measure_fn=lambda config: M)
+    # 70 min under M picks the largest row, 200 steps x 5 seeds, whose seed SD is still a placeholder
+    _, record = plan(_cfg(tmp_path, budget_minutes=70), folder, measure_fn=lambda config: M)
+    assert not record["choice"]["measured"]
     lead = write_report(folder, progress=False)["md"].read_text().split("## What holds", 1)[1].split("\n## ")[0]
     c = record["choice"]
     assert f"the chooser picked {c['steps']} steps x {c['seeds']} seeds" in lead
