@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .experiment import ExperimentConfig, _evaluate, train_config_for
+from .experiment import ExperimentConfig, _changed_fields, _evaluate, train_config_for
 from .fileio import write_json, write_text
 from .report.folder import read_summary
 
@@ -205,14 +205,17 @@ def _step_seconds(run: Path) -> float:
 
 
 def _changes(design, base) -> str:
-    """What a lever design changes against the design it is a lever of, in config terms."""
-    out = [f"{k}: {json.dumps(getattr(design, k))}" for k in ("pooling", "attention", "mask_instruction")
-           if getattr(design, k) != getattr(base, k)]
-    kw = {k: v for k, v in design.pooling_kwargs.items() if base.pooling_kwargs.get(k) != v}
-    kw.update({k: None for k in base.pooling_kwargs if k not in design.pooling_kwargs})
-    out += [f"pooling_kwargs.{k}: {json.dumps(v)}" for k, v in kw.items()]
-    out += [f"train.{k}: {json.dumps(v)}" for k, v in design.train.items() if base.train.get(k) != v]
-    return "; ".join(out) or "nothing"
+    """What a lever design changes against the design it is a lever of, in config terms (dotted field: new value)."""
+    keys = {"pooling", "attention", "mask_instruction", "pooling_kwargs", "train"}
+    old, new = base.model_dump(include=keys), design.model_dump(include=keys)
+
+    def value(field: str):
+        v = new
+        for part in field.split("."):
+            v = v.get(part) if isinstance(v, dict) else None
+        return v
+
+    return "; ".join(f"{f}: {json.dumps(value(f))}" for f in _changed_fields(old, new)) or "nothing"
 
 
 def lever_rows(config: ExperimentConfig, pairs: list[dict], step_s: dict[str, list[float]]) -> list[dict]:
@@ -226,11 +229,11 @@ def lever_rows(config: ExperimentConfig, pairs: list[dict], step_s: dict[str, li
         for pair in pairs:
             if {pair["a"], pair["b"]} != {d.name, d.lever_of}:
                 continue
-            sign = 1 if pair["b"] == d.name else -1
-            lo, hi = pair["ci_low"], pair["ci_high"]
+            forward = pair["b"] == d.name  # the report's diff is b - a
+            effect, lo, hi = ((pair["diff"], pair["ci_low"], pair["ci_high"]) if forward
+                              else (-pair["diff"], -pair["ci_high"], -pair["ci_low"]))
             rows.append({"lever": d.name, "base": d.lever_of, "changes": _changes(d, by_name[d.lever_of]),
-                         "category": pair["category"], "effect": sign * pair["diff"],
-                         "ci_low": sign * (lo if sign > 0 else hi), "ci_high": sign * (hi if sign > 0 else lo),
+                         "category": pair["category"], "effect": effect, "ci_low": lo, "ci_high": hi,
                          "p_holm": pair["p_holm"], "seed_sd": pair["seed_sd"], "n_seeds": pair.get("n_seeds"),
                          "step_s": float(np.median(step_s.get(d.name) or [np.nan])),
                          "base_step_s": float(np.median(step_s.get(d.lever_of) or [np.nan]))})
@@ -245,10 +248,11 @@ def summarise(out: Path, study: StudySettings, picked: float, runs: dict,
     for folder in sorted((out / "sweep").glob("lr*-steps*")):
         for p in sorted(folder.glob("runs/*/eval/summary.json")):
             sweep.append({"folder": folder.name, "design": p.parent.parent.name, **_category_scores(p)})
+    seconds = {key: _step_seconds(run) for key, run in runs.items()}  # each run's metrics.jsonl read once
     picked_step_s: dict[str, list[float]] = {}
-    for (lr, _, name), run in runs.items():
+    for (lr, _, name), s in seconds.items():
         if lr == picked:
-            picked_step_s.setdefault(name, []).append(_step_seconds(run))
+            picked_step_s.setdefault(name, []).append(s)
     budgets = []
     for k in study.budgets:
         folder = out / f"lr{_lr(picked)}-steps{k}"
@@ -265,7 +269,7 @@ def summarise(out: Path, study: StudySettings, picked: float, runs: dict,
             d: {c: {"mean": float(np.mean(v)), "seed_sd": float(np.std(v, ddof=1)) if len(v) > 1 else None,
                     "n": len(v)} for c, v in cats.items()} for d, cats in per_design.items()}, "pairs": pairs,
             "levers": lever_rows(config, pairs, picked_step_s) if config is not None else []})
-    step_s = {f"{name} lr {_lr(lr)} s{seed}": _step_seconds(run) for (lr, seed, name), run in runs.items()}
+    step_s = {f"{name} lr {_lr(lr)} s{seed}": s for (lr, seed, name), s in seconds.items()}
     return {"name": config.name if config is not None else "study", "lrs": study.lrs, "picked_lr": picked,
             "budgets_steps": study.budgets, "seeds": study.seeds, "sweep": sweep, "budgets": budgets,
             "seconds_per_step": step_s}
