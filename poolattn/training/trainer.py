@@ -314,8 +314,10 @@ class Trainer:
 
         teacher = None
         if self.teacher is not None:  # the teacher sees the raw texts: it knows no instructions
-            tq, tp, tn = (self.teacher.embed(t) for t, _ in texts)
-            tneg = tq.new_zeros(tq.shape).index_copy(0, neg_index.cpu(), tn) if has_neg else tq.new_zeros(tq.shape)
+            tq, tp = (self.teacher.embed(t) for t, _ in texts[:2])
+            tneg = tq.new_zeros(tq.shape)  # a batch may hold no hard negative at all: nothing for the teacher then
+            if has_neg:
+                tneg = tneg.index_copy(0, neg_index.cpu(), self.teacher.embed(texts[2][0]))
             teacher = (tq, torch.cat([tp, tneg]))
 
         def loss_fn(reps: list[torch.Tensor | None]) -> torch.Tensor:
