@@ -220,3 +220,32 @@ def test_batch_limits_follow_the_device_unless_set():
     assert ServeSettings().batch_limits("cpu") == (4096, 32)
     assert ServeSettings().batch_limits("cuda") == (16384, 256)
     assert ServeSettings(batch_tokens=100, max_batch_size=7).batch_limits("cpu") == (100, 7)
+
+
+def test_a_round_takes_whole_requests():
+    """A request is never split across two rounds when it fits in one: its inputs would wait a second round
+    (this made the p99 latency at 50 clients 1.5x the median)."""
+    from poolattn.serve.batcher import Batcher
+
+    rounds: list[list[int]] = []
+
+    class Recording(Batcher):
+        def _take_round(self):
+            items = super()._take_round()
+            if items is not None:
+                rounds.append([id(it.job) for it in items])
+            return items
+
+    async def main():
+        b = Recording(lambda payloads: np.zeros((len(payloads), 2), np.float32), 2, max_batch_size=2)
+        assert b.round_size == 8
+        futures = [b.submit(list(range(5)), [3] * 5) for _ in range(3)]  # 15 inputs queued before the worker runs
+        b.start()
+        await asyncio.gather(*futures)
+        b.close()
+
+    asyncio.run(main())
+    assert [len(r) for r in rounds] == [10, 5]  # 8 is mid-request: the round takes that request's last 2 inputs
+    assert len({j for r in rounds for j in set(r)}) == 3
+    for a, b in zip(rounds, rounds[1:]):
+        assert not set(a) & set(b)  # no request in two rounds
