@@ -3,9 +3,6 @@ design; the merged LoRA; the hf format; model_meta.json against mteb's ModelMeta
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -16,6 +13,7 @@ from poolattn import EmbeddingModel, ModelConfig
 from poolattn.cli import app
 from poolattn.evaluation.instructions import INSTRUCTIONS
 from poolattn.export import export_model
+from poolattn.export.check import encode_without_poolattn
 
 TEXTS = ["the cat sat on the mat", "a man is playing a guitar", "x", "paris is the capital of france " * 3]
 DESIGNS = {  # name: (pooling, attention, pooling_kwargs)
@@ -30,22 +28,6 @@ DESIGNS = {  # name: (pooling, attention, pooling_kwargs)
                                                             "init": "mean", "layers": [1, 2]}),
 }
 
-# Loads every export with poolattn unimportable, as on a machine without it.
-LOADER = textwrap.dedent("""
-    import json, sys
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name == "poolattn" or name.startswith("poolattn."):
-                raise ImportError("poolattn is not installed here")
-    sys.meta_path.insert(0, Block())
-    from sentence_transformers import SentenceTransformer
-    jobs = json.loads(sys.argv[1])
-    out = {}
-    for name, (folder, texts, prompt) in jobs.items():
-        m = SentenceTransformer(folder, trust_remote_code=True, device="cpu")
-        out[name] = {"plain": m.encode(texts).tolist(), "prompted": m.encode(texts, prompt_name=prompt).tolist()}
-    print("RESULT" + json.dumps(out))
-""")
 
 
 def _trained(backbone: str, pooling: str, attention: str, kwargs: dict, seed: int = 0) -> EmbeddingModel:
@@ -66,13 +48,6 @@ def _cos(a, b) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
-def _load_without_poolattn(jobs: dict) -> dict:
-    res = subprocess.run([sys.executable, "-c", LOADER, json.dumps(jobs)], capture_output=True, text=True,
-                         timeout=600, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, cwd="/")
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(res.stdout.split("RESULT", 1)[1])
-
-
 def test_sentence_transformers_export_equals_poolattn_for_every_design(tiny_llama, tmp_path):
     task = "STSBenchmark"
     jobs, refs = {}, {}
@@ -83,7 +58,7 @@ def test_sentence_transformers_export_equals_poolattn_for_every_design(tiny_llam
         model = EmbeddingModel.from_pretrained(folder, device="cpu")  # the unmerged original
         refs[name] = (model.encode(TEXTS), model.encode(TEXTS, instruction=INSTRUCTIONS[task]))
         jobs[name] = (str(tmp_path / f"{name}-st"), TEXTS, task)
-    got = _load_without_poolattn(jobs)
+    got = encode_without_poolattn(jobs)
     worst = {}
     for name, (plain, prompted) in refs.items():
         worst[name] = min(_cos(got[name]["plain"], plain).min(), _cos(got[name]["prompted"], prompted).min())
@@ -134,7 +109,7 @@ def test_smollm2_export_parity_and_mteb_score(tmp_path, data_dir):
     folder = _trained("smollm2-135m", "multilayer", "bidirectional", {"num_latents": 8, "num_heads": 8})
     folder = folder.save_pretrained(tmp_path / "smol")
     export_model(folder, tmp_path / "smol-st")
-    got = _load_without_poolattn({"smol": (str(tmp_path / "smol-st"), TEXTS, "STSBenchmark")})["smol"]
+    got = encode_without_poolattn({"smol": (str(tmp_path / "smol-st"), TEXTS, "STSBenchmark")})["smol"]
     model = EmbeddingModel.from_pretrained(folder, device="cpu")
     assert _cos(got["plain"], model.encode(TEXTS)).min() >= 0.9999
     ours = evaluate(model, ["STSBenchmark"], data_dir=data_dir, output_dir=tmp_path / "ev1", cache=False)
