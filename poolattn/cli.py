@@ -230,11 +230,12 @@ def experiment(
     device: str = typer.Option(None, callback=_check_device, help=f"{DEVICE_HELP} (default: the config's, auto)"),
     no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the embedding cache"),
     design: list[str] = typer.Option([], "--design", help="run only this design (repeatable; `baseline` for the "
-                                     "reference row): separate scheduler jobs on one folder, each design claimed "
-                                     "by the job that runs it; the report is written once every design is done"),
+                                     "untrained row, `peers` for the peer models): separate scheduler jobs on one "
+                                     "folder, each design claimed by the job that runs it; the report is written "
+                                     "once every design is done"),
 ):
-    """Train every design, evaluate each and the untrained backbone, test the differences, write the report.
-    Run it again to resume: finished designs are skipped, an interrupted one resumes from its checkpoint.
+    """Train every design, evaluate each, the untrained backbone and any `peers:`, test the differences, write the
+    report. Run it again to resume: finished designs are skipped, an interrupted one resumes from its checkpoint.
     Under torchrun / accelerate launch every process trains each design and encodes its share of the evaluation."""
     from rich import print as rprint
 

@@ -1,5 +1,6 @@
 """The controlled experiment: every design trained on the same data, order and seed, then evaluated on the same
-tasks, with the untrained backbone as a reference row; then statistics and a report.
+tasks, with the untrained backbone and any peer models (poolattn.references) as reference rows; then statistics
+and a report.
 
 One folder holds everything and is the unit of resumption: a design whose `runs/<name>/eval/summary.json` exists
 is done; one with a checkpoint resumes from it; `experiment.yaml` pins the config the folder was started with.
@@ -7,6 +8,7 @@ is done; one with a checkpoint resumes from it; `experiment.yaml` pins the confi
     EXPERIMENT/experiment.yaml   config as run          EXPERIMENT/environment.json
     EXPERIMENT/runs/<design>/train/   trainer's run folder (checkpoints, metrics.jsonl, final model)
     EXPERIMENT/runs/<design>/eval/    evaluation results (summary.json, <task>.json, <task>.items.json)
+    EXPERIMENT/runs/<baseline>/eval/, runs/peer-<slug>/eval/   reference rows: evaluated, never trained
     EXPERIMENT/report.{md,html,json}, *.png
 """
 from __future__ import annotations
@@ -14,83 +16,19 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .designs import MEAN_BASELINES, PAPER_DESIGNS, Design, named_design  # the registry (once defined here)
 from .fileio import write_json, write_text
 from .model import ModelConfig
+from .references import PEER_PREFIX, Peer, peer_rows
 
 log = logging.getLogger(__name__)
 
 BASELINE = "baseline"
-
-
-class Design(BaseModel):
-    """One cell of the grid: a name and the ModelConfig fields that differ from the experiment's base."""
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    pooling: str
-    attention: Literal["causal", "bidirectional"] = "causal"
-    pooling_kwargs: dict[str, Any] = {}
-    mask_instruction: bool = False  # leave instruction tokens out of pooling (NV-Embed's pool mask)
-    seed: int | None = None  # set when the grid is replicated over `seeds` (the name then ends in -s<seed>)
-    replicate_of: str | None = None  # the configured design this replicate belongs to
-    # A lever: TrainConfig fields this design trains with instead of the experiment's `train` (max_length, lora,
-    # distill, ...; a mapping merges one level deep: {lora: {r: 32}} keeps the shared alpha and dropout). The
-    # paper's designs change none; a report lists every change.
-    train: dict[str, Any] = {}
-    lever_of: str | None = None  # the design this one changes one thing of: the study's lever table compares them
-
-    @field_validator("train")
-    @classmethod
-    def _train_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from .training import TrainConfig
-
-        fixed = {"model", "output_dir", "seed", "snapshot_steps"} & set(v)
-        if fixed:
-            raise ValueError(f"a design's train may not set {sorted(fixed)}: the experiment sets them per design")
-        unknown = set(v) - set(TrainConfig.model_fields)
-        if unknown:
-            raise ValueError(f"unknown training field(s) {sorted(unknown)}; valid: {', '.join(TrainConfig.model_fields)}")
-        return v
-
-
-# The paper's five designs as its reference code (yixuantt/PoolingAndAttn @57791d5, model_loaders/model1-5.py)
-# defines them: 2 = the Perceiver over the last layer's last (EOS) token only, 3 = over each layer's last-token state,
-# 4 = over every last-layer token, 5 = over each layer's masked token mean; pooler preset tang2024 (768 latents).
-_TANG = {"preset": "tang2024"}
-PAPER_DESIGNS = [
-    Design(name="1-eos-causal", pooling="eos", attention="causal"),
-    Design(name="2-lastlayer-causal", pooling="latent", attention="causal", pooling_kwargs={**_TANG, "tokens": "last"}),
-    Design(name="3-multilayer-causal", pooling="multilayer", attention="causal",
-           pooling_kwargs={**_TANG, "tokens": "last"}),
-    Design(name="4-lastlayer-bidirectional", pooling="latent", attention="bidirectional",
-           pooling_kwargs={**_TANG, "tokens": "all"}),
-    Design(name="5-multilayer-bidirectional", pooling="multilayer", attention="bidirectional",
-           pooling_kwargs={**_TANG, "tokens": "mean"}),
-]
-MEAN_BASELINES = [
-    Design(name="mean-causal", pooling="mean", attention="causal"),
-    Design(name="mean-bidirectional", pooling="mean", attention="bidirectional"),
-]
-# Other designs by name: NV-Embed's latent attention (its code: tokens query 512 latents, pool mask without the
-# instruction), and poolattn 0.1's multi-layer pooler (per-layer mean, no latent residual, 16 small latents).
-EXTRA_DESIGNS = [
-    Design(name="nvembed-bidirectional", pooling="latent", attention="bidirectional",
-           pooling_kwargs={"preset": "nvembed"}, mask_instruction=True),
-    Design(name="poolattn0-multilayer-bidirectional", pooling="multilayer", attention="bidirectional",
-           pooling_kwargs={"preset": "poolattn0", "tokens": "mean"}),
-]
-NAMED_DESIGNS = {d.name: d for d in PAPER_DESIGNS + MEAN_BASELINES + EXTRA_DESIGNS}
-
-
-def named_design(name: str) -> Design:
-    if name not in NAMED_DESIGNS:
-        raise ValueError(f"unknown design {name!r}; named designs: {', '.join(NAMED_DESIGNS)} "
-                         f"(or give a mapping with name, pooling, attention, pooling_kwargs)")
-    return NAMED_DESIGNS[name]
 
 
 class ReportSettings(BaseModel):
@@ -121,6 +59,9 @@ class ExperimentConfig(BaseModel):
     designs: list[Design] = Field(default_factory=lambda: list(PAPER_DESIGNS))  # a design or a named design
     include_mean_baselines: bool = False
     baseline: Design | None = Design(name=BASELINE, pooling="mean", attention="causal")  # untrained reference
+    # Established models evaluated as they are beside the designs (reference rows runs/peer-<slug>, not tested):
+    # names or paths poolattn.evaluation.load_model takes, e.g. all-MiniLM-L6-v2.
+    peers: list[str] = []
     train: dict[str, Any] = {}  # TrainConfig fields, shared by every design (model and output_dir are set here)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     seed: int = 42
@@ -155,6 +96,12 @@ class ExperimentConfig(BaseModel):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"design names must be unique; repeated: {dup}")
+        taken = sorted(n for n in names if n.startswith(PEER_PREFIX))
+        if taken:
+            raise ValueError(f"design names may not start with {PEER_PREFIX!r} (peer rows' folders): {taken}")
+        peers = [p.name for p in self.peer_rows()]
+        if len(set(peers)) < len(peers):
+            raise ValueError(f"peers must name different models (rows {peers}): {self.peers}")
         configured = [d.name for d in self.designs]
         for d in self.designs:
             if d.lever_of is not None and (d.lever_of not in configured or d.lever_of == d.name):
@@ -175,6 +122,17 @@ class ExperimentConfig(BaseModel):
             return designs
         return [d.model_copy(update={"name": f"{d.name}-s{s}", "seed": s, "replicate_of": d.name})
                 for d in designs for s in self.seeds]
+
+    def peer_rows(self) -> list[Peer]:
+        return peer_rows(self.peers)
+
+    def reference_rows(self) -> list[Design | Peer]:
+        """The rows evaluated without training: the baseline first, then the peers."""
+        return ([self.baseline] if self.baseline else []) + self.peer_rows()
+
+    def steps(self) -> list[Design | Peer]:
+        """Everything the experiment evaluates, in order: the reference rows, then every design (and replicate)."""
+        return self.reference_rows() + self.all_designs()
 
     def seed_for(self, design: Design) -> int:
         return design.seed if design.seed is not None else (self.seeds[0] if self.seeds else self.seed)
@@ -201,7 +159,7 @@ def _write_yaml_once(folder: Path, config: ExperimentConfig) -> None:
         # Validated again so fields added since the folder was started compare at their defaults.
         before = ExperimentConfig.model_validate(yaml.safe_load(path.read_text())).model_dump(mode="json")
         # Where the run lives and how it is reported may change; what it computes may not.
-        keep = ("output_dir", "report", "device")
+        keep = ("output_dir", "report", "device", "peers")  # a peer may be added to a finished experiment
         changed = [k for k in _changed_fields(before, dumped) if k.split(".")[0] not in keep]
         if changed:
             raise ValueError(f"{path} holds a different experiment config ({', '.join(changed[:5])} changed); "
@@ -252,8 +210,7 @@ def _plan_budget(config: ExperimentConfig, folder: Path, console) -> ExperimentC
     from .distributed import is_main, world
 
     planned = (folder / "budget.json").exists()
-    left = any(not (folder / "runs" / d.name / "eval" / "summary.json").exists()
-               for d in ([config.baseline] if config.baseline else []) + config.all_designs())
+    left = any(not (folder / "runs" / d.name / "eval" / "summary.json").exists() for d in config.steps())
     if not planned and world()[1] > 1:
         if config.budget_minutes is not None:
             raise ValueError("budget_minutes needs this machine measured on one process first (start the "
@@ -268,11 +225,10 @@ def _plan_budget(config: ExperimentConfig, folder: Path, console) -> ExperimentC
 
 
 def pending(folder: str | Path) -> list[str]:
-    """The designs (and baseline) of the experiment pinned in `folder` whose evaluation is not written yet."""
+    """The designs (and reference rows) of the experiment pinned in `folder` whose evaluation is not written yet."""
     folder = Path(folder)
     config = ExperimentConfig.model_validate(yaml.safe_load((folder / "experiment.yaml").read_text()))
-    steps = ([config.baseline] if config.baseline else []) + config.all_designs()
-    return [d.name for d in steps if not (folder / "runs" / d.name / "eval" / "summary.json").exists()]
+    return [d.name for d in config.steps() if not (folder / "runs" / d.name / "eval" / "summary.json").exists()]
 
 
 def _claim(run_dir: Path) -> str | None:
@@ -318,8 +274,9 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
     """Train and evaluate every design (skipping finished ones, resuming interrupted ones); returns the folder
     (poolattn.report.write_report turns it into the report; `poolattn experiment` does both).
     cache=False: evaluate without reading or writing the embedding cache (as `poolattn eval --no-cache`).
-    only: the names of the designs this job runs (`--design`; `baseline` for the reference row): for a scheduler that
-    launches designs as separate jobs on one folder; each design is claimed by the job that runs it.
+    only: the names of the designs this job runs (`--design`; `baseline` for the untrained row, `peers` for every
+    peer, or a peer's row or model name): for a scheduler that launches designs as separate jobs on one folder; each
+    design is claimed by the job that runs it.
     Under torchrun / accelerate launch one process group serves the run: every rank trains each design together and
     encodes its share of every evaluation (rank 0 scores with mteb and writes the files)."""
     from rich.console import Console
@@ -330,24 +287,29 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
     from .distributed import broadcast, ensure_group, is_main, world
     from .model import EmbeddingModel
     from .environment import collect_environment
+    from .references import check_peer, reference_model, selected
     from .training import train
 
     console = Console(stderr=True)
     folder = Path(config.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     ensure_group(resolve_device(config.device).type)
-    steps = ([config.baseline] if config.baseline else []) + config.all_designs()
+    steps = config.steps()
     if only:
+        only = selected(only, config.peer_rows())
         unknown = sorted(set(only) - {d.name for d in steps})
         if unknown:
             raise ValueError(f"--design {', '.join(unknown)}: not in this experiment; its designs: "
-                             f"{', '.join(d.name for d in steps)}")
+                             f"{', '.join(d.name for d in steps)}" + (" (peers: every peer)" if config.peers else ""))
+    for peer in config.peer_rows():  # a misnamed local path fails now, not after hours of training
+        if (not only or peer.name in only) and not (folder / "runs" / peer.name / "eval" / "summary.json").exists():
+            check_peer(peer)
     config = _plan_budget(config, folder, console)
     if is_main():  # launchers set RANK before any process group exists
         _write_yaml_once(folder, config)
         write_json(folder / "environment.json", collect_environment())
     started = time.time()
-    steps = ([config.baseline] if config.baseline else []) + config.all_designs()
+    steps, references = config.steps(), {r.name for r in config.reference_rows()}
     for k, design in enumerate(steps, 1):
         run_dir = folder / "runs" / design.name
         eval_dir = run_dir / "eval"
@@ -364,12 +326,12 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
         elapsed = time.time() - started
         console.rule(f"({k}/{len(steps)}) {design.name}  [{elapsed / 60:.1f} min so far]")
         t0 = time.time()
-        final = None if design is config.baseline else train(train_config_for(config, design, run_dir))
+        final = None if design.name in references else train(train_config_for(config, design, run_dir))
         t1 = time.time()
-        # Every process trains (DDP) and evaluates (its share of the texts); rank 0 writes. The baseline is the
-        # untrained backbone: a reference row, not a design.
+        # Every process trains (DDP) and evaluates (its share of the texts); rank 0 writes. The reference rows (the
+        # untrained backbone, the peers) are evaluated as they are: not designs.
         model = EmbeddingModel.from_pretrained(final, inference=True, device=config.device) if final else (
-            EmbeddingModel(config.model_config_for(design), device=config.device))
+            reference_model(config, design))
         _evaluate(model, config, eval_dir, cache)
         del model
         if is_main():  # wall time of this invocation's work (a resumed training counts only its resumed part)

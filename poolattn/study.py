@@ -80,7 +80,8 @@ def folder_config(config: ExperimentConfig, study: StudySettings, lr: float, ste
     train = {**config.train, "lr": lr, "max_steps": steps, "schedule": "constant",
              "warmup_steps": study.warmup_steps, "max_time_minutes": None}
     return config.model_copy(update={"output_dir": str(folder), "train": train, "seeds": seeds, "baseline": None,
-                                     "budget_minutes": None, "name": f"{config.name} lr {_lr(lr)} {steps} steps"})
+                                     "peers": [], "budget_minutes": None,
+                                     "name": f"{config.name} lr {_lr(lr)} {steps} steps"})
 
 
 def _train_run(config: ExperimentConfig, study: StudySettings, lr: float, seed: int, design, out: Path,

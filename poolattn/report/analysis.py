@@ -42,8 +42,8 @@ def analyse(exp: Experiment, settings: ReportSettings, items: dict[tuple[str, st
     replicated = any(table.get(d, {}).get("replicate_of") for d in exp.designs)
     runs = [d for d in exp.designs if not table.get(d, {}).get("replicate_of") or table[d].get("seed") == first
             or d == ref]
-    tested = runs + ([exp.baseline] if exp.baseline and (settings.baseline_in_tests or ref == exp.baseline)
-                     else [])
+    # Reference rows are tested only when asked: the baseline with baseline_in_tests, any of them as the reference.
+    tested = runs + [r for r in exp.references if r == ref or (r == exp.baseline and settings.baseline_in_tests)]
     pairs = list(itertools.combinations(tested, 2))
     tasks = exp.tasks
     cats = [c for c in CATEGORIES if any(exp.task_type(t) == c for t in tasks)]
@@ -51,7 +51,8 @@ def analyse(exp: Experiment, settings: ReportSettings, items: dict[tuple[str, st
     groups = {c: [t for t in tasks if exp.task_type(t) == c] for c in cats} | {ALL: tasks}
     score = lambda d, t: exp.scores[d][t].main_score if t in exp.scores[d] else None  # noqa: E731
 
-    notes = [f"design {d!r} has no results yet (runs/{d}/eval/summary.json)" for d in exp.missing] + list(load_notes)
+    notes = [f"{'reference row' if d in exp.labels else 'design'} {d!r} has no results yet "
+             f"(runs/{d}/eval/summary.json)" for d in exp.missing] + list(load_notes)
     for (d, t), it in items.items():
         if it is not None and score(d, t) is not None and abs(score_of(it) - score(d, t)) > 0.005:
             metric = it.metric if isinstance(it, Items) else it[0].metric
@@ -95,6 +96,7 @@ def analyse(exp: Experiment, settings: ReportSettings, items: dict[tuple[str, st
         "experiment": exp.config.get("name", exp.folder.name), "folder": str(exp.folder),
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "settings": settings.model_dump() | {"reference": ref},
         "designs": exp.designs, "baseline": exp.baseline, "reference": ref, "tested": tested, "missing": exp.missing,
+        "references": exp.references, "labels": {r: exp.labels[r] for r in exp.references},
         "per_run_seed": first if replicated else None,
         "tasks": {t: {"type": exp.task_type(t), "scores": {d: score(d, t) for d in exp.columns},
                       "seconds": {d: exp.scores[d][t].seconds for d in exp.columns if t in exp.scores[d]}}

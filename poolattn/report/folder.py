@@ -2,7 +2,8 @@
 
     EXPERIMENT/
       experiment.yaml                        the experiment config as run: `designs` (list of {name, ...}) gives the
-                                             column order, `baseline.name` the reference row, `report:` the settings
+                                             column order, `baseline.name` and `peers` the reference rows,
+                                             `report:` the settings
       environment.json                       collect_environment() of the machine that ran it
       budget.json                            (optional) what the budget chooser measured and picked
       runs/<design>/train/                   training outputs (train_summary.json, metrics.jsonl)
@@ -12,9 +13,11 @@
                                                "main_score": float in [0, 1], "seconds": float}}}
       runs/<design>/eval/<task>.items.json   per-item scores for the paired tests (poolattn.items)
       runs/<baseline>/eval/...               the untrained backbone, same layout: a reference row, not a design
+      runs/peer-<slug>/eval/...              a peer model (poolattn.references), same layout: a reference row
 
-Designs are the config's designs in order, then any other run folder with results; a design without
-`summary.json` yet is listed as missing, so a report can be made of a running experiment.
+Designs are the config's designs in order, then any other run folder with results (but `peer-*`, a peer's); a
+design or reference row without `summary.json` yet is listed as missing, so a report can be made of a running
+experiment.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import yaml
 
 from ..experiment import ExperimentConfig
 from ..items import load_items
+from ..references import PEER_PREFIX, peer_rows
 from ..stats import Items
 
 CATEGORIES = ["Classification", "Clustering", "PairClassification", "Reranking", "Retrieval", "STS"]  # MTEB's order
@@ -48,14 +52,17 @@ class Experiment:
     config_text: str
     environment: dict | None
     designs: list[str]  # trained designs with results, in config order
-    baseline: str | None  # reference row with results, or None
-    scores: dict[str, dict[str, TaskScore]]  # design or baseline -> task -> score
-    missing: list[str] = field(default_factory=list)  # configured designs without results yet
+    baseline: str | None  # the untrained reference row with results, or None (its own setting: baseline_in_tests)
+    scores: dict[str, dict[str, TaskScore]]  # design or reference row -> task -> score
+    missing: list[str] = field(default_factory=list)  # configured designs and reference rows without results yet
     budget: dict | None = None  # budget.json: the budget chooser's measurement and choice
+    # Reference rows with results (the baseline first, then the peers): columns beside the designs, not designs.
+    references: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)  # reference row (with results or not) -> its column label
 
     @property
     def columns(self) -> list[str]:
-        return self.designs + ([self.baseline] if self.baseline else [])
+        return self.designs + self.references
 
     def task_type(self, task: str) -> str:
         return next(s[task].type for s in self.scores.values() if task in s)
@@ -124,15 +131,20 @@ def load_experiment(folder: str | Path) -> Experiment:
     configured = list(design_table(config))
     on_disk = sorted(p.parent.parent.name for p in (folder / "runs").glob("*/eval/summary.json"))
     scores = {name: read_summary(folder / "runs" / name / "eval" / "summary.json") for name in on_disk}
-    designs = [d for d in configured if d in scores] + [d for d in on_disk if d not in configured and d != baseline]
+    # Reference rows: the baseline, the configured peers, then peers evaluated before the config dropped them.
+    peers = peer_rows(config.get("peers") or [])
+    labels = {baseline: f"{baseline} (untrained)"} | {p.name: f"{p.model} (peer)" for p in peers}
+    labels |= {d: f"{d[len(PEER_PREFIX):]} (peer)" for d in on_disk if d.startswith(PEER_PREFIX) and d not in labels}
+    references = [r for r in labels if r in scores]
+    designs = [d for d in configured if d in scores] + [d for d in on_disk if d not in configured and d not in labels]
     if not designs:
         raise ValueError(f"{folder}: no design has results yet (runs/<design>/eval/summary.json)")
     budget_path = folder / "budget.json"
     budget = json.loads(budget_path.read_text()) if budget_path.exists() else None
+    expected = configured + ([baseline] if config.get("baseline") else []) + [p.name for p in peers]
     return Experiment(folder, config, config_text, environment, designs,
-                      baseline if baseline in scores else None,
-                      {d: scores[d] for d in designs + ([baseline] if baseline in scores else [])},
-                      [d for d in configured if d not in scores], budget)
+                      baseline if baseline in scores else None, {d: scores[d] for d in designs + references},
+                      [d for d in expected if d not in scores], budget, references, labels)
 
 
 def training_summary(folder: Path, designs: list[str]) -> dict[str, dict]:

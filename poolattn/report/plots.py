@@ -11,14 +11,15 @@ from ..family import significance
 from .analysis import oriented
 
 
-def _colors(columns: list[str], baseline: str | None) -> dict[str, Any]:
+def _colors(columns: list[str], references: list[str]) -> dict[str, Any]:
+    """Designs in tab10's colours, reference rows in greys (the first, the baseline's, as before)."""
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]
     out, i = {}, 0
     for c in columns:
-        if c == baseline:
-            out[c] = "0.6"
+        if c in references:
+            out[c] = str([0.6, 0.4, 0.75, 0.3, 0.85][references.index(c) % 5])
         else:
             out[c], i = cmap(i % 10), i + 1
     return out
@@ -27,9 +28,9 @@ def _colors(columns: list[str], baseline: str | None) -> dict[str, Any]:
 def plot_categories(data: dict, path: Path) -> Path:
     from matplotlib.figure import Figure  # a bare Figure renders with Agg: no pyplot, no global backend change
 
-    cols = data["designs"] + ([data["baseline"]] if data["baseline"] else [])
+    cols = data["designs"] + data["references"]
     groups = list(data["categories"])
-    colors = _colors(cols, data["baseline"])
+    colors = _colors(cols, data["references"])
     width = 0.8 / len(cols)
     fig = Figure(figsize=(max(6.0, 1.1 * len(groups) * max(1, len(cols) / 3)), 4.2), dpi=110)
     ax = fig.add_subplot()
@@ -37,7 +38,7 @@ def plot_categories(data: dict, path: Path) -> Path:
     for i, c in enumerate(cols):
         vals = [100 * (data["categories"][g]["mean"][c] or np.nan) for g in groups]
         ax.bar(x + (i - (len(cols) - 1) / 2) * width, vals, width, label=c, color=colors[c],
-               hatch="//" if c == data["baseline"] else None, edgecolor="white", linewidth=0.5)
+               hatch="//" if c in data["references"] else None, edgecolor="white", linewidth=0.5)
     ax.set_xticks(x, [f"{g}\n({len(data['categories'][g]['tasks'])})" for g in groups])
     ax.set_ylabel("mean main score x100")
     ax.set_title("Category average by design (number of tasks)")
@@ -56,7 +57,7 @@ def plot_differences(data: dict, path: Path) -> Path:
     ref, alpha = data["reference"], data["settings"]["alpha"]
     others = [d for d in data["tested"] if d != ref]
     tasks = list(data["tasks"])
-    colors = _colors(data["designs"] + ([data["baseline"]] if data["baseline"] else []), data["baseline"])
+    colors = _colors(data["designs"] + data["references"], data["references"])
     fig = Figure(figsize=(8.0, 1.4 + 0.28 * len(tasks) * max(1.0, len(others) / 2.5)), dpi=110)
     ax = fig.add_subplot()
     step = 0.8 / max(1, len(others))

@@ -102,9 +102,8 @@ def _bold_best(values: list[float | None], cells: list[str]) -> list[str]:
 
 
 def render(data: dict, plots: dict[str, Path]) -> _Doc:
-    ref, alpha, cols = data["reference"], data["settings"]["alpha"], data["designs"] + (
-        [data["baseline"]] if data["baseline"] else [])
-    label = lambda c: f"{c} (untrained)" if c == data["baseline"] else c  # noqa: E731
+    ref, alpha, cols = data["reference"], data["settings"]["alpha"], data["designs"] + data["references"]
+    label = lambda c: data["labels"].get(c, c)  # noqa: E731 -- reference rows: "baseline (untrained)", "x (peer)"
     n_tests, n_wil = len(data["paired_tests"]), sum(1 for w in data["wilcoxon"] if w["reachable"])
     scope = ("" if data.get("per_run_seed") is None else
              f" These tests compare single trained runs of seed {data['per_run_seed']} only (one run per design); "
@@ -143,7 +142,8 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
         rows = []
         for c in cols:
             t = training.get(c, {})
-            steps = f"{t['steps']} / {t['max_steps']}" if "steps" in t else "untrained"
+            steps = (f"{t['steps']} / {t['max_steps']}" if "steps" in t else
+                     "untrained" if c not in data["references"] or c == data["baseline"] else "not trained here")
             if "steps" in t and t["steps"] < t["max_steps"]:
                 steps += " (stopped early)"
             mins = lambda k: f"{t[k] / 60:.1f}" if t.get(k) is not None else "—"  # noqa: E731
@@ -158,7 +158,7 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
     doc.h(2, "Scores per task")
     doc.p(f"Bold: best in the row. {UP}/{DOWN}: significantly better/worse than the reference **{ref}** on that "
           f"task (paired permutation test on per-item scores, Holm over all {n_tests} per-dataset comparisons, "
-          f"alpha={alpha:g}).{scope}")
+          f"alpha={alpha:g}).{scope}" + peers_note(data))
     rows = []
     for t, info in data["tasks"].items():
         vals = [info["scores"][c] for c in cols]
@@ -275,6 +275,16 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
     else:
         doc.p("not recorded (environment.json missing)")
     return doc
+
+
+def peers_note(data: dict) -> str:
+    """The sentence that says what the peer columns are (none without peers)."""
+    peers = [r for r in data["references"] if r != data["baseline"]]
+    if not peers:
+        return ""
+    tested = "" if any(r in data["tested"] for r in peers) else ", and not tested against the designs"
+    return (f" Peer models ({', '.join(data['labels'][r] for r in peers)}) are reference rows like the untrained "
+            f"baseline: evaluated as they are on the same tasks, not trained here, not designs{tested}.")
 
 
 def to_html(markdown: str, title: str, folder: Path) -> str:

@@ -1,0 +1,73 @@
+"""The design registry: a design is a name plus the ModelConfig fields (and any training lever) it changes; the
+paper's five designs, the mean-pooling baselines, and other designs selectable by name."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+
+class Design(BaseModel):
+    """One cell of the grid: a name and the ModelConfig fields that differ from the experiment's base."""
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    pooling: str
+    attention: Literal["causal", "bidirectional"] = "causal"
+    pooling_kwargs: dict[str, Any] = {}
+    mask_instruction: bool = False  # leave instruction tokens out of pooling (NV-Embed's pool mask)
+    seed: int | None = None  # set when the grid is replicated over `seeds` (the name then ends in -s<seed>)
+    replicate_of: str | None = None  # the configured design this replicate belongs to
+    # A lever: TrainConfig fields this design trains with instead of the experiment's `train` (max_length, lora,
+    # distill, ...; a mapping merges one level deep: {lora: {r: 32}} keeps the shared alpha and dropout). The
+    # paper's designs change none; a report lists every change.
+    train: dict[str, Any] = {}
+    lever_of: str | None = None  # the design this one changes one thing of: the study's lever table compares them
+
+    @field_validator("train")
+    @classmethod
+    def _train_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from .training import TrainConfig
+
+        fixed = {"model", "output_dir", "seed", "snapshot_steps"} & set(v)
+        if fixed:
+            raise ValueError(f"a design's train may not set {sorted(fixed)}: the experiment sets them per design")
+        unknown = set(v) - set(TrainConfig.model_fields)
+        if unknown:
+            raise ValueError(f"unknown training field(s) {sorted(unknown)}; valid: {', '.join(TrainConfig.model_fields)}")
+        return v
+
+
+# The paper's five designs as its reference code (yixuantt/PoolingAndAttn @57791d5, model_loaders/model1-5.py)
+# defines them: 2 = the Perceiver over the last layer's last (EOS) token only, 3 = over each layer's last-token state,
+# 4 = over every last-layer token, 5 = over each layer's masked token mean; pooler preset tang2024 (768 latents).
+_TANG = {"preset": "tang2024"}
+PAPER_DESIGNS = [
+    Design(name="1-eos-causal", pooling="eos", attention="causal"),
+    Design(name="2-lastlayer-causal", pooling="latent", attention="causal", pooling_kwargs={**_TANG, "tokens": "last"}),
+    Design(name="3-multilayer-causal", pooling="multilayer", attention="causal",
+           pooling_kwargs={**_TANG, "tokens": "last"}),
+    Design(name="4-lastlayer-bidirectional", pooling="latent", attention="bidirectional",
+           pooling_kwargs={**_TANG, "tokens": "all"}),
+    Design(name="5-multilayer-bidirectional", pooling="multilayer", attention="bidirectional",
+           pooling_kwargs={**_TANG, "tokens": "mean"}),
+]
+MEAN_BASELINES = [
+    Design(name="mean-causal", pooling="mean", attention="causal"),
+    Design(name="mean-bidirectional", pooling="mean", attention="bidirectional"),
+]
+# Other designs by name: NV-Embed's latent attention (its code: tokens query 512 latents, pool mask without the
+# instruction), and poolattn 0.1's multi-layer pooler (per-layer mean, no latent residual, 16 small latents).
+EXTRA_DESIGNS = [
+    Design(name="nvembed-bidirectional", pooling="latent", attention="bidirectional",
+           pooling_kwargs={"preset": "nvembed"}, mask_instruction=True),
+    Design(name="poolattn0-multilayer-bidirectional", pooling="multilayer", attention="bidirectional",
+           pooling_kwargs={"preset": "poolattn0", "tokens": "mean"}),
+]
+NAMED_DESIGNS = {d.name: d for d in PAPER_DESIGNS + MEAN_BASELINES + EXTRA_DESIGNS}
+
+
+def named_design(name: str) -> Design:
+    if name not in NAMED_DESIGNS:
+        raise ValueError(f"unknown design {name!r}; named designs: {', '.join(NAMED_DESIGNS)} "
+                         f"(or give a mapping with name, pooling, attention, pooling_kwargs)")
+    return NAMED_DESIGNS[name]
