@@ -29,15 +29,25 @@ def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
 
 
 def info_nce(query: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None = None,
-             negative_mask: torch.Tensor | None = None, scale: float = 20.0, gather: bool = True) -> torch.Tensor:
+             negative_mask: torch.Tensor | None = None, scale: float = 20.0, gather: bool = True,
+             symmetric: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy of each local query against all positives and hard negatives of the global batch.
 
     query, positive: [b, D]; negative: [b, D] (row i is query i's hard negative; rows without one are zeros and
     False in negative_mask [b]). Similarity is cosine x scale (scale 20 = temperature 0.05). Every process must
-    call this with the same b and the same presence of `negative`.
+    call this with the same b and the same presence of `negative` and of `symmetric`.
+
+    symmetric: [b] bool, rows whose query and positive are interchangeable (NLI, paraphrase, duplicates): the loss
+    is then the mean of this forward InfoNCE and a backward InfoNCE in which each symmetric row's positive is
+    scored against every query of the global batch (hard negatives take no part), averaged over the symmetric rows
+    of the global batch: 0.5 * forward + 0.5 * backward; with no symmetric row anywhere, the forward loss alone.
+    On a batch of symmetric rows this is sentence-transformers' MultipleNegativesSymmetricRankingLoss (in 6.x:
+    MultipleNegativesRankingLoss with directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction":
+    per row, the mean of the two directions' log-partitions minus the shared positive score; forward candidates are
+    positives and hard negatives, backward candidates the anchors; its gather_across_devices=True gathers both).
     """
     q = F.normalize(query.float(), dim=-1)
-    cands = F.normalize(positive.float(), dim=-1)
+    cands = p = F.normalize(positive.float(), dim=-1)
     valid = None
     if negative is not None:
         if negative_mask is None:
@@ -62,4 +72,20 @@ def info_nce(query: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor
     if valid is not None:
         logits = logits.masked_fill(~valid, float("-inf"))
     labels = torch.arange(q.shape[0], device=q.device) + rank * positive.shape[0]
-    return F.cross_entropy(logits, labels)
+    forward = F.cross_entropy(logits, labels)
+    if symmetric is None:
+        return forward
+    sym = symmetric.to(q.device, torch.bool)
+    count = sym.sum()
+    if size > 1:  # every process needs the global number of symmetric rows (a collective: all processes call it)
+        count = count.to(torch.int64)
+        dist.all_reduce(count)
+    count = int(count)
+    if count == 0:
+        return forward
+    # Backward direction: local positives against the queries of every process (gathered with their gradient, as
+    # the candidates above). Each process returns its share of the global mean: DDP averages over processes, so
+    # the local sum is scaled by size / count; with one process that is the mean over the symmetric rows.
+    queries = gather_with_grad(q) if size > 1 else q
+    backward = F.cross_entropy(scale * p @ queries.T, labels, reduction="none")
+    return 0.5 * forward + 0.5 * torch.where(sym, backward, 0.0).sum() * size / count

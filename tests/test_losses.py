@@ -1,9 +1,6 @@
-import os
 import subprocess
 import sys
-import socket
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -39,12 +36,69 @@ def test_info_nce_is_low_for_matching_pairs_and_hard_negatives_count():
     assert info_nce(q, q, close_negative) > info_nce(q, q) + 0.5
 
 
+def test_info_nce_default_value_unchanged():
+    """Values recorded before `symmetric` was added: the default (forward-only) loss is the same number."""
+    q, p, n, mask = embeddings(0)
+    assert abs(float(info_nce(q, p, n, mask)) - 10.494624137878418) < 1e-5
+    assert abs(float(info_nce(q, p, scale=7)) - 3.7722232341766357) < 1e-5
+    assert torch.equal(info_nce(q, p, n, mask, symmetric=torch.zeros(6, dtype=torch.bool)), info_nce(q, p, n, mask))
+
+
+def backward_reference(q, p, sym, scale):
+    """Each symmetric row's positive against every query, cross-entropy written out, averaged over those rows."""
+    q, p = F.normalize(q, dim=-1), F.normalize(p, dim=-1)
+    logits = scale * p @ q.T
+    return torch.stack([torch.logsumexp(logits[i], 0) - logits[i, i] for i in range(len(p)) if sym[i]]).mean()
+
+
+def test_both_directions_is_the_mean_of_forward_and_backward_infonce():
+    q, p, n, mask = embeddings(2)
+    sym = torch.tensor([True, False, True, False, False, True])
+    leaves = [t.clone().requires_grad_() for t in (q, p, n)]
+    got = info_nce(*leaves, mask, scale=20, symmetric=sym)
+    want = 0.5 * reference(q, p, n, mask, 20) + 0.5 * backward_reference(q, p, sym, 20)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert abs(float(got.detach()) - float(info_nce(q, p, n, mask))) > 1e-2  # the backward term changes the loss
+    got.backward()
+    ref_leaves = [t.clone().requires_grad_() for t in (q, p, n)]
+    (0.5 * reference(*ref_leaves, mask, 20) + 0.5 * backward_reference(*ref_leaves[:2], sym, 20)).backward()
+    for a, b in zip(leaves, ref_leaves):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)
+    # Hard negatives take no part in the backward term: with every row symmetric, a negative's gradient is the
+    # forward term's alone, halved.
+    all_sym = torch.ones(6, dtype=torch.bool)
+    neg = n.clone().requires_grad_()
+    info_nce(q, p, neg, mask, symmetric=all_sym).backward()
+    fwd_neg = n.clone().requires_grad_()
+    info_nce(q, p, fwd_neg, mask).backward()
+    assert torch.allclose(neg.grad, 0.5 * fwd_neg.grad, atol=1e-7) and neg.grad.abs().sum() > 0
+
+
+def test_both_directions_matches_sentence_transformers_symmetric_loss():
+    """Every row symmetric with a hard negative: sentence-transformers' MultipleNegativesSymmetricRankingLoss on the
+    (anchor, positive, negative) embeddings gives the same value."""
+    import warnings
+
+    from sentence_transformers.losses import MultipleNegativesSymmetricRankingLoss
+
+    q, p, n, _ = embeddings(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated in favour of MultipleNegativesRankingLoss(directions=...)
+        st = MultipleNegativesSymmetricRankingLoss(None, scale=20.0)
+    want = st.compute_loss_from_embeddings([q, p, n], None)
+    got = info_nce(q, p, n, scale=20.0, symmetric=torch.ones(6, dtype=torch.bool))
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(info_nce(q, p, n, scale=20.0), want, atol=1e-3)
+
+
 def test_gather_is_identity_without_process_group():
     t = torch.randn(3, 4, requires_grad=True)
     assert gather_with_grad(t) is t
 
 
-WORKER = """
+# Symmetric rows: none; 2 on rank 0 and 1 on rank 1 (the backward mean is over the global count); none on rank 0.
+SYMMETRIC = [None, [True, True, False, False, False, True], [False, False, False, True, False, False]]
+WORKER = f"SYMMETRIC = {SYMMETRIC!r}\n" + """
 import sys, torch, torch.distributed as dist
 from poolattn.losses import info_nce
 dist.init_process_group("gloo")
@@ -52,17 +106,20 @@ rank, world = dist.get_rank(), dist.get_world_size()
 q, p, n, mask = torch.load(sys.argv[1])
 b = q.shape[0] // world
 sl = slice(rank * b, (rank + 1) * b)
-leaves = [t[sl].clone().requires_grad_() for t in (q, p, n)]
-loss = info_nce(*leaves, mask[sl])
-loss.backward()
-losses = [torch.zeros(()) for _ in range(world)]
-dist.all_gather(losses, loss.detach())
-grads = [x.grad.new_zeros((world * b, x.grad.shape[1])) for x in leaves]
-for full, leaf in zip(grads, leaves):
-    full[sl] = leaf.grad
-    dist.all_reduce(full)
+results = []
+for sym in SYMMETRIC:  # None: forward only; else both directions for the rows marked
+    leaves = [t[sl].clone().requires_grad_() for t in (q, p, n)]
+    loss = info_nce(*leaves, mask[sl], symmetric=None if sym is None else torch.tensor(sym)[sl])
+    loss.backward()
+    losses = [torch.zeros(()) for _ in range(world)]
+    dist.all_gather(losses, loss.detach())
+    grads = [x.grad.new_zeros((world * b, x.grad.shape[1])) for x in leaves]
+    for full, leaf in zip(grads, leaves):
+        full[sl] = leaf.grad
+        dist.all_reduce(full)
+    results.append({"loss": torch.stack(losses).mean(), "grads": grads})
 if rank == 0:
-    torch.save({"loss": torch.stack(losses).mean(), "grads": grads}, sys.argv[2])
+    torch.save(results, sys.argv[2])
 dist.barrier()
 from poolattn.distributed import exit_process
 exit_process(0)  # destroy_process_group alone still let gloo abort at exit, 3 launches in 40 (poolattn.distributed)
@@ -84,11 +141,14 @@ def test_two_processes_score_against_the_global_batch(tmp_path):
                            str(tmp_path / "worker.py"), str(tmp_path / "inputs.pt"), str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    got = torch.load(out)
-    leaves = [t.clone().requires_grad_() for t in (q, p, n)]
-    loss = info_nce(*leaves, mask)
-    loss.backward()
-    assert torch.allclose(got["loss"], loss, atol=1e-6)
-    for g, leaf in zip(got["grads"], leaves):
-        assert torch.allclose(g, 2 * leaf.grad, atol=1e-6)
-    assert got["grads"][0].abs().sum() > 0
+    results = torch.load(out)
+    assert len(results) == len(SYMMETRIC)
+    for got, sym in zip(results, SYMMETRIC):
+        leaves = [t.clone().requires_grad_() for t in (q, p, n)]
+        loss = info_nce(*leaves, mask, symmetric=None if sym is None else torch.tensor(sym))
+        loss.backward()
+        assert torch.allclose(got["loss"], loss, atol=1e-6), sym
+        for g, leaf in zip(got["grads"], leaves):
+            assert torch.allclose(g, 2 * leaf.grad, atol=1e-6), sym
+        assert got["grads"][0].abs().sum() > 0
+    assert not torch.allclose(results[0]["loss"], results[1]["loss"], atol=1e-3)

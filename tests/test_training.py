@@ -151,6 +151,75 @@ def test_grad_cache_on_tiny_embedding_model(tiny_llama, tmp_path):
     assert n_texts >= 16 and n_tokens > n_texts
 
 
+def _spy_info_nce(monkeypatch) -> list[dict]:
+    """Record the arguments the trainer's loss passes to info_nce."""
+    from poolattn.losses import info_nce
+    from poolattn.training import trainer
+
+    calls = []
+
+    def spy(query, positive, negative=None, negative_mask=None, **kw):
+        calls.append(dict(query=query.detach(), positive=positive.detach(), negative=negative, **kw))
+        return info_nce(query, positive, negative, negative_mask, **kw)
+    monkeypatch.setattr(trainer, "info_nce", spy)
+    return calls
+
+
+def test_training_levers_default_to_the_paper_loss():
+    cfg = TrainConfig()
+    assert cfg.hard_negatives is True and cfg.both_directions is False
+
+
+def test_hard_negatives_off_encodes_no_negative_and_scores_pairs_only(tiny_llama, tmp_path, monkeypatch):
+    from poolattn.losses import info_nce
+
+    t, batch = _trainer(tiny_config(tiny_llama, tmp_path, **{"lora.dropout": 0.0}))
+    while sum(e.negative is not None for e in batch) < 2:  # a batch of the source with hard negatives
+        batch = t.sampler.next_batch().examples
+    loss_on, texts_on, _ = t.backward_step(batch)
+    t.config = t.config.model_copy(update={"hard_negatives": False})
+    m, seen = t.unwrapped, []
+    real_tokenize = m.tokenize
+    m.tokenize = lambda texts, instruction=None: seen.extend(texts) or real_tokenize(texts, instruction)
+    calls = _spy_info_nce(monkeypatch)
+    for chunk in (None, 3):  # plain and GradCache
+        t.config = t.config.model_copy(update={"chunk_size": chunk})
+        t.optimizer.zero_grad()
+        seen.clear()
+        loss_off, texts_off, _ = t.backward_step(batch)
+        assert texts_off == 2 * len(batch) < texts_on
+        assert sorted(seen) == sorted([e.query for e in batch] + [e.positive for e in batch])
+        call = calls[-1]
+        assert call["negative"] is None
+        assert torch.allclose(loss_off, info_nce(call["query"], call["positive"], scale=t.config.scale), atol=1e-6)
+        assert abs(float(loss_off) - float(loss_on)) > 1e-4  # the hard negatives did count when on
+        if chunk is None:
+            loss_plain, g_plain = loss_off, grads(t.unwrapped)
+    assert torch.allclose(loss_plain, loss_off, atol=1e-5)
+    assert_same(g_plain, grads(t.unwrapped), atol=1e-5)
+
+
+def test_both_directions_with_grad_cache_equals_plain(tiny_llama, tmp_path, monkeypatch):
+    """Symmetric and non-symmetric rows in one batch: the trainer passes each row's flag, and the GradCache step
+    gives the plain step's loss and gradients (the backward term is a change of the loss only)."""
+    import dataclasses
+
+    t, batch = _trainer(tiny_config(tiny_llama, tmp_path, **{"lora.dropout": 0.0}))
+    batch = [dataclasses.replace(e, symmetric=i % 3 != 0) for i, e in enumerate(batch)]
+    forward_only, *_ = t.backward_step(batch)
+    calls = _spy_info_nce(monkeypatch)
+    out = {}
+    for chunk in (None, 3):
+        t.optimizer.zero_grad()
+        t.config = t.config.model_copy(update={"both_directions": True, "chunk_size": chunk})
+        loss, *_ = t.backward_step(batch)
+        out[chunk] = loss, grads(t.unwrapped)
+        assert calls[-1]["symmetric"].tolist() == [e.symmetric for e in batch]
+    assert torch.allclose(out[None][0], out[3][0], atol=1e-5)
+    assert_same(out[None][1], out[3][1], atol=1e-5)
+    assert abs(float(out[None][0]) - float(forward_only)) > 1e-4  # the backward term is there
+
+
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_training_texts_get_instructions_as_evaluation_does(tiny_llama, tmp_path, symmetric):
     """A symmetric source's query, positive and negative are tokenised from exactly the strings evaluation builds

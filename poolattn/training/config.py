@@ -35,6 +35,11 @@ class TrainConfig(BaseModel):
     max_steps: int = Field(1000, ge=1)
     max_length: int | None = None  # training truncation; None: model.max_length (the saved model keeps model's)
     scale: float = 20.0  # cosine similarity x scale = 1 / temperature
+    # false: rows' `negative` texts are dropped in the step (never encoded): in-batch negatives only, same batches
+    hard_negatives: bool = True
+    # true: rows of `symmetric` sources also score their positive against the batch's queries (the mean of both
+    # directions' InfoNCE, as sentence-transformers' MultipleNegativesSymmetricRankingLoss); others: forward only
+    both_directions: bool = False
     seed: int = 42
     gradient_checkpointing: bool = True
     device: str = "auto"  # auto (this process's GPU, else MPS, else CPU), cpu, cuda:N, mps

@@ -299,7 +299,8 @@ class Trainer:
         """Forward + backward of this process's rows (gradients accumulate in .grad); (loss, texts, tokens).
         grad_cache=False with a chunk_size: plain backward over the same chunks (tests compare the two)."""
         cfg, m = self.config, self.unwrapped
-        has_neg = [i for i, e in enumerate(examples) if e.negative is not None]
+        # hard_negatives false: the rows (so the sampler's batches) are the same; their negatives are just not used
+        has_neg = [i for i, e in enumerate(examples) if e.negative is not None] if cfg.hard_negatives else []
         # Instructions as evaluation applies them (model.format): queries always, documents of symmetric sources too.
         doc_ins = [e.instruction if e.symmetric else None for e in examples]
         texts = (([e.query for e in examples], [e.instruction for e in examples]),
@@ -311,6 +312,8 @@ class Trainer:
         neg_index = torch.tensor(has_neg, dtype=torch.long, device=device)
         neg_mask = torch.zeros(len(examples), dtype=torch.bool, device=device)
         neg_mask[neg_index] = True
+        symmetric = (torch.tensor([e.symmetric for e in examples], dtype=torch.bool, device=device)
+                     if cfg.both_directions else None)
 
         teacher = None
         if self.teacher is not None:  # the teacher sees the raw texts: it knows no instructions
@@ -323,7 +326,8 @@ class Trainer:
         def loss_fn(reps: list[torch.Tensor | None]) -> torch.Tensor:
             q, p, n = reps
             negative = q.new_zeros(q.shape) if n is None else q.new_zeros(q.shape).index_copy(0, neg_index, n)
-            loss = info_nce(q, p, negative, neg_mask, scale=cfg.scale)
+            loss = info_nce(q, p, negative if cfg.hard_negatives else None, neg_mask, scale=cfg.scale,
+                            symmetric=symmetric)
             if teacher is not None:
                 valid = torch.cat([torch.ones_like(neg_mask), neg_mask])
                 d = cfg.distill
