@@ -71,12 +71,12 @@ def main() -> None:
                      min_cos(got["prompted"], ref_prompted), t1 - t0, t2 - t1))
         print(f"{folder}: done", file=sys.stderr, flush=True)
     print(f"\n{len(texts)} STSBenchmark sentences, fp32, prompt = the {args.task} instruction\n")
-    print("| model | design | merged vs unmerged, min cos | ST export vs poolattn, min cos (plain / prompted) "
-          "| export s | ST load+encode s |")
+    print("| model | design | merged vs unmerged: 1 - min cos | ST export vs poolattn: 1 - min cos (plain / "
+          "prompted) | export s | ST load+encode s |")
     print("|---|---|---:|---:|---:|---:|")
     for folder, design, merge, plain, prompted, te, tl in rows:
-        merge_s = "no LoRA" if merge is None else f"{merge:.7f}"
-        print(f"| {folder} | {design} | {merge_s} | {plain:.7f} / {prompted:.7f} | {te:.1f} | {tl:.1f} |")
+        merge_s = "no LoRA" if merge is None else f"{1 - merge:.1e}"
+        print(f"| {folder} | {design} | {merge_s} | {1 - plain:.1e} / {1 - prompted:.1e} | {te:.1f} | {tl:.1f} |")
 
 
 if __name__ == "__main__":
