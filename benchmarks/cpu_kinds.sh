@@ -37,10 +37,12 @@ print(f"{float(np.median(np.diff(t)[2:])):.2f}")' "$1"
 }
 
 common=(--set max_steps="$STEPS" --set progress=false --set max_time_minutes=null --set snapshot_steps=[])
-"$PY" -m poolattn.cli train "$OUT/train.yaml" --set output_dir="$OUT/native" "${common[@]}" >"$OUT/native.log" 2>&1
+failed() { echo "training ($1) failed:"; tail -20 "$OUT/$1.log"; exit 1; }
+"$PY" -m poolattn.cli train "$OUT/train.yaml" --set output_dir="$OUT/native" "${common[@]}" >"$OUT/native.log" 2>&1 \
+  || failed native
 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
   "$PY" -m poolattn.cli train "$OUT/train.yaml" --set output_dir="$OUT/avx2" "${common[@]}" \
-  --set model.dtype=float32 --set mixed_precision=no >"$OUT/avx2.log" 2>&1
+  --set model.dtype=float32 --set mixed_precision=no >"$OUT/avx2.log" 2>&1 || failed avx2
 
 printf '\n%s, first design, %s timed steps each\n' "$EXPERIMENT" "$((STEPS - 3))"
 printf '| kind | weights | s/step (median) | %s steps, min |\n|---|---|---:|---:|\n' "$full_steps"

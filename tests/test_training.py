@@ -524,3 +524,13 @@ def test_resume_accepts_a_run_started_before_a_field_existed_and_refuses_a_chang
     assert json.loads((Path(cfg.output_dir) / "train_summary.json").read_text())["steps"] == 3
     with pytest.raises(ValueError, match="different config .*lr"):
         train(cfg.model_copy(update={"max_steps": 4, "lr": 5e-4}))
+
+
+def test_mixed_precision_no_unquoted_in_yaml_means_no(tmp_path):
+    """YAML reads `mixed_precision: no` (and --set mixed_precision=no) as false; it means "no", not a type error."""
+    from poolattn.training import TrainConfig, apply_overrides
+
+    assert TrainConfig.model_validate(yaml.safe_load("mixed_precision: no")).mixed_precision == "no"
+    assert TrainConfig.model_validate(apply_overrides({}, ["mixed_precision=no"])).mixed_precision == "no"
+    with pytest.raises(ValueError, match="mixed_precision"):
+        TrainConfig.model_validate({"mixed_precision": True})  # true is not a precision

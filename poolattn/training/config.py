@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..data import SourceConfig
 from ..distill import DistillSettings
@@ -59,6 +59,11 @@ class TrainConfig(BaseModel):
     progress: bool = True
     # Distillation from a sentence-transformers teacher beside InfoNCE: OUTSIDE THE PAPER'S PROTOCOL, off by default.
     distill: DistillSettings | None = None
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: Any) -> Any:
+        return "no" if v is False else v  # YAML reads an unquoted `no` (config file or --set) as false
 
     @model_validator(mode="after")
     def _check(self):
