@@ -114,3 +114,19 @@ def test_report_carries_peers_as_reference_columns(tmp_path):
     assert sts1[-1].startswith("**") and "▲" not in sts1[-1]  # best in the row, no test against the reference
     cats = next(line for line in md.splitlines() if line.startswith("| STS | 1 |")).split(" | ")
     assert len(cats) == 6 and cats[-1].strip(" |*") == f"{100 * data['categories']['STS']['mean'][MINILM]:.2f}"
+
+
+def test_one_design_beside_a_peer_reports_scores_without_test_sections(tmp_path):
+    """configs/best_cpu.yaml's shape: one design and a peer. The report gives the scores and says there is nothing
+    to test, instead of empty Wilcoxon / win-tie-loss tables and a seed caveat about a ranking."""
+    folder = write_synthetic_experiment(tmp_path / "exp", designs={A: (0.0, 1), MINILM: (3.0, 5)},
+                                        tasks={"STS1": ("STS", 80), "ClusterA": ("Clustering", 10)})
+    cfg = yaml.safe_load((folder / "experiment.yaml").read_text())
+    cfg["designs"] = [d for d in cfg["designs"] if d["name"] != MINILM]
+    cfg["peers"] = ["all-MiniLM-L6-v2"]
+    (folder / "experiment.yaml").write_text(yaml.safe_dump(cfg))
+    md = (write_report(folder, progress=False)["md"]).read_text()
+    assert f"One design ({A}): no comparison between designs to test." in md
+    assert "## Wilcoxon" not in md and "## Win / tie / loss" not in md and "One training seed" not in md
+    header = next(line for line in md.splitlines() if line.startswith("| task | type |"))
+    assert header == f"| task | type | {A} | baseline (untrained) | all-MiniLM-L6-v2 (peer) |"

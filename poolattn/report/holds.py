@@ -56,9 +56,13 @@ def sentences(data: dict) -> dict[str, Any]:
 
 def what_holds(doc, data: dict) -> None:
     """Write the leading section into a render._Doc."""
+    doc.h(2, "What holds")
+    if len(data["tested"]) < 2:  # nothing to compare: say so instead of a seed caveat about a ranking
+        doc.p(f"One design ({', '.join(data['tested']) or 'none'}): no comparison between designs to test. The "
+              f"tables below give its scores beside the reference rows.")
+        return
     s = sentences(data)
     sl = data["seed_level"]
-    doc.h(2, "What holds")
     for line in s["lead"]:
         doc.p(line)
     items = []

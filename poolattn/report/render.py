@@ -156,9 +156,11 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
                   f"runs; a resumed run counts only its last invocation).")
 
     doc.h(2, "Scores per task")
-    doc.p(f"Bold: best in the row. {UP}/{DOWN}: significantly better/worse than the reference **{ref}** on that "
-          f"task (paired permutation test on per-item scores, Holm over all {n_tests} per-dataset comparisons, "
-          f"alpha={alpha:g}).{scope}" + peers_note(data))
+    tests = len(data["tested"]) >= 2  # one design: nothing to test, no test sections
+    doc.p("Bold: best in the row." + (
+        f" {UP}/{DOWN}: significantly better/worse than the reference **{ref}** on that task (paired permutation "
+        f"test on per-item scores, Holm over all {n_tests} per-dataset comparisons, alpha={alpha:g}).{scope}"
+        if tests else " One design: no tests between designs.") + peers_note(data))
     rows = []
     for t, info in data["tasks"].items():
         vals = [info["scores"][c] for c in cols]
@@ -205,6 +207,15 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
         doc.table(["task"] + others, rows)
         doc.img(plots["differences"], f"per-task differences against {ref}")
 
+    if tests:
+        _family_sections(doc, data, alpha, n_wil, scope)
+        _method(doc, data)
+    _closing(doc, data)
+    return doc
+
+
+def _family_sections(doc: _Doc, data: dict, alpha: float, n_wil: int, scope: str) -> None:
+    """The tests over datasets between every pair of tested designs: Wilcoxon per category, win/tie/loss."""
     groups = list(data["categories"])
     doc.h(2, "Wilcoxon signed-rank test across datasets")
     doc.p(f"The paper's test: for each pair, the per-dataset main scores of a category; cell = mean difference "
@@ -251,6 +262,8 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
         rows.append(row)
     doc.table(["row vs column"] + data["tested"], rows)
 
+
+def _method(doc: _Doc, data: dict) -> None:
     doc.h(2, "Method")
     doc.p(f"Per-dataset tests compare two designs on the same items: the effect is the task metric of B minus A "
           f"(Spearman for STS, average precision for pair classification, mean nDCG@10 for retrieval and "
@@ -260,6 +273,10 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
           f"normal tail of the permutation null), CIs from a paired percentile bootstrap over items "
           f"({data['settings']['n_resamples']} resamples, seed {data['settings']['seed']}). Holm-Bonferroni "
           f"controls the family-wise error rate within each family (per-dataset tests; Wilcoxon tests).")
+
+
+def _closing(doc: _Doc, data: dict) -> None:
+    """Notes, the configuration and the environment the run recorded."""
     doc.h(2, "Notes")
     doc.ul(data["notes"] or ["none"])
 
@@ -274,7 +291,6 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
         doc.table(["", "value"], [[k, v or "none"] for k, v in rows], numeric=False)
     else:
         doc.p("not recorded (environment.json missing)")
-    return doc
 
 
 def peers_note(data: dict) -> str:
