@@ -13,7 +13,10 @@ Measured (once per experiment folder, in a throwaway folder):
     encode (poolattn.evaluation.pack.encode_cost) / the characters per second of its sample. Measured against the
     default experiment's real evaluations (README): without the instructions and the pooler the estimate was half
     the time (185 s per model against 364 s for the untrained row and about 510 s for the pooler designs).
-Estimate = baseline evaluation + for every design x seed: overhead + steps x step time + evaluation.
+  * peers (`peers:`): each one's evaluation, from its own encoding speed over the same sample (a peer encodes as
+    it was published: no instruction).
+Estimate = baseline evaluation + every peer's evaluation + for every design x seed: overhead + steps x step time +
+evaluation.
 
 With `budget_minutes` the chooser takes the largest recipe of RECIPES (ordered, smallest useful first) whose
 estimate fits; every design gets its steps, lr and warmup, and the experiment its number of seeds. It writes the
@@ -87,6 +90,7 @@ class Measurement:
     chars_per_second: float  # evaluation encoding speed of the untrained model over the suite
     eval_chars: float  # characters the suite encodes per model
     eval_seconds_by_design: dict[str, float] = field(default_factory=dict)  # a design's evaluation, when measured
+    peer_eval_seconds: dict[str, float] = field(default_factory=dict)  # a peer's row name -> its evaluation
 
     @property
     def eval_seconds(self) -> float:
@@ -157,12 +161,19 @@ def _suite_samples(config: ExperimentConfig) -> list[tuple[str | None, list[str]
 
 
 def _eval_seconds(model, samples, batch_size: int) -> float:
-    """Seconds this model takes to encode the suite: per task, its characters at its sample's speed."""
-    model.encode(samples[0][1][:4], instruction=samples[0][0], batch_size=batch_size, show_progress_bar=False)  # warm
+    """Seconds this model takes to encode the suite: per task, its characters at its sample's speed. A poolattn
+    model encodes with the task's instruction; a sentence-transformers peer without one, as it was published."""
+    from .model import EmbeddingModel
+
+    def encode(texts, instruction):
+        kw = {"instruction": instruction} if isinstance(model, EmbeddingModel) else {}
+        model.encode(texts, batch_size=batch_size, show_progress_bar=False, **kw)
+
+    encode(samples[0][1][:4], samples[0][0])  # warm
     total = 0.0
     for instruction, texts, chars in samples:
         t0 = time.perf_counter()
-        model.encode(texts, instruction=instruction, batch_size=batch_size, show_progress_bar=False)
+        encode(texts, instruction)
         total += chars * max(time.perf_counter() - t0, 1e-6) / max(sum(map(len, texts)), 1)
     return total
 
@@ -176,6 +187,7 @@ def _base_designs(config: ExperimentConfig) -> list[Design]:
 def measure(config: ExperimentConfig) -> Measurement:
     """This machine's training step per probed design and evaluation speed (see module doc)."""
     from .model import EmbeddingModel
+    from .references import reference_model
 
     designs = _base_designs(config)
     probes = _probe_designs(designs)
@@ -188,18 +200,22 @@ def measure(config: ExperimentConfig) -> Measurement:
     for name, d in probes.items():  # a pooler's evaluation costs more than the backbone's alone
         by_probe[name] = plain if d.pooling not in TRAINABLE_POOLERS else _eval_seconds(
             EmbeddingModel(config.model_config_for(d), device=config.device), samples, config.eval.batch_size)
+    peers = {}
+    for peer in config.peer_rows():
+        peers[peer.name] = _eval_seconds(reference_model(config, peer), samples, config.eval.batch_size)
     return Measurement({d.name: timed[_charged(d, probes)][0] for d in designs},
                        max(o for _, o in timed.values()), eval_chars / max(plain, 1e-6), eval_chars,
-                       {d.name: by_probe[_charged(d, probes)] for d in designs})
+                       {d.name: by_probe[_charged(d, probes)] for d in designs}, peers)
 
 
 def estimate(config: ExperimentConfig, m: Measurement, steps: int, seeds: int) -> dict:
-    """Minutes for the baseline evaluation and every design x seed at `steps` steps."""
+    """Minutes for the baseline evaluation, every peer's and every design x seed at `steps` steps."""
     per_design = {name: seeds * (m.overhead_seconds + steps * s + m.eval_for(name)) / 60
                   for name, s in m.step_seconds.items()}
     base = m.eval_seconds / 60 if config.baseline else 0.0
-    return {"steps": steps, "seeds": seeds, "baseline_minutes": base, "design_minutes": per_design,
-            "total_minutes": base + sum(per_design.values())}
+    peers = {name: s / 60 for name, s in m.peer_eval_seconds.items()}
+    return {"steps": steps, "seeds": seeds, "baseline_minutes": base, "peer_minutes": peers,
+            "design_minutes": per_design, "total_minutes": base + sum(peers.values()) + sum(per_design.values())}
 
 
 def choose(config: ExperimentConfig, m: Measurement, budget_minutes: float,
@@ -263,6 +279,8 @@ def print_estimate(record: dict, console) -> None:
     table.add_column("minutes (all seeds)", justify="right")
     if est["baseline_minutes"]:
         table.add_row("baseline (evaluation only)", "-", f"{est['baseline_minutes']:.1f}")
+    for name, minutes in est.get("peer_minutes", {}).items():  # a budget.json from before peers were counted
+        table.add_row(f"{name} (evaluation only)", "-", f"{minutes:.1f}")
     for name, minutes in est["design_minutes"].items():
         table.add_row(name, f"{m['step_seconds'][name]:.2f}", f"{minutes:.1f}")
     console.print(table)

@@ -35,6 +35,20 @@ def test_estimate_adds_baseline_and_every_design_times_seeds(tmp_path):
     assert e["design_minutes"]["ml"] == pytest.approx(3 * (10 + 40 + 90) / 60)
 
 
+def test_estimate_counts_every_peers_evaluation_once(tmp_path):
+    """A peer is evaluated once, whatever the seeds: its measured evaluation is added to the total (it was left out,
+    and best_cpu.yaml's all-MiniLM-L6-v2 row on the full suite was not in the estimate) and printed as a row."""
+    cfg = _cfg(tmp_path, peers=["all-MiniLM-L6-v2"])
+    with_peer = Measurement(M.step_seconds, 10.0, 1000.0, 60_000.0, peer_eval_seconds={"peer-all-MiniLM-L6-v2": 30.0})
+    e = estimate(cfg, with_peer, steps=20, seeds=3)
+    assert e["peer_minutes"] == {"peer-all-MiniLM-L6-v2": pytest.approx(0.5)}
+    assert e["total_minutes"] == pytest.approx(estimate(cfg, M, steps=20, seeds=3)["total_minutes"] + 0.5)
+    _, record = plan(cfg, tmp_path, measure_fn=lambda config: with_peer)
+    out = io.StringIO()
+    print_estimate(record, Console(file=out, width=200))
+    assert "peer-all-MiniLM-L6-v2 (evaluation only)" in out.getvalue()
+
+
 def test_choice_is_the_largest_recipe_that_fits(tmp_path):
     cfg = _cfg(tmp_path)
     totals = [estimate(cfg, M, r.steps, r.seeds)["total_minutes"] for r in RECIPES]
@@ -86,8 +100,13 @@ def test_estimate_is_printed_with_the_choice(tmp_path):
 
 @pytest.mark.slow  # real training steps (the end-to-end test in test_experiment.py measures too)
 def test_measures_the_tiny_model_and_charges_pooler_designs_their_own_step(tiny_llama, data_dir, tmp_path):
-    cfg = _config(tmp_path, tiny_llama, data_dir)
+    from test_references import tiny_sentence_transformer
+
+    peer = tiny_sentence_transformer(tiny_llama, tmp_path / "st-peer")
+    cfg = _config(tmp_path, tiny_llama, data_dir).model_copy(update={"peers": [peer]})
     m = budget.measure(cfg)
+    (peer_row,) = cfg.peer_rows()
+    assert set(m.peer_eval_seconds) == {peer_row.name} and m.peer_eval_seconds[peer_row.name] > 0
     assert set(m.step_seconds) == {"eos-causal", "multilayer-bi"} and all(s > 0 for s in m.step_seconds.values())
     assert m.chars_per_second > 0 and m.eval_chars > 1000 and m.overhead_seconds >= 0
     # each design is charged the evaluation of its kind: the untrained model's for eos, the pooler probe's for ml
