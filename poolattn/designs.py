@@ -56,12 +56,16 @@ MEAN_BASELINES = [
     Design(name="mean-bidirectional", pooling="mean", attention="bidirectional"),
 ]
 # Other designs by name: NV-Embed's latent attention (its code: tokens query 512 latents, pool mask without the
-# instruction), and poolattn 0.1's multi-layer pooler (per-layer mean, no latent residual, 16 small latents).
+# instruction), poolattn 0.1's multi-layer pooler (per-layer mean, no latent residual, 16 small latents), and
+# design 5 with the pooler initialised to pass the layer means through (`init: mean`, a poolattn option: the lever
+# study measured it against design 5 at 120 steps, configs/study_levers.yaml).
 EXTRA_DESIGNS = [
     Design(name="nvembed-bidirectional", pooling="latent", attention="bidirectional",
            pooling_kwargs={"preset": "nvembed"}, mask_instruction=True),
     Design(name="poolattn0-multilayer-bidirectional", pooling="multilayer", attention="bidirectional",
            pooling_kwargs={"preset": "poolattn0", "tokens": "mean"}),
+    Design(name="multilayer-meaninit-bidirectional", pooling="multilayer", attention="bidirectional",
+           pooling_kwargs={**_TANG, "tokens": "mean", "init": "mean"}),
 ]
 NAMED_DESIGNS = {d.name: d for d in PAPER_DESIGNS + MEAN_BASELINES + EXTRA_DESIGNS}
 

@@ -165,6 +165,11 @@ def test_named_designs_and_extends(tmp_path):
     nv = cfg.designs[0]
     assert nv.mask_instruction and cfg.model_config_for(nv).mask_instruction
     assert cfg.model_config_for(nv).pooling_kwargs == {"preset": "nvembed"}
+    # the mean-initialised pooler is design 5 with one change (`init: mean`), under its own name
+    five, meaninit = (ExperimentConfig.model_validate({"designs": [n]}).designs[0]
+                      for n in ("5-multilayer-bidirectional", "multilayer-meaninit-bidirectional"))
+    assert meaninit.pooling_kwargs == {**five.pooling_kwargs, "init": "mean"}
+    assert (meaninit.pooling, meaninit.attention) == (five.pooling, five.attention) and "init" not in five.pooling_kwargs
     with pytest.raises(ValueError, match="unknown design 'nope'; named designs: 1-eos-causal"):
         ExperimentConfig.model_validate({"designs": ["nope"]})
     (tmp_path / "a.yaml").write_text("name: a\nseed: 1\ntrain: {lr: 0.1, batch_size: 4}\n")
