@@ -157,6 +157,9 @@ def eval_(
     instructions: str = typer.Option(None, help="YAML/JSON file {task: instruction} overriding the built-in table"),
     batch_size: int = typer.Option(32, min=1),
     no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the embedding cache"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="reuse the tasks an earlier run into --output "
+                                "finished with the same model and settings (its progress.json); --no-resume scores "
+                                "every task anew"),
     pooling: str = typer.Option(None, help="poolattn models: eos | mean | weighted_mean | latent | multilayer"),
     attention: str = typer.Option(None, help="poolattn models: causal | bidirectional"),
     device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
@@ -184,6 +187,7 @@ def eval_(
     try:
         scores = evaluate(load_model(model, device=device, pooling=pooling, attention=attention), names, data_dir=data,
                           output_dir=output, instructions=instructions, batch_size=batch_size, cache=not no_cache,
+                          resume=resume,
                           languages=None if languages.strip() == "all" else [x.strip() for x in languages.split(",")])
     except TaskUnavailable as e:
         rprint(f"[red]{e}[/red]")

@@ -222,6 +222,56 @@ def test_evaluate_every_type_writes_results_items_and_uses_the_cache(tiny_model,
     assert changed["STSBenchmark"].encoded > 0  # the cache is keyed by instruction too
 
 
+def test_an_interrupted_evaluation_resumes_at_the_first_unfinished_task(tiny_model, tiny_pack, tmp_path,
+                                                                        monkeypatch):
+    """A run killed after its first task keeps that task (progress.json): the rerun scores only the rest, and
+    anything that changes the scores (here an instruction, or a missing items file) makes it score again."""
+    from poolattn.evaluation import runner
+
+    out, tasks = tmp_path / "out", "STSBenchmark,TwitterURLCorpus,SciFactNano"
+    real, ran, kill = runner._run_one, [], ["TwitterURLCorpus"]
+
+    class Killed(Exception):
+        pass
+
+    def run_one(spec, *a, **k):
+        ran.append(spec.name)
+        if spec.name in kill:
+            kill.clear()
+            raise Killed  # the process dies during the second task
+        return real(spec, *a, **k)
+    monkeypatch.setattr(runner, "_run_one", run_one)
+
+    with pytest.raises(Killed):
+        evaluate(tiny_model, tasks, data_dir=tiny_pack, output_dir=out, progress=False)
+    assert not (out / "summary.json").exists()
+    first = json.loads((out / "progress.json").read_text())["tasks"]
+    assert list(first) == ["STSBenchmark"]
+
+    ran.clear()
+    scores = evaluate(tiny_model, tasks, data_dir=tiny_pack, output_dir=out, progress=False)
+    assert ran == ["TwitterURLCorpus", "SciFactNano"]
+    assert list(scores) == ["STSBenchmark", "TwitterURLCorpus", "SciFactNano"]
+    assert scores["STSBenchmark"].main_score == first["STSBenchmark"]["main_score"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [t["task"] for t in summary["tasks"]] == list(scores)
+
+    ran.clear()
+    evaluate(tiny_model, tasks, data_dir=tiny_pack, output_dir=out, progress=False)
+    assert ran == []  # everything finished with these settings
+    (out / "TwitterURLCorpus.items.json").unlink()
+    evaluate(tiny_model, tasks, data_dir=tiny_pack, output_dir=out, progress=False)
+    assert ran == ["TwitterURLCorpus"]  # a task whose files are gone is scored again
+    ran.clear()
+    evaluate(tiny_model, tasks, data_dir=tiny_pack, output_dir=out, progress=False,
+             instructions={"STSBenchmark": "a different instruction"})
+    assert ran == ["STSBenchmark", "TwitterURLCorpus", "SciFactNano"]  # other settings: nothing is reused
+    ran.clear()
+    evaluate(tiny_model, "STSBenchmark", data_dir=tiny_pack, output_dir=out, progress=False,
+             instructions={"STSBenchmark": "a different instruction"}, resume=False)
+    assert ran == ["STSBenchmark"]
+
+
 def test_retrieval_plumbing_finds_a_query_that_is_its_document(tiny_model, tmp_path):
     """Ids, qrels and the title+text join line up: a query that reads exactly like its document ranks it first."""
     rng = random.Random(1)

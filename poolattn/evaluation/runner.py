@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..distributed import world
+from ..distributed import broadcast, world
+from ..fileio import write_json, write_text
 from ..items import Source, query_part, write_part
 from .encoders import EncodeRunner, fingerprint, load_model, mteb_encoder
 from .instructions import load_overrides
@@ -39,6 +40,9 @@ class TaskScore:
     @property
     def main_score_x100(self) -> float:
         return round(100 * self.main_score, 2)
+
+
+PROGRESS_FILE = "progress.json"  # in output_dir: the tasks finished so far, read back by a rerun
 
 
 def embedding_cache_dir() -> Path:
@@ -91,9 +95,31 @@ def _fmt_seconds(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def _finished(output: Path, settings: dict[str, Any]) -> dict[str, TaskScore]:
+    """Tasks a previous run into `output` finished with these settings (model fingerprint, instructions, languages,
+    data, mteb version), whose result and items files are still there: a rerun reuses them instead of scoring them
+    again (an interrupted full-suite run spends hours; each task's record is written once its files are)."""
+    path = output / PROGRESS_FILE
+    try:
+        record = json.loads(path.read_text())
+        if record.get("settings") != settings:
+            return {}
+        done = {name: TaskScore(**row) for name, row in record["tasks"].items()}
+    except FileNotFoundError:
+        return {}
+    except (ValueError, KeyError, TypeError):  # unreadable or from another version: score everything again
+        return {}
+    return {n: s for n, s in done.items()
+            if (output / f"{n}.json").exists() and (output / f"{n}.items.json").exists()}
+
+
+def _record(output: Path, settings: dict[str, Any], scores: Mapping[str, TaskScore]) -> None:
+    write_json(output / PROGRESS_FILE, {"settings": settings, "tasks": {n: asdict(s) for n, s in scores.items()}})
+
+
 def write_summary(scores: Mapping[str, TaskScore], output_dir: Path, header: dict[str, Any]) -> None:
     rows = [{**asdict(s), "main_score_x100": s.main_score_x100} for s in scores.values()]
-    (output_dir / "summary.json").write_text(json.dumps({**header, "tasks": rows}, indent=2))
+    write_text(output_dir / "summary.json", json.dumps({**header, "tasks": rows}, indent=2))
     lines = [f"# {header['model']}", "",
              f"revision `{header['revision']}`, mteb {header['mteb_version']}, data {header['data_dir']}, "
              f"total {_fmt_seconds(header['seconds'])}", "",
@@ -106,13 +132,13 @@ def write_summary(scores: Mapping[str, TaskScore], output_dir: Path, header: dic
         by_cat.setdefault(s.category, []).append(s.main_score_x100)
     lines += ["", "| category | tasks | mean x100 |", "|---|---:|---:|"]
     lines += [f"| {c} | {len(v)} | {sum(v) / len(v):.2f} |" for c, v in by_cat.items()]
-    (output_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    write_text(output_dir / "summary.md", "\n".join(lines) + "\n")
 
 
 def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None = None,
              output_dir: str | Path | None = None, instructions: Mapping[str, str | None] | str | Path | None = None,
              batch_size: int = 32, cache: bool = True, progress: bool = True,
-             languages: Iterable[str] | None = DEFAULT_LANGUAGES) -> dict[str, TaskScore]:
+             languages: Iterable[str] | None = DEFAULT_LANGUAGES, resume: bool = True) -> dict[str, TaskScore]:
     """Score a model on tasks with mteb's evaluators; returns {task name: TaskScore} in task order.
 
     model: EmbeddingModel, SentenceTransformer, or anything `load_model` takes. tasks: names, suites, categories
@@ -120,6 +146,8 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
     writes <task>.json (mteb's result format), <task>.items.json (per-item scores), summary.json and summary.md.
     cache: reuse embeddings under $POOLATTN_CACHE/embeddings/<model fingerprint>/. languages: the subsets of
     multilingual hub tasks kept (ISO 639-3, default English as on the English leaderboard; None: all).
+    resume: with output_dir, tasks that an earlier run into it finished with the same model and settings are read
+    back from its progress.json instead of being scored again (False: score every task anew).
     """
     import datasets
     import mteb
@@ -140,7 +168,13 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
     bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, disable=not progress, transient=False)
     enc_bar = bars.add_task("encode", total=None, visible=False)
-    runner = EncodeRunner(encoder, embedding_cache_dir() / fingerprint(model) if cache else None, key,
+    model_id = fingerprint(model)
+    settings = json.loads(json.dumps({"model": model_id, "instructions": overrides, "data_dir": str(data_dir),
+                                      "languages": None if languages is None else sorted(languages),
+                                      "mteb_version": mteb.__version__}, default=str))
+    finished = _finished(output, settings) if output is not None and resume else {}
+    finished = broadcast({n: s for n, s in finished.items() if n in names})  # every rank skips the same tasks
+    runner = EncodeRunner(encoder, embedding_cache_dir() / model_id if cache else None, key,
                           on_progress=lambda done, total: bars.update(enc_bar, completed=done, total=total,
                                                                       visible=True))
     bars_were_on = datasets.is_progress_bar_enabled()
@@ -161,15 +195,23 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
                 loaded.append((spec, task, cost))
             known = [c for _, _, c in loaded if c]
             costs = [c or (sum(known) / len(known) if known else 1.0) for _, _, c in loaded]
-            overall = bars.add_task("tasks", total=sum(costs))
+            left = sum(c for (spec, _, _), c in zip(loaded, costs) if spec.name not in finished)
+            overall = bars.add_task("tasks", total=left)
             done_cost = 0.0
             for k, ((spec, task, _), cost) in enumerate(zip(loaded, costs), 1):
                 eta = ""
                 if done_cost:
-                    eta = f"  ETA {_fmt_seconds((time.monotonic() - start) / done_cost * (sum(costs) - done_cost))}"
+                    eta = f"  ETA {_fmt_seconds((time.monotonic() - start) / done_cost * (left - done_cost))}"
                 bars.update(overall, description=f"[{k}/{len(loaded)}] {spec.name}{eta}")
+                if spec.name in finished:
+                    results[spec.name] = s = finished[spec.name]
+                    console.log(f"[{k}/{len(loaded)}] {s.task}: {s.main_metric} {s.main_score_x100:.2f} "
+                                f"(finished by an earlier run: {output / PROGRESS_FILE})")
+                    continue  # not in the ETA: its cost was paid before
                 bars.update(enc_bar, description=f"  encoding ({spec.name})", completed=0, total=None)
                 results[spec.name] = _run_one(spec, task, runner, encoder, batch_size, output, mteb)
+                if output is not None:
+                    _record(output, settings, results)
                 done_cost += cost
                 bars.update(overall, completed=done_cost)
                 s = results[spec.name]
@@ -254,5 +296,5 @@ def _run_one(spec: Any, task: Any, runner: EncodeRunner, encoder: Any, batch_siz
                  "main_score": score.main_score, "main_split": split,
                  "parts": [p for p in parts if p["split"] == split],
                  "other_splits": [p for p in parts if p["split"] != split]}
-        Path(score.items_file).write_text(json.dumps(items))
+        write_text(score.items_file, json.dumps(items))
     return score
