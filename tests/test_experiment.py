@@ -131,6 +131,23 @@ def test_default_configs_validate():
             ("multilayer", "bidirectional")}
 
 
+def test_train_cpu_config_trains_the_best_cpu_recipe(tmp_path):
+    """`poolattn train configs/train_cpu.yaml` and `poolattn experiment configs/best_cpu.yaml` train the same model:
+    every field but where and how long-lived the outputs are (the fields a resumed run may change) agrees."""
+    import yaml
+
+    from poolattn.experiment import train_config_for
+    from poolattn.training import RESUMABLE_FIELDS, TrainConfig
+
+    cfg = ExperimentConfig.load("configs/best_cpu.yaml")
+    (design,) = cfg.designs
+    best = train_config_for(cfg, design, tmp_path).model_dump(mode="json")
+    alone = TrainConfig.model_validate(yaml.safe_load(open("configs/train_cpu.yaml"))).model_dump(mode="json")
+    differ = sorted(k for k in best if best[k] != alone[k] and k not in RESUMABLE_FIELDS)
+    assert differ == [], {k: (best[k], alone[k]) for k in differ}
+    assert best["scale"] == 50.0 and best["both_directions"] is True  # the lever study's adopted levers
+
+
 def test_duplicate_design_names_rejected():
     with pytest.raises(ValueError, match="unique"):
         ExperimentConfig(designs=[Design(name="a", pooling="eos"), Design(name="a", pooling="mean")])
