@@ -172,8 +172,8 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
     settings = json.loads(json.dumps({"model": model_id, "instructions": overrides, "data_dir": str(data_dir),
                                       "languages": None if languages is None else sorted(languages),
                                       "mteb_version": mteb.__version__}, default=str))
-    finished = _finished(output, settings) if output is not None and resume else {}
-    finished = broadcast({n: s for n, s in finished.items() if n in names})  # every rank skips the same tasks
+    earlier = _finished(output, settings) if output is not None and resume else {}  # kept in progress.json
+    finished = broadcast({n: s for n, s in earlier.items() if n in names})  # every rank skips the same tasks
     runner = EncodeRunner(encoder, embedding_cache_dir() / model_id if cache else None, key,
                           on_progress=lambda done, total: bars.update(enc_bar, completed=done, total=total,
                                                                       visible=True))
@@ -211,7 +211,7 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
                 bars.update(enc_bar, description=f"  encoding ({spec.name})", completed=0, total=None)
                 results[spec.name] = _run_one(spec, task, runner, encoder, batch_size, output, mteb)
                 if output is not None:
-                    _record(output, settings, results)
+                    _record(output, settings, {**earlier, **results})
                 done_cost += cost
                 bars.update(overall, completed=done_cost)
                 s = results[spec.name]
