@@ -105,9 +105,7 @@ def _finished(output: Path, settings: dict[str, Any]) -> dict[str, TaskScore]:
         if record.get("settings") != settings:
             return {}
         done = {name: TaskScore(**row) for name, row in record["tasks"].items()}
-    except FileNotFoundError:
-        return {}
-    except (ValueError, KeyError, TypeError):  # unreadable or from another version: score everything again
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, unreadable or another version's: score all again
         return {}
     return {n: s for n, s in done.items()
             if (output / f"{n}.json").exists() and (output / f"{n}.items.json").exists()}
