@@ -105,7 +105,7 @@ def _finished(output: Path, settings: dict[str, Any]) -> dict[str, TaskScore]:
         if record.get("settings") != settings:
             return {}
         done = {name: TaskScore(**row) for name, row in record["tasks"].items()}
-    except (OSError, ValueError, KeyError, TypeError):  # none yet, unreadable or another version's: score all again
+    except (FileNotFoundError, ValueError, KeyError, TypeError):  # none yet, unreadable, another version's: rescore
         return {}
     return {n: s for n, s in done.items()
             if (output / f"{n}.json").exists() and (output / f"{n}.items.json").exists()}
