@@ -110,6 +110,20 @@ class ExperimentConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _reference(self):
+        # Checked when the config loads, not when the report is written after hours of training.
+        self.check_reference(self.designs + (MEAN_BASELINES if self.include_mean_baselines else [])
+                             + self.reference_rows())
+        return self
+
+    def check_reference(self, rows: list[Design | Peer]) -> None:
+        """report.reference (when set) must name one of `rows`, the designs and reference rows it is drawn from."""
+        names = [r.name for r in rows]
+        if self.report.reference is not None and self.report.reference not in names:
+            raise ValueError(f"report.reference {self.report.reference!r} is not a design or reference row of this "
+                             f"config; valid: {names} (or leave it unset: the first design)")
+
+    @model_validator(mode="after")
     def _seeds(self):
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")

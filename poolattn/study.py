@@ -67,6 +67,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[Ex
         if axes:
             raise ValueError(f"{path}: design {d.name!r} sets {sorted(axes)} in its train: the study sets those "
                              f"for every design (study.lrs, study.budgets, study.warmup_steps)")
+    # A study's folders evaluate no baseline or peers (folder_config): its reference must be one of its designs.
+    config.check_reference(config.designs)
     return config, study
 
 

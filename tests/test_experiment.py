@@ -217,3 +217,13 @@ def test_design_levers_merge_into_the_shared_training_and_are_checked(tmp_path):
     tc = train_config_for(cfg, cfg.designs[1], tmp_path)
     assert tc.max_length == 64 and tc.batch_size == 8
     assert train_config_for(cfg, cfg.designs[0], tmp_path).max_length == 32
+
+
+def test_report_reference_is_checked_when_the_config_loads():
+    # Not after hours of training, when the report is written: the error names what it could be.
+    designs = [Design(name="a", pooling="eos"), Design(name="b", pooling="mean")]
+    with pytest.raises(ValueError, match=r"report.reference '1-eos-causal'.*valid: \['a', 'b', 'baseline'\]"):
+        ExperimentConfig(designs=designs, report={"reference": "1-eos-causal"})
+    assert ExperimentConfig(designs=designs, report={"reference": "baseline"}).report.reference == "baseline"
+    assert ExperimentConfig(designs=designs, peers=["all-MiniLM-L6-v2"],
+                            report={"reference": "peer-all-MiniLM-L6-v2"}).report.reference.startswith("peer-")

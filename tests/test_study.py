@@ -119,6 +119,21 @@ def test_study_refuses_a_lever_on_its_own_axes(tmp_path):
         load_study(tmp_path / "s.yaml")
 
 
+def test_study_refuses_a_reference_that_is_not_one_of_its_designs(tmp_path):
+    # study_budget.yaml's reference (default.yaml's 1-eos-causal) with one other design: refused at load, before any
+    # training (a study's folders evaluate no baseline, so the baseline is no reference there either).
+    (tmp_path / "s.yaml").write_text(
+        "extends: %s\nstudy: {lrs: [1.0e-3], budgets: [30], seeds: [1]}\n"
+        "designs: [{name: only, pooling: eos}]\n" % (Path("configs/study_budget.yaml").resolve()))
+    with pytest.raises(ValueError, match="report.reference '1-eos-causal'"):
+        load_study(tmp_path / "s.yaml")
+    (tmp_path / "b.yaml").write_text((tmp_path / "s.yaml").read_text() + "report: {reference: baseline}\n")
+    with pytest.raises(ValueError, match=r"valid: \['only'\]"):
+        load_study(tmp_path / "b.yaml")
+    (tmp_path / "ok.yaml").write_text((tmp_path / "s.yaml").read_text() + "report: {reference: only}\n")
+    assert load_study(tmp_path / "ok.yaml")[0].report.reference == "only"
+
+
 def test_shipped_lever_study_names_what_each_lever_changes():
     cfg, _ = load_study("configs/study_levers.yaml")
     names = [d.name for d in cfg.designs]
