@@ -178,18 +178,12 @@ def _eval_seconds(model, samples, batch_size: int) -> float:
     return total
 
 
-def _base_designs(config: ExperimentConfig) -> list[Design]:
-    from .experiment import MEAN_BASELINES
-
-    return config.designs + (MEAN_BASELINES if config.include_mean_baselines else [])
-
-
 def measure(config: ExperimentConfig) -> Measurement:
     """This machine's training step per probed design and evaluation speed (see module doc)."""
     from .model import EmbeddingModel
     from .references import reference_model
 
-    designs = _base_designs(config)
+    designs = config.base_designs()
     probes = _probe_designs(designs)
     timed = {name: _probe_step(config, d) for name, d in probes.items()}
     samples = _suite_samples(config)

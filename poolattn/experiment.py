@@ -112,8 +112,7 @@ class ExperimentConfig(BaseModel):
     @model_validator(mode="after")
     def _reference(self):
         # Checked when the config loads, not when the report is written after hours of training.
-        self.check_reference(self.designs + (MEAN_BASELINES if self.include_mean_baselines else [])
-                             + self.reference_rows())
+        self.check_reference(self.base_designs() + self.reference_rows())
         return self
 
     def check_reference(self, rows: list[Design | Peer]) -> None:
@@ -129,9 +128,13 @@ class ExperimentConfig(BaseModel):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
         return self
 
+    def base_designs(self) -> list[Design]:
+        """The configured designs and the mean baselines when included, once each (no per-seed replicates)."""
+        return self.designs + (MEAN_BASELINES if self.include_mean_baselines else [])
+
     def all_designs(self) -> list[Design]:
         """The configured designs (and mean baselines), once per seed when there are several seeds."""
-        designs = self.designs + (MEAN_BASELINES if self.include_mean_baselines else [])
+        designs = self.base_designs()
         if not self.seeds or len(self.seeds) == 1:
             return designs
         return [d.model_copy(update={"name": f"{d.name}-s{s}", "seed": s, "replicate_of": d.name})
