@@ -146,6 +146,7 @@ def test_train_cpu_config_trains_the_best_cpu_recipe(tmp_path):
     differ = sorted(k for k in best if best[k] != alone[k] and k not in RESUMABLE_FIELDS)
     assert differ == [], {k: (best[k], alone[k]) for k in differ}
     assert best["scale"] == 50.0 and best["both_directions"] is True  # the lever study's adopted levers
+    assert (best["lora"]["r"], best["lora"]["alpha"]) == (32, 64)
 
 
 def test_duplicate_design_names_rejected():
