@@ -1,7 +1,8 @@
-"""Checkpoint files: atomic commit of a fully written folder, the list of complete checkpoints, RNG states and
-the trainable weights of an EmbeddingModel."""
+"""Checkpoint files: what a checkpoint folder holds (trainable weights, optimizer, scheduler, trainer state, each
+process's RNG states), atomic commit of a fully written folder, and the list of complete checkpoints."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -99,3 +100,36 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_state(folder: Path, rank: int, model: EmbeddingModel | None, optimizer, scheduler,
+                trainer_state: dict[str, Any]) -> None:
+    """Write one process's share of a checkpoint into a (temporary) folder: its RNG states, and with `model` (the
+    process that writes the run folder) the trainable weights, optimizer, scheduler and trainer state."""
+    from safetensors.torch import save_file
+
+    torch.save(rng_state(), folder / f"rng_state_{rank}.pt")
+    if model is None:
+        return
+    state = {k: v.detach().contiguous().cpu() for k, v in model.trainable_state_dict().items()}
+    save_file(state, str(folder / "trainable.safetensors"))
+    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+    torch.save(scheduler.state_dict(), folder / "scheduler.pt")
+    (folder / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+
+
+def read_state(folder: Path, rank: int, model: EmbeddingModel, optimizer,
+               scheduler) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Load a checkpoint's weights, optimizer and scheduler in place; return its trainer state and this process's
+    RNG states (None when it was saved by fewer processes than resume it)."""
+    from safetensors.torch import load_file
+
+    state = json.loads((folder / "trainer_state.json").read_text())
+    load_trainable_state(model, load_file(str(folder / "trainable.safetensors")))
+    # Loaded to the CPU, moved by load_state_dict to each parameter's device: under a multi-node launcher the
+    # saved storages are tagged "cpu:0", which map_location=<the process's device> cannot restore.
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    rng = folder / f"rng_state_{rank}.pt"
+    # our own file; it holds numpy / python RNG tuples, which weights_only cannot load
+    return state, torch.load(rng, weights_only=False) if rng.exists() else None

@@ -11,13 +11,13 @@ Run folder (`output_dir`):
     snapshots/step-NNNNNN/        the same at each of `snapshot_steps` (one constant-lr run serves several budgets)
     train_summary.json            status (completed | time_budget), steps, elapsed time
 Calling `train` again with the same output_dir resumes from the newest checkpoint, or returns at once when done.
+What a checkpoint holds is poolattn.training.checkpoint's; the rest of the folder's bookkeeping is runfolder's.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 import time
@@ -26,18 +26,17 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import yaml
 
 from ..data import Example, MixedBatchSampler, load_sources
 from ..distributed import close_at_exit, world
 from ..errors import write_failed
-from ..fileio import write_json, write_text
+from ..fileio import write_json
 from ..distill import distill_loss
 from ..losses import info_nce
 from ..model import EmbeddingModel
-from . import checkpoint
-from .checkpoint import list_checkpoints, load_trainable_state
-from .config import RESUMABLE_FIELDS, TrainConfig
+from . import checkpoint, runfolder
+from .checkpoint import list_checkpoints
+from .config import TrainConfig
 from .gradcache import contrastive_backward
 
 log = logging.getLogger(__name__)
@@ -71,37 +70,7 @@ class Trainer:
     # -- run folder -------------------------------------------------------------------------------------------
     def finished(self) -> bool:
         """A previous call already reached max_steps or spent the time budget and wrote the final model."""
-        path = self.out / "train_summary.json"
-        if not (path.exists() and (self.out / "final").exists()):
-            return False
-        s = json.loads(path.read_text())
-        budget = self.config.max_time_minutes
-        return s["steps"] >= self.config.max_steps or (budget is not None and s["elapsed_s"] >= budget * 60)
-
-    def _check_config(self) -> None:
-        saved = self.out / "config.json"
-        if saved.exists():
-            old = json.loads(saved.read_text())
-            try:  # validated again, so fields added since the run started compare at their defaults
-                old = type(self.config).model_validate({k: v for k, v in old.items()
-                                                        if k in type(self.config).model_fields}).model_dump(mode="json")
-            except ValueError:
-                pass  # compared as written: every differing field is named below
-            new = self.config.model_dump(mode="json")
-            free = set(RESUMABLE_FIELDS)
-            if old.get("schedule") == new.get("schedule") == "constant":
-                free.add("max_steps")  # a constant lr does not depend on the run's length: the run may be extended
-            diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
-            if diff:
-                raise ValueError(f"{self.out} holds a run with a different config ({', '.join(diff)} differ); "
-                                 f"use another output_dir (only {', '.join(sorted(free))} may change "
-                                 f"on resume)")
-
-    def _write_config(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        dump = self.config.model_dump(mode="json")
-        write_json(self.out / "config.json", dump)
-        write_text(self.out / "config.yaml", yaml.safe_dump(dump, sort_keys=False))
+        return runfolder.finished(self.out, self.config)
 
     # -- setup ------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -136,7 +105,7 @@ class Trainer:
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.world} processes")
         self.local_batch = cfg.batch_size // self.world
-        self._check_config()
+        runfolder.check_config(self.out, cfg)
         self.sampler = MixedBatchSampler(load_sources(cfg.data, cfg.data_dir), cfg.batch_size, cfg.seed)
 
         set_seed(cfg.seed)  # pooler and LoRA initialisation
@@ -197,7 +166,7 @@ class Trainer:
         # The run folder is written only now that data and model loaded: a failed start leaves it as it was.
         acc.wait_for_everyone()  # every process has read the old config before the main one rewrites it
         if self.writer:
-            self._write_config()
+            runfolder.write_config(self.out, cfg)
             for stale in checkpoint.clean_leftovers(self.out):
                 log.info("removed %s (left by an interrupted save)", stale)
         acc.wait_for_everyone()
@@ -209,7 +178,7 @@ class Trainer:
         else:
             set_seed(cfg.seed, device_specific=True)  # different dropout per process
         if self.writer:
-            self._truncate_metrics()
+            runfolder.truncate_metrics(self.out, self.step)
         acc.wait_for_everyone()
 
     def save_model(self, folder: Path) -> None:
@@ -224,8 +193,6 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        from safetensors.torch import save_file
-
         acc, name = self.acc, f"step-{self.step:06d}"
         final, tmp = self.ckpt_dir / name, self.ckpt_dir / f"{checkpoint.TMP_PREFIX}{name}"
         if self.writer:
@@ -233,15 +200,9 @@ class Trainer:
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         try:  # a failed write (full disk: torch says only "iostream error") names the checkpoint and the reason
-            torch.save(checkpoint.rng_state(), tmp / f"rng_state_{self.rank}.pt")
-            if self.writer:
-                state = {k: v.detach().contiguous().cpu() for k, v in self.unwrapped.trainable_state_dict().items()}
-                save_file(state, str(tmp / "trainable.safetensors"))
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-                (tmp / "trainer_state.json").write_text(json.dumps(
-                    {"step": self.step, "elapsed_s": self._elapsed(), "world_size": self.world,
-                     "sampler": self.sampler.state_dict()}, indent=2))
+            checkpoint.write_state(tmp, self.rank, self.unwrapped if self.writer else None, self.optimizer,
+                                   self.scheduler, {"step": self.step, "elapsed_s": self._elapsed(),
+                                                    "world_size": self.world, "sampler": self.sampler.state_dict()})
         except (OSError, RuntimeError) as err:
             shutil.rmtree(tmp, ignore_errors=True)
             raise write_failed(tmp, err) from err
@@ -256,35 +217,17 @@ class Trainer:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
-        state = json.loads((path / "trainer_state.json").read_text())
-        load_trainable_state(self.unwrapped, load_file(str(path / "trainable.safetensors")))
-        # Loaded to the CPU, moved by load_state_dict to each parameter's device: under a multi-node launcher the
-        # saved storages are tagged "cpu:0", which map_location=<the process's device> cannot restore.
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        state, rng = checkpoint.read_state(path, self.rank, self.unwrapped, self.optimizer, self.scheduler)
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.elapsed_before = state["step"], state["elapsed_s"]
-        rng = path / f"rng_state_{self.rank}.pt"
-        if rng.exists():
-            checkpoint.set_rng_state(torch.load(rng, weights_only=False))  # our own file; holds numpy/python RNG tuples
+        if rng is not None:
+            checkpoint.set_rng_state(rng)
         else:  # resumed on more processes than saved
             from accelerate.utils import set_seed
 
             set_seed(self.config.seed + self.step, device_specific=True)
         if self.main:
             _say(f"resuming {self.out} from {path.name} (step {self.step}/{self.config.max_steps})")
-
-    def _truncate_metrics(self) -> None:
-        """Drop metric lines past the resumed step: those steps are about to be run again."""
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, path)
 
     # -- one step -----------------------------------------------------------------------------------------------
     def _embed(self, module: torch.nn.Module) -> Callable[[dict], torch.Tensor]:
@@ -436,7 +379,7 @@ def _say(msg: str) -> None:
 def train(config: TrainConfig, callbacks: Sequence[Callable[[int, dict], None]] = ()) -> Path:
     """Train (or resume, or return at once if done) and return the final model folder."""
     trainer = Trainer(config, callbacks)
-    trainer._check_config()
+    runfolder.check_config(trainer.out, config)
     if trainer.finished():
         return trainer.out / "final"
     return trainer.run()
