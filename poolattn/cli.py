@@ -11,9 +11,19 @@ app = typer.Typer(cls=ErrorBoundary, add_completion=False, no_args_is_help=True,
                   help="Decoder LLMs as text-embedding models: design, train, evaluate, compare.")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"poolattn {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(ctx: typer.Context,
-          debug: bool = typer.Option(False, "--debug", help="show the traceback of an error (or POOLATTN_DEBUG=1)")):
+          debug: bool = typer.Option(False, "--debug", help="show the traceback of an error (or POOLATTN_DEBUG=1)"),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print poolattn's version and exit")):
     """Decoder LLMs as text-embedding models: design, train, evaluate, compare."""
     ctx.meta["poolattn_debug"] = debug
 
@@ -31,34 +41,55 @@ def _check_model_spec(value: str | None) -> str | None:
     return value
 
 DEVICE_HELP = "auto (this process's GPU, else MPS, else CPU), cpu, cuda, cuda:N or mps"
+DTYPE_HELP = "auto | float32 | bfloat16 | float16"
+DATA_HELP = "data pack folder (default: $POOLATTN_DATA, else ../shared/data)"
 
 
-def _check_device(value: str | None) -> str | None:
-    """--device callback: an unknown or absent device is a one-line usage error, before any model loads."""
-    if value is None:
-        return None
-    from .device import resolve_device
+def _checked_by(module: str, resolver: str, hint: str):
+    """An option callback: poolattn.<module>.<resolver>(value) raising ValueError (an unknown device or dtype, with
+    the valid ones) is a one-line usage error, before any model loads."""
+    def check(value: str | None) -> str | None:
+        if value is not None:
+            import importlib
 
-    try:
-        resolve_device(value)
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--device") from err
-    return value
+            try:
+                getattr(importlib.import_module(f"{__package__}.{module}"), resolver)(value)
+            except ValueError as err:
+                raise typer.BadParameter(str(err), param_hint=hint) from err
+        return value
+    return check
+
+
+_check_device = _checked_by("device", "resolve_device", "--device")
+_check_dtype = _checked_by("backbone", "resolve_dtype", "--dtype")
 
 
 # --- encode/info commands (core) ---
 def _load_model(model: str, attention: str | None, pooling: str | None, dtype: str | None, max_length: int | None,
                 device: str = "auto"):
-    """A saved poolattn folder as saved (options override it), else a fresh design on that backbone."""
+    """A saved poolattn folder as saved (options override it), else a fresh design on that backbone: then a
+    trainable pooler starts random, and a warning says so. --max-length beyond the model's positions is refused."""
     from pathlib import Path
+
+    from rich.console import Console
 
     from .model import CONFIG_NAME, EmbeddingModel, ModelConfig
 
     overrides = {k: v for k, v in dict(attention=attention, pooling=pooling, dtype=dtype,
                                        max_length=max_length).items() if v is not None}
     if (Path(model) / CONFIG_NAME).exists():
-        return EmbeddingModel.from_pretrained(model, inference=True, device=device, **overrides)  # inference only
-    return EmbeddingModel(ModelConfig(backbone=model, **overrides), device=device)
+        m = EmbeddingModel.from_pretrained(model, inference=True, device=device, **overrides)  # inference only
+    else:
+        m = EmbeddingModel(ModelConfig(backbone=model, **overrides), device=device)
+        if any(True for _ in m.pooler.parameters()):
+            Console(stderr=True).print(f"[yellow]warning[/yellow]: {m.config.pooling} pooling on the plain backbone "
+                                       f"{model}: its pooler is untrained (random weights), so the embeddings are "
+                                       f"not meaningful; train the design first (poolattn train)", soft_wrap=True)
+    positions = getattr(m.backbone.config, "max_position_embeddings", None)
+    if max_length is not None and positions is not None and max_length > positions:
+        raise UserError(f"--max-length {max_length}: the model {model} takes at most {positions} tokens "
+                        f"(max_position_embeddings)", 2)
+    return m
 
 
 @app.command()
@@ -72,15 +103,16 @@ def encode(
     instruction: str = typer.Option(None, help="task instruction prefixed to every text"),
     batch_size: int = typer.Option(32, min=1),
     max_length: int = typer.Option(None, min=1, help="truncate texts to this many tokens (default: as saved)"),
-    dtype: str = typer.Option(None, help="auto | float32 | bfloat16"),
+    dtype: str = typer.Option(None, callback=_check_dtype, help=DTYPE_HELP),
     device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
 ):
     """Embed the lines of a text file into a .npy file, written atomically at exactly --output."""
     import numpy as np
     from rich import print as rprint
 
-    from .fileio import atomic_write, check_input_file, check_output_file
+    from .fileio import atomic_write, check_input_file, check_not_input, check_output_file
 
+    check_not_input(output, {"--input": input})  # before anything is read: the input is never overwritten
     check_output_file(output)  # before any work: a folder, a missing or unwritable folder is a usage error
     try:
         texts = check_input_file(input).read_text(encoding="utf-8").splitlines()
@@ -131,7 +163,9 @@ def train_command(
     from pydantic import ValidationError
     from rich import print as rprint
 
+    from .datadir import resolve_data_dir
     from .distributed import is_main
+    from .fileio import removed_if_failed
     from .training import TrainConfig, train
 
     set_ = list(set_ or []) + ([f"device={device}"] if device else [])
@@ -139,7 +173,9 @@ def train_command(
         cfg = TrainConfig.load(config, set_)
     except (ValidationError, ValueError, OSError, yaml.YAMLError) as err:
         raise typer.BadParameter(str(err), param_hint="CONFIG / --set") from err
-    final = train(cfg)
+    resolve_data_dir(cfg.data_dir, "data_dir")  # before any work: a data folder that is not there is one line
+    with removed_if_failed(cfg.output_dir):
+        final = train(cfg)
     if is_main():  # one line under torchrun / accelerate launch
         rprint(f"[green]final model[/green] -> {final}")
 
@@ -153,7 +189,7 @@ def eval_(
     tasks: str = typer.Option("lite", "--tasks", "-t", help="comma-separated task names, suites (lite, full) and "
                               "categories (sts, retrieval, classification, clustering, pairclassification, reranking)"),
     output: str = typer.Option(..., "--output", "-o", help="folder for <task>.json, <task>.items.json, summary.*"),
-    data: str = typer.Option(None, "--data", help="data pack folder (default: $POOLATTN_DATA or ../shared/data)"),
+    data: str = typer.Option(None, "--data", help=DATA_HELP),
     instructions: str = typer.Option(None, help="YAML/JSON file {task: instruction} overriding the built-in table"),
     batch_size: int = typer.Option(32, min=1),
     no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the embedding cache"),
@@ -171,24 +207,28 @@ def eval_(
 
     from rich import print as rprint
 
+    from .datadir import resolve_data_dir
     from .device import resolve_device
     from .distributed import ensure_group, is_main
     from .evaluation import TaskUnavailable, evaluate, load_model, resolve_tasks
-    from .fileio import check_input_file, check_output_dir
+    from .fileio import check_input_file, check_not_input, check_output_dir, removed_if_failed
 
+    data_dir = resolve_data_dir(data, "--data")  # every input checked before the output folder is made
+    check_not_input(output, {"--instructions": instructions})
     check_output_dir(output)
     ensure_group(resolve_device(device).type)  # under torchrun every rank encodes its share; rank 0 scores
     if instructions is not None:
         check_input_file(instructions, "--instructions")
     try:
-        names = resolve_tasks(tasks, data)
+        names = resolve_tasks(tasks, data_dir)
     except (ValueError, OSError) as e:
         raise typer.BadParameter(str(e), param_hint="--tasks") from e
     try:
-        scores = evaluate(load_model(model, device=device, pooling=pooling, attention=attention), names, data_dir=data,
-                          output_dir=output, instructions=instructions, batch_size=batch_size, cache=not no_cache,
-                          resume=resume,
-                          languages=None if languages.strip() == "all" else [x.strip() for x in languages.split(",")])
+        with removed_if_failed(output):
+            scores = evaluate(load_model(model, device=device, pooling=pooling, attention=attention), names,
+                              data_dir=data_dir, output_dir=output, instructions=instructions, batch_size=batch_size,
+                              cache=not no_cache, resume=resume, languages=None if languages.strip() == "all"
+                              else [x.strip() for x in languages.split(",")])
     except TaskUnavailable as e:
         rprint(f"[red]{e}[/red]")
         raise typer.Exit(1) from e
@@ -244,12 +284,14 @@ def experiment(
     from rich import print as rprint
 
     from .experiment import ExperimentConfig, pending, run_experiment
-    from .fileio import check_input_file, check_output_dir
+    from .fileio import check_input_file, check_output_dir, removed_if_failed
 
     set_ = list(set_) + ([f"device={device}"] if device else [])
     cfg = ExperimentConfig.load(check_input_file(config, "CONFIG"), set_)
     check_output_dir(cfg.output_dir, "output_dir")
-    folder = run_experiment(cfg, cache=not no_cache, only=list(design) or None)
+    cfg.check_data()
+    with removed_if_failed(cfg.output_dir):
+        folder = run_experiment(cfg, cache=not no_cache, only=list(design) or None)
     from .distributed import is_main
     from .report import write_report
 
@@ -274,13 +316,15 @@ def study(
     Run it again to resume."""
     from rich import print as rprint
 
-    from .fileio import check_input_file, check_output_dir
+    from .fileio import check_input_file, check_output_dir, removed_if_failed
     from .study import load_study, run_study
 
     set_ = list(set_) + ([f"device={device}"] if device else [])
     cfg, settings = load_study(check_input_file(config, "CONFIG"), set_)
     check_output_dir(cfg.output_dir, "output_dir")
-    out = run_study(cfg, settings)
+    cfg.check_data()
+    with removed_if_failed(cfg.output_dir):
+        out = run_study(cfg, settings)
     rprint(f"[green]study[/green]: {out / (cfg.name + '.md')}")
 
 
@@ -290,21 +334,29 @@ def layers(
                               help="saved poolattn folder, backbone alias, local folder or hub id"),
     tasks: str = typer.Option("STSBenchmark", help="comma-separated task names to score every layer on"),
     output: str = typer.Option("runs/layers", help="folder for layers.json and the PNGs"),
-    data: str = typer.Option(None, help="data pack folder (default ../shared/data or POOLATTN_DATA)"),
+    data: str = typer.Option(None, "--data", help=DATA_HELP),
     attention: str = typer.Option(None, help="causal | bidirectional (default: as saved, else causal)"),
     n_texts: int = typer.Option(1000, min=2, help="texts for the layer-similarity (CKA) heatmap"),
-    dtype: str = typer.Option(None),
+    dtype: str = typer.Option(None, callback=_check_dtype, help=DTYPE_HELP),
     device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
 ):
     """Per-layer EOS and mean embeddings: layer x layer CKA heatmap (paper Fig. 1) and per-layer task scores (Fig. 2)."""
     from rich import print as rprint
 
-    from .fileio import check_output_dir
+    from .datadir import resolve_data_dir
+    from .evaluation import resolve_tasks
+    from .fileio import check_output_dir, removed_if_failed
     from .layers import analyze_layers
 
+    data_dir = resolve_data_dir(data, "--data", required=True)  # its probe sentences come from the pack
+    try:  # before the layer pass, as eval does
+        names = resolve_tasks(tasks, data_dir)
+    except (ValueError, OSError) as e:
+        raise typer.BadParameter(str(e), param_hint="--tasks") from e
     check_output_dir(output)
     m = _load_model(model, attention, None, dtype, None, device)
-    result = analyze_layers(m, [t for t in tasks.split(",") if t], output, data_dir=data, n_texts=n_texts)
+    with removed_if_failed(output):
+        result = analyze_layers(m, names, output, data_dir=data_dir, n_texts=n_texts)
     rprint(f"[green]layer analysis[/green] -> {result['files']}")
 
 

@@ -168,7 +168,13 @@ def load_sources(specs: list[SourceConfig], data_dir: str | Path | None = None) 
             raise FileNotFoundError(f"training source {spec.path!r} not found (looked under data_dir {data_dir} "
                                     f"and the working directory)")
         if path is None:  # not a local path: a hub dataset name
-            group = [Source(spec.name or spec.path, read_hub(spec), 1.0)]
+            try:
+                group = [Source(spec.name or spec.path, read_hub(spec), 1.0)]
+            except OSError as err:  # not found or unreachable: say where it was looked for, not only the hub's words
+                where = f"data_dir {data_dir}" + ("" if data_dir is None or Path(data_dir).is_dir() else
+                                                  " (no such folder)")
+                raise FileNotFoundError(f"training source {spec.path!r}: not under {where} nor the working "
+                                        f"directory, and not loadable from the hub ({err})") from err
         else:
             files = sorted(f for f in path.iterdir() if f.name.endswith(JSONL_SUFFIXES)) if path.is_dir() else [path]
             if not files:

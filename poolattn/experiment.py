@@ -45,7 +45,7 @@ class ReportSettings(BaseModel):
 class EvalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tasks: str | list[str] = "lite"
-    data_dir: str = "../shared/data"
+    data_dir: str | None = None  # the data pack; None: $POOLATTN_DATA, else ../shared/data (poolattn.datadir)
     batch_size: int = 32
     instructions: dict[str, str] | None = None
     languages: list[str] | None = ["eng"]  # subsets of multilingual hub tasks (ISO 639-3); None: every subset
@@ -151,6 +151,13 @@ class ExperimentConfig(BaseModel):
         """Everything the experiment evaluates, in order: the reference rows, then every design (and replicate)."""
         return self.reference_rows() + self.all_designs()
 
+    def check_data(self) -> None:
+        """The data folders this config names exist (poolattn.datadir's rule); checked before any folder is made."""
+        from .datadir import resolve_data_dir
+
+        resolve_data_dir(self.eval.data_dir, "eval.data_dir")
+        resolve_data_dir(self.train.get("data_dir"), "train.data_dir")
+
     def seed_for(self, design: Design) -> int:
         return design.seed if design.seed is not None else (self.seeds[0] if self.seeds else self.seed)
 
@@ -177,7 +184,8 @@ def _write_yaml_once(folder: Path, config: ExperimentConfig) -> None:
         before = ExperimentConfig.model_validate(yaml.safe_load(path.read_text())).model_dump(mode="json")
         # Where the run lives and how it is reported may change; what it computes may not.
         keep = ("output_dir", "report", "device", "peers")  # a peer may be added to a finished experiment
-        changed = [k for k in _changed_fields(before, dumped) if k.split(".")[0] not in keep]
+        moved = ("eval.data_dir", "train.data_dir")  # where the data lives, not what it is
+        changed = [k for k in _changed_fields(before, dumped) if k.split(".")[0] not in keep and k not in moved]
         if changed:
             raise ValueError(f"{path} holds a different experiment config ({', '.join(changed[:5])} changed); "
                              f"use a new output_dir or restore it")
@@ -308,6 +316,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
     from .training import train
 
     console = Console(stderr=True)
+    config.check_data()
     folder = Path(config.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     ensure_group(resolve_device(config.device).type)

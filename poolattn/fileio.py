@@ -105,3 +105,70 @@ def check_input_file(path: str | Path, what: str = "--input") -> Path:
     if not os.access(path, os.R_OK):
         raise UserError(f"{what} {path}: not readable", 2)
     return path
+
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether two paths name one file or folder (by any name: ./, symlinks, hard links)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet)
+        return a.resolve() == b.resolve()
+
+
+def check_not_input(output: str | Path, inputs: dict[str, str | Path | None], what: str = "--output",
+                    replaced_whole: bool = False) -> None:
+    """Refuse, before anything is read or written, an output that is one of the command's inputs.
+
+    Args:
+        output: the file or folder the command will write.
+        inputs: {how the user named it (e.g. "--input"): path or None} for every file or folder the command reads.
+        what: how the user named `output`, for the message.
+        replaced_whole: the command replaces the output folder as a whole (e.g. export): an input inside it would
+            be lost too, and is refused as well.
+    """
+    out = Path(output).expanduser()
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        src = Path(path).expanduser()
+        if _same(out, src):
+            raise UserError(f"{what} {output} is the {name} {path}: writing it would destroy the input; "
+                            f"give another {what}", 2)
+        if replaced_whole and out.resolve() in src.resolve().parents:
+            raise UserError(f"{what} {output} holds the {name} {path} and is replaced whole: writing it would "
+                            f"destroy the input; give another {what}", 2)
+
+
+@contextmanager
+def removed_if_failed(folder: str | Path) -> Iterator[Path]:
+    """An output folder a command may create: when the command fails, the folders this call created are removed
+    again if nothing was written into them. A folder that existed before, or holds any file, is left as it is.
+
+    Args:
+        folder: the command's output folder (it and any missing parents may be created inside the block).
+    """
+    folder = Path(folder)
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    try:
+        yield folder
+    except BaseException:
+        if existing != folder:
+            _remove_empty(folder)
+            for parent in [p for p in folder.parents if existing in p.parents]:  # created on the way, innermost first
+                _remove_empty(parent, recurse=False)
+        raise
+
+
+def _remove_empty(folder: Path, recurse: bool = True) -> None:
+    """Remove the empty folders at (and with `recurse` under) `folder`, bottom up; never a file, nor a folder that
+    holds one."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for sub in folder.iterdir() if recurse else ():
+        if sub.is_dir() and not sub.is_symlink():
+            _remove_empty(sub)
+    try:
+        folder.rmdir()  # only if empty
+    except OSError:
+        pass

@@ -166,11 +166,10 @@ def analyze_layers(model: EmbeddingModel, tasks: Sequence[str], output: str | Pa
 
     Writes layers.json, layer_similarity.png and layer_scores.png into `output`; returns the JSON as a dict.
     """
-    import os
-
+    from .datadir import default_data_dir
     from .evaluation import evaluate
 
-    data_dir = Path(data_dir or os.environ.get("POOLATTN_DATA", "../shared/data"))
+    data_dir = Path(data_dir or default_data_dir())
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     cache = LayerCache(model, batch_size)

@@ -130,6 +130,7 @@ def run_study(config: ExperimentConfig, study: StudySettings, console=None) -> P
     from .report import write_report
 
     console = console or Console(stderr=True)
+    config.check_data()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     designs = config.designs

@@ -31,3 +31,23 @@ def test_unknown_pooling_fails_with_valid_list(tiny_llama, tmp_path):
     res = runner.invoke(app, ["encode", "--model", tiny_llama, "--pooling", "cls", "--input", str(texts),
                               "--output", str(tmp_path / "e.npy")])
     assert res.exit_code == 2 and "weighted_mean" in res.output  # one line from the CLI's error boundary
+
+
+def test_version():
+    from poolattn import __version__
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"poolattn {__version__}"
+
+
+def test_untrained_pooler_on_a_plain_backbone_is_warned_about(tiny_llama, tmp_path):
+    texts = tmp_path / "t.txt"
+    texts.write_text("x\n")
+    for pooling, warned in (("latent", True), ("multilayer", True), ("mean", False)):
+        res = runner.invoke(app, ["encode", "--model", tiny_llama, "--pooling", pooling, "--dtype", "float32",
+                                  "-i", str(texts), "-o", str(tmp_path / "e.npy")])
+        assert res.exit_code == 0 and ("pooler is untrained" in res.output) == warned, (pooling, res.output)
+    folder = EmbeddingModel(ModelConfig(backbone=tiny_llama, pooling="latent", dtype="float32")).save_pretrained(
+        tmp_path / "m")  # a saved model's pooler is its own: no warning
+    res = runner.invoke(app, ["encode", "--model", str(folder), "-i", str(texts), "-o", str(tmp_path / "e.npy")])
+    assert res.exit_code == 0 and "pooler is untrained" not in res.output

@@ -6,6 +6,7 @@ import errno
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -276,3 +277,145 @@ def test_kill_during_the_cache_write_then_rerun_gives_identical_scores(saved_mod
     done = subprocess.run(cmd + ["-o", str(tmp_path / "rerun")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert _score(tmp_path / "rerun") == _score(tmp_path / "ref")
+
+
+# ---- issue 26: first touch (bad configs, outputs equal to inputs, the data folder, early option checks) -------------
+
+@pytest.mark.parametrize("command", ["train", "experiment", "study"])
+@pytest.mark.parametrize("content,word", [("", "is empty"), ("# nothing but a comment\n\n", "is empty"),
+                                          ("[1, 2]\n", "not a mapping")])
+def test_empty_or_non_mapping_config_is_one_line_before_anything_runs(tmp_path, monkeypatch, command, content, word):
+    monkeypatch.chdir(tmp_path)  # the built-in output_dir (runs/...) would land here
+    monkeypatch.setenv("POOLATTN_DATA", str(tmp_path / "no-pack"))  # old code: fails fast instead of training
+    (tmp_path / "c.yaml").write_text(content)
+    code, lines = cli(command, "c.yaml")
+    assert code == 2 and lines[-1].startswith("error: CONFIG:") and "c.yaml" in lines[-1] and word in lines[-1], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # nothing created
+
+
+def test_an_output_that_is_the_input_is_refused_before_anything_is_read(saved_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "t.txt"
+    src.write_text("a man is playing a guitar\n")
+    (tmp_path / "link.txt").symlink_to(src)
+    os.link(src, tmp_path / "hard.txt")
+    for out in ("t.txt", "./t.txt", str(src), "link.txt", "hard.txt"):
+        code, lines = cli("encode", "--model", "no-such-model", "-i", "t.txt", "-o", out)
+        assert code == 2 and "--input" in lines[-1] and "destroy the input" in lines[-1], (out, lines)
+        assert src.read_text() == "a man is playing a guitar\n"
+    # export replaces its destination whole: the model folder itself, or a folder holding it, is refused
+    from poolattn import EmbeddingModel
+
+    model = EmbeddingModel.from_pretrained(saved_model).save_pretrained(tmp_path / "runs" / "m")
+    before = sorted(p.name for p in model.iterdir())
+    for out in (model, tmp_path / "runs", f"{model}/."):
+        code, lines = cli("export", model, out)
+        assert code == 2 and "MODEL folder" in lines[-1], (out, lines)
+        assert sorted(p.name for p in model.iterdir()) == before
+
+
+def test_one_rule_for_the_data_folder(tmp_path, monkeypatch):
+    from poolattn.datadir import DEFAULT, resolve_data_dir
+    from poolattn.errors import UserError
+    from poolattn.experiment import ExperimentConfig
+    from poolattn.training import TrainConfig
+
+    given, env = tmp_path / "given", tmp_path / "env"
+    given.mkdir()
+    env.mkdir()
+    monkeypatch.setenv("POOLATTN_DATA", str(env))
+    assert resolve_data_dir(str(given)) == given and resolve_data_dir(None) == env
+    # every config leaves the folder to the rule unless it names one (the experiment ignored the variable)
+    assert ExperimentConfig().eval.data_dir is None and TrainConfig().data_dir is None
+    monkeypatch.delenv("POOLATTN_DATA")
+    assert resolve_data_dir(None) == Path(DEFAULT)
+    for explicit, env_value, origin in ((tmp_path / "nope", None, "--data"), (None, tmp_path / "nope", "$POOLATTN_DATA")):
+        if env_value:
+            monkeypatch.setenv("POOLATTN_DATA", str(env_value))
+        with pytest.raises(UserError, match=rf"^{re.escape(origin)}: no such folder: .*nope$"):
+            resolve_data_dir(explicit)
+    monkeypatch.chdir(tmp_path)  # ../shared/data is not here: the default is refused where the pack is needed
+    monkeypatch.delenv("POOLATTN_DATA")
+    with pytest.raises(UserError, match="the default data folder"):
+        resolve_data_dir(None, required=True)
+
+
+def test_every_command_names_the_missing_data_folder_and_creates_nothing(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    missing = str(tmp_path / "nonexistent")
+    code, lines = cli("eval", "--model", "no-such-model", "--data", missing, "--tasks", "STSBenchmark", "-o", "runs/ev")
+    assert code == 2 and lines[-1] == f"error: --data: no such folder: {missing}", lines
+    code, lines = cli("layers", "--model", "no-such-model", "--data", missing, "--output", "runs/layers")
+    assert code == 2 and lines[-1] == f"error: --data: no such folder: {missing}", lines
+    monkeypatch.setenv("POOLATTN_DATA", missing)  # the experiment honours the variable as every command does
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({"base": {"backbone": tiny_llama}, "designs": ["1-eos-causal"],
+                                                       "output_dir": "runs/exp"}))
+    code, lines = cli("experiment", "exp.yaml")
+    assert code == 2 and lines[-1] == f"error: $POOLATTN_DATA: no such folder: {missing}", lines
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({"model": {"backbone": tiny_llama}, "data_dir": missing,
+                                                         "output_dir": "runs/train"}))
+    code, lines = cli("train", "train.yaml")
+    assert code == 2 and lines[-1] == f"error: data_dir: no such folder: {missing}", lines
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_eval_leaves_no_empty_output_folder(saved_model, tmp_path):
+    (tmp_path / "no-pack").mkdir()  # a folder without tasks.json: the task is not found anywhere (offline)
+    args = ["eval", "--model", saved_model, "--data", tmp_path / "no-pack", "--tasks", "STSBenchmark", "--no-cache"]
+    code, lines = cli(*args, "-o", tmp_path / "runs" / "ev")
+    assert code == 1 and not (tmp_path / "runs").exists(), lines
+    (tmp_path / "mine").mkdir()  # a folder that existed before is never removed
+    code, _ = cli(*args, "-o", tmp_path / "mine")
+    assert code == 1 and (tmp_path / "mine").is_dir()
+
+
+def test_removed_if_failed_removes_only_what_it_made_and_left_empty(tmp_path):
+    from poolattn.fileio import removed_if_failed
+
+    for written in (False, True):
+        out = tmp_path / f"a{written}" / "b" / "c"
+        with pytest.raises(RuntimeError), removed_if_failed(out):
+            (out / "sub").mkdir(parents=True)
+            if written:
+                (out / "sub" / "kept.txt").write_text("x")
+            raise RuntimeError
+        assert (out / "sub" / "kept.txt").exists() if written else not (tmp_path / f"a{written}").exists()
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_serve_rejects_a_bad_port_before_loading_the_model(port):
+    code, lines = cli("serve", "no-such-model", "--port", port)  # loading this model would fail otherwise
+    assert code == 2 and "--port" in lines[-1], lines
+    code, lines = cli("serve", "no-such-model", "--log-level", "loud")
+    assert code == 2 and "--log-level" in lines[-1] and "debug" in lines[-1], lines
+
+
+@pytest.mark.parametrize("command", [["encode", "-i", "t.txt", "-o", "e.npy"], ["layers"], ["serve"]])
+def test_every_dtype_option_rejects_an_unknown_dtype_with_the_valid_list(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.txt").write_text("x\n")
+    args = command[:1] + (["no-such-model"] if command[0] == "serve" else ["--model", "no-such-model"]) + command[1:]
+    code, lines = cli(*args, "--dtype", "int8")
+    assert code == 2 and "'int8'" in lines[-1] and "bfloat16" in lines[-1], lines
+
+
+@pytest.mark.parametrize("item,words", [("=5", ["--set =5", "no key"]), ("foo", ["--set foo", "not key=value"]),
+                                        ("a..b=1", ["--set a..b=1", "empty part"])])
+def test_a_malformed_set_names_its_problem(tmp_path, item, words):
+    (tmp_path / "c.yaml").write_text("max_steps: 1\n")
+    for command in ("train", "experiment"):
+        code, lines = cli(command, tmp_path / "c.yaml", "--set", item)
+        assert code == 2 and all(w in lines[-1] for w in words), lines
+
+
+def test_max_length_beyond_the_models_positions_is_refused(saved_model, texts, tmp_path):
+    code, lines = cli("encode", "--model", saved_model, "-i", texts, "-o", tmp_path / "e.npy", "--max-length", "100000")
+    assert code == 2 and "--max-length 100000" in lines[-1] and "256" in lines[-1], lines
+    assert not (tmp_path / "e.npy").exists()
+
+
+def test_layers_rejects_an_unknown_task_before_the_layer_pass(data_dir, tmp_path):
+    code, lines = cli("layers", "--model", "no-such-model", "--tasks", "Nope", "--data", data_dir,
+                      "--output", tmp_path / "layers")
+    assert code == 2 and "unknown task 'Nope'" in lines[-1] and "STSBenchmark" in lines[-1], lines
+    assert not (tmp_path / "layers").exists()

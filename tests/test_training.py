@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from poolattn import EmbeddingModel
 from poolattn import training
+from poolattn.errors import UserError
 from poolattn.training import (TrainConfig, Trainer, TrainingDiverged, apply_overrides, contrastive_backward,
                                list_checkpoints, train)
 
@@ -73,7 +74,7 @@ def test_overrides_and_config_validation(tmp_path):
     assert out == {"model": {"pooling": "latent"}, "data": [{"path": "a.jsonl", "weight": 2}], "lr": 2e-4,
                    "lora": {"r": 8}, "chunk_size": None}
     assert raw["model"]["pooling"] == "eos"  # a copy
-    with pytest.raises(ValueError, match="key=value"):
+    with pytest.raises(UserError, match="key=value"):  # a usage error (exit 2) naming the --set item
         apply_overrides(raw, ["lr"])
     for bad in ("data.3.weight=1", "lr.x=1", "data.first.weight=1"):
         with pytest.raises(ValueError, match="does not name a config field"):

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from ..datadir import default_data_dir
 
 SUPPORTED_TYPES = ("STS", "Classification", "Clustering", "PairClassification", "Retrieval", "Reranking")
 # category name (what --tasks accepts) -> mteb task type
@@ -39,10 +40,6 @@ DEFAULT_LANGUAGES = ("eng",)
 
 class TaskUnavailable(RuntimeError):
     """A task that is neither in the data pack nor loadable from the hub."""
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("POOLATTN_DATA", "../shared/data"))
 
 
 @lru_cache(maxsize=8)

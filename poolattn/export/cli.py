@@ -16,8 +16,10 @@ def export_command(
     """Export a trained model for sentence-transformers, mteb and embedding servers."""
     from rich import print as rprint
 
+    from ..fileio import check_not_input
     from . import export_model
 
+    check_not_input(out, {"MODEL folder": model, "--eval folder": eval_dir}, "OUT", replaced_whole=True)
     if dtype not in ("float32", "bfloat16", "float16"):
         raise typer.BadParameter(f"unknown dtype {dtype!r}; valid: float32, bfloat16, float16", param_hint="--dtype")
     try:

@@ -6,6 +6,25 @@ import typer
 from .schemas import ServeSettings
 
 _F = ServeSettings.model_fields
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+
+
+def _check_address(host: str, port: int) -> None:
+    """Bind (host, port) once before the model loads: an unknown host or a port in use is one line, not a traceback
+    after minutes of loading."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise typer.BadParameter(f"{host}: {err.strerror}", param_hint="--host") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise typer.BadParameter(f"cannot listen on {host}:{port}: {err.strerror}", param_hint="--port") from None
 
 
 def _help(name: str) -> str:
@@ -15,7 +34,7 @@ def _help(name: str) -> str:
 def serve_command(
     model: str = typer.Argument(..., help="saved poolattn folder, backbone alias, local HF folder, GGUF or hub id"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
-    port: int = typer.Option(8000),
+    port: int = typer.Option(8000, min=0, max=65535, help="TCP port to listen on (0: any free port)"),
     served_model_name: str = typer.Option(None, help="the `model` clients send (default: the folder's name or the "
                                                      "backbone spec)"),
     api_key: str = typer.Option(None, envvar="POOLATTN_API_KEY", help=_help("api_key")),
@@ -32,9 +51,9 @@ def serve_command(
     graceful_shutdown_s: float = typer.Option(_F["graceful_shutdown_s"].default, help=_help("graceful_shutdown_s")),
     pooling: str = typer.Option(None, help="design of a fresh model on a backbone (default eos)"),
     attention: str = typer.Option(None, help="causal | bidirectional (default: as saved, else causal)"),
-    dtype: str = typer.Option(None, help="auto | float32 | bfloat16"),
+    dtype: str = typer.Option(None, help="auto | float32 | bfloat16 | float16"),
     device: str = typer.Option("auto", help="auto (this process's GPU, else MPS, else CPU), cpu, cuda, cuda:N or mps"),
-    log_level: str = typer.Option("info"),
+    log_level: str = typer.Option("info", help=" | ".join(LOG_LEVELS)),
 ):
     """Serve a model behind an OpenAI-compatible POST /v1/embeddings (plus /v1/models, /health, /metrics)."""
     import os
@@ -46,10 +65,15 @@ def serve_command(
 
     from pydantic import ValidationError
 
-    from ..cli import _check_device, _load_model
+    from ..cli import _check_device, _check_dtype, _load_model
     from . import serve
 
     _check_device(device)
+    _check_dtype(dtype)
+    if log_level not in LOG_LEVELS:
+        raise typer.BadParameter(f"unknown log level {log_level!r}; valid: {', '.join(LOG_LEVELS)}",
+                                 param_hint="--log-level")
+    _check_address(host, port)
     name = served_model_name or (Path(model).name if Path(model).is_dir() else model)
     try:
         settings = ServeSettings(model_name=name, api_key=api_key, max_inputs=max_inputs,

@@ -1,7 +1,6 @@
 """The training config (`TrainConfig`, one YAML file) and `--set a.b=c` overrides."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..data import SourceConfig
 from ..distill import DistillSettings
+from ..errors import UserError
 from ..model import LoraSettings, ModelConfig
 
 # Fields that may change when a run is resumed: they do not change what the run computes.
@@ -23,7 +23,7 @@ class TrainConfig(BaseModel):
     lora: LoraSettings | None = Field(default_factory=LoraSettings)  # None: no adapter (pooler only, or full)
     full_finetune: bool = False  # train every backbone weight (use model.dtype float32 for fp32 master weights)
     data: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig(path="train")])
-    data_dir: str = Field(default_factory=lambda: os.environ.get("POOLATTN_DATA", "../shared/data"))
+    data_dir: str | None = None  # where relative `data` paths are looked up; None: $POOLATTN_DATA, else ../shared/data
     batch_size: int = Field(32, ge=1)  # contrastive (global) batch: rows per step over all processes
     chunk_size: int | None = Field(None, ge=1)  # GradCache chunk (texts per forward); None: no GradCache
     lr: float = Field(1e-4, gt=0)
@@ -89,9 +89,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     out = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value (e.g. lr=2e-4 or model.pooling=mean)")
+            raise UserError(f"--set {item}: not key=value (e.g. --set lr=2e-4 or --set model.pooling=mean)", 2)
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
+        if not all(p.strip() for p in parts):
+            problem = "no key before '='" if not key.strip() else f"the key {key.strip()!r} has an empty part"
+            raise UserError(f"--set {item}: {problem} (e.g. --set lr=2e-4 or --set model.pooling=mean)", 2)
         parsed = yaml.safe_load(value) if value.strip() else None
         try:
             node: Any = out

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..data import Example, MixedBatchSampler, load_sources
+from ..datadir import resolve_data_dir
 from ..distributed import close_at_exit, world
 from ..errors import write_failed
 from ..fileio import write_json
@@ -106,7 +107,8 @@ class Trainer:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.world} processes")
         self.local_batch = cfg.batch_size // self.world
         runfolder.check_config(self.out, cfg)
-        self.sampler = MixedBatchSampler(load_sources(cfg.data, cfg.data_dir), cfg.batch_size, cfg.seed)
+        sources = load_sources(cfg.data, resolve_data_dir(cfg.data_dir, "data_dir"))
+        self.sampler = MixedBatchSampler(sources, cfg.batch_size, cfg.seed)
 
         set_seed(cfg.seed)  # pooler and LoRA initialisation
         model = EmbeddingModel(cfg.model, device=acc.device)  # straight onto this process's device
