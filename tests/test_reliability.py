@@ -419,3 +419,13 @@ def test_layers_rejects_an_unknown_task_before_the_layer_pass(data_dir, tmp_path
                       "--output", tmp_path / "layers")
     assert code == 2 and "unknown task 'Nope'" in lines[-1] and "STSBenchmark" in lines[-1], lines
     assert not (tmp_path / "layers").exists()
+
+
+def test_serve_says_a_port_in_use_before_loading_the_model():
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        code, lines = cli("serve", "no-such-model", "--port", held.getsockname()[1])
+    assert code == 2 and "cannot listen on 127.0.0.1" in lines[-1], lines
