@@ -165,6 +165,9 @@ def eval_(
     device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
     languages: str = typer.Option("eng", help="subsets of multilingual hub tasks to score, comma-separated ISO 639-3 "
                                   "codes (default eng, as the English leaderboard), or `all`"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="let a sentence-transformers folder or "
+                                           "hub model run code of its own (only for models you trust; poolattn's own "
+                                           "exports load without it)"),
 ):
     """Score a model on MTEB tasks (mteb's evaluators) from the data pack or the hub; per-item scores included."""
     from pathlib import Path
@@ -185,7 +188,9 @@ def eval_(
     except (ValueError, OSError) as e:
         raise typer.BadParameter(str(e), param_hint="--tasks") from e
     try:
-        scores = evaluate(load_model(model, device=device, pooling=pooling, attention=attention), names, data_dir=data,
+        loaded = load_model(model, device=device, trust_remote_code=trust_remote_code, pooling=pooling,
+                            attention=attention)
+        scores = evaluate(loaded, names, data_dir=data,
                           output_dir=output, instructions=instructions, batch_size=batch_size, cache=not no_cache,
                           resume=resume,
                           languages=None if languages.strip() == "all" else [x.strip() for x in languages.split(",")])
