@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .device import fast_bf16, resolve_device
+from .fileio import check_weights, share_modes
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def dense_from_gguf(gguf_path: str | Path) -> Path:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
+        share_modes(tmp)  # mkdtemp's 0700, safetensors' 0600: a shared cache must be readable by its users
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -184,8 +186,11 @@ def load_backbone(name: str, dtype: str | torch.dtype = "auto", attn_implementat
     if attn_implementation:
         _check_attn_implementation(attn_implementation, kwargs["dtype"], device)
         kwargs["attn_implementation"] = attn_implementation
+    source = local_source(name)
+    if Path(source).is_dir():
+        check_weights(source)  # a truncated model.safetensors is named, not a bare SafetensorError
     try:
         with quiet_transformers():
-            return AutoModel.from_pretrained(local_source(name), **kwargs)
+            return AutoModel.from_pretrained(source, **kwargs)
     except OSError as err:
         raise _not_found(name, err) from err

@@ -201,6 +201,9 @@ def eval_(
     device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
     languages: str = typer.Option("eng", help="subsets of multilingual hub tasks to score, comma-separated ISO 639-3 "
                                   "codes (default eng, as the English leaderboard), or `all`"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="let a sentence-transformers folder or "
+                                           "hub model run code of its own (only for models you trust; poolattn's own "
+                                           "exports load without it)"),
 ):
     """Score a model on MTEB tasks (mteb's evaluators) from the data pack or the hub; per-item scores included."""
     from pathlib import Path
@@ -225,9 +228,11 @@ def eval_(
         raise typer.BadParameter(str(e), param_hint="--tasks") from e
     try:
         with removed_if_failed(output):
-            scores = evaluate(load_model(model, device=device, pooling=pooling, attention=attention), names,
-                              data_dir=data_dir, output_dir=output, instructions=instructions, batch_size=batch_size,
-                              cache=not no_cache, resume=resume, languages=None if languages.strip() == "all"
+            loaded = load_model(model, device=device, trust_remote_code=trust_remote_code, pooling=pooling,
+                                attention=attention)
+            scores = evaluate(loaded, names, data_dir=data_dir, output_dir=output, instructions=instructions,
+                              batch_size=batch_size, cache=not no_cache, resume=resume,
+                              languages=None if languages.strip() == "all"
                               else [x.strip() for x in languages.split(",")])
     except TaskUnavailable as e:
         rprint(f"[red]{e}[/red]")

@@ -1,5 +1,7 @@
-"""Writing outputs so that a kill or a full disk never leaves a half-written file under a good name, and checking an
-output location before any work is spent on what will be written there."""
+"""Writing outputs so that a kill or a full disk never leaves a half-written file under a good name, with the modes
+the umask gives (0644 / 0755 under umask 022: exports are meant to be shared and served); checking an output location
+before any work is spent on what will be written there; and checking the weight files of a model folder before they
+are loaded, so a truncated one is named."""
 from __future__ import annotations
 
 import json
@@ -12,6 +14,31 @@ from typing import IO, Any, Iterator
 from .errors import UserError, write_failed
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask can only set it: setting and
+    restoring it races with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_modes(path: str | Path) -> None:
+    """Give `path` (and, for a folder, everything below it) the modes a plain open()/mkdir() would under the umask:
+    tempfile's private 0600 / 0700, and safetensors' 0600 files, would make the outputs unreadable to others."""
+    path, mask = Path(path), umask()
+    for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        if p.is_symlink():
+            continue
+        executable = p.is_dir() or p.stat().st_mode & 0o111
+        os.chmod(p, (0o777 if executable else 0o666) & ~mask)
+
+
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
     """Open a temporary file beside `path`; on success it is flushed, fsynced and renamed to `path` (the old file,
@@ -19,6 +46,7 @@ def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp's file is 0600 whatever the umask
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
@@ -42,6 +70,7 @@ def atomic_dir(folder: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
     try:
         yield tmp
+        share_modes(tmp)  # mkdtemp's folder is 0700, safetensors writes 0600 files
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             os.replace(folder, old)
@@ -172,3 +201,25 @@ def _remove_empty(folder: Path, recurse: bool = True) -> None:
         folder.rmdir()  # only if empty
     except OSError:
         pass
+
+def check_weights(path: str | Path) -> None:
+    """Raise a one-line error naming the first .safetensors file at `path` (that file, or every one below that
+    folder) whose header cannot be read or does not cover the file: truncated or corrupt. Reads headers only."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    files = sorted(path.rglob("*.safetensors")) if path.is_dir() else [path] if path.suffix == ".safetensors" else []
+    for f in files:
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except SafetensorError as err:
+            raise UserError(f"{f} is corrupt or truncated ({err}); copy or save it again") from err
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file poolattn wrote (a model's config): one line naming it when it is not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise UserError(f"{path} is corrupt (not valid JSON: {err}); copy or save it again") from err

@@ -9,6 +9,8 @@ import hashlib
 import json
 import logging
 import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
 
@@ -21,13 +23,31 @@ from torch import nn
 from . import __version__
 from .attention import set_attention
 from .backbone import DEFAULT_BACKBONE, load_backbone, load_tokenizer
-from .fileio import atomic_dir
+from .errors import UserError
+from .fileio import atomic_dir, check_weights, read_json
 from .pooling import build_pooler, check_pooling_name
 
 log = logging.getLogger(__name__)
 Instruction = Optional[Union[str, Sequence[Optional[str]]]]  # one for every text, or one per text (None: none)
 CONFIG_NAME = "poolattn_config.json"
 POOLER_NAME = "pooler.safetensors"
+# What a saved folder's weights were made for: pooler.safetensors holds this pooling's weights (with these options)
+# and the adapter (or backbone) was trained through it, so another pooling would pool with weights that are not its
+# own, or with none: from_pretrained refuses to change these. Attention may change: the weights load unchanged, and
+# a model trained causal scored bidirectional (or the reverse) is a user's experiment (the paper's question), so it
+# is allowed with a warning. dtype, max_length, attn_implementation, normalize and the instruction settings change how
+# the model is run, not what its weights mean.
+FIXED_ON_LOAD = ("backbone", "pooling", "pooling_kwargs", "lora", "full_finetune")
+
+
+@contextmanager
+def quiet_peft():
+    """Hide the one FutureWarning peft's PeftModel.__init__ raises on transformers 5 (it reads the deprecated
+    `model.is_gradient_checkpointing`; not ours to fix, and shown on every load of a LoRA model), only around our
+    own peft calls; every other warning stays."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 class LoraSettings(BaseModel):
@@ -85,6 +105,10 @@ class EmbeddingModel(nn.Module):
         config = (config or ModelConfig()).model_copy(update=overrides) if overrides else (config or ModelConfig())
         self.config = ModelConfig.model_validate(config.model_dump())
         self.tokenizer = load_tokenizer(self.config.backbone)
+        limit = self.tokenizer.model_max_length  # 1e30 when the tokenizer declares none
+        if "max_length" not in config.model_fields_set and isinstance(limit, int) and limit < self.config.max_length:
+            # A backbone whose tokenizer declares a shorter limit (an `export --format hf` folder) truncates there.
+            self.config = self.config.model_copy(update={"max_length": limit})
         self.tokenizer.padding_side = self.config.padding_side
         backbone = load_backbone(self.config.backbone, self.config.dtype, self.config.attn_implementation, device)
         self.backbone = set_attention(backbone, self.config.attention)
@@ -102,7 +126,8 @@ class EmbeddingModel(nn.Module):
         settings = LoraSettings(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
         lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                           task_type=TaskType.FEATURE_EXTRACTION)
-        self.backbone = get_peft_model(self.backbone, lora)
+        with quiet_peft():
+            self.backbone = get_peft_model(self.backbone, lora)
         self.config = self.config.model_copy(update={"lora": settings})
         return self
 
@@ -158,7 +183,7 @@ class EmbeddingModel(nn.Module):
         tok = self.tokenizer
         prefix = self._prefix_chars(texts, instruction) if self.config.mask_instruction else [0] * len(texts)
         enc = tok(self.format(texts, instruction), add_special_tokens=True, truncation=False,
-                  return_offsets_mapping=any(prefix))
+                  return_offsets_mapping=any(prefix), verbose=False)  # truncated below, with our own warning
         ids = enc["input_ids"]
         # A token is the text's if it ends inside the text (a token straddling the boundary, e.g. " word" whose
         # space closes the template, is the text's); special tokens (offsets (0, 0)) before the text are not.
@@ -302,17 +327,33 @@ class EmbeddingModel(nn.Module):
     def from_pretrained(cls, folder: str | os.PathLike, inference: bool = False,
                         device: str | torch.device | None = "auto", **overrides: Any) -> "EmbeddingModel":
         """Load a saved folder; `overrides` (e.g. dtype='float32') change the config before loading;
-        `inference` prepares it for encoding only (faster; see for_inference())."""
+        `inference` prepares it for encoding only (faster; see for_inference()). Overrides of FIXED_ON_LOAD fields
+        (pooling, ...) to other values than saved are refused: the folder's weights belong to the saved ones."""
+        from pydantic import ValidationError
         from safetensors.torch import load_file
 
         folder = Path(folder)
         if not (folder / CONFIG_NAME).exists():
             raise FileNotFoundError(f"{folder} is not a poolattn model folder (no {CONFIG_NAME})")
-        meta = json.loads((folder / CONFIG_NAME).read_text())
+        meta = read_json(folder / CONFIG_NAME)
+        try:
+            saved = ModelConfig.model_validate(meta["config"]).model_dump()
+            # Build the pooler from the options it was saved with, so later changes of defaults cannot alter it.
+            options = {k: v for k, v in meta["pooler"].items() if k != "name"}
+        except (KeyError, TypeError, AttributeError, ValidationError) as err:
+            why = (f"{'.'.join(map(str, err.errors()[0]['loc']))}: {err.errors()[0]['msg']}"
+                   if isinstance(err, ValidationError) else f"no {err} entry" if isinstance(err, KeyError) else err)
+            raise UserError(f"{folder / CONFIG_NAME} is corrupt or from another poolattn version ({why})") from err
+        for key in FIXED_ON_LOAD:
+            if key in overrides and overrides[key] != saved[key]:
+                raise UserError(f"{folder} was trained with {key} {saved[key]!r}; --{key.replace('_', '-')} cannot "
+                                f"change it (its weights belong to that {key})", 2)
+        if overrides.get("attention", saved["attention"]) != saved["attention"]:
+            log.warning("%s was trained with %s attention; running it with %s attention as asked", folder,
+                        saved["attention"], overrides["attention"])
+        check_weights(folder)  # a truncated pooler, adapter or backbone file is named before anything loads
         config = ModelConfig.model_validate({**meta["config"], **overrides})
         lora, full = config.lora, config.full_finetune
-        # Build the pooler from the options it was saved with, so later changes of defaults cannot alter it.
-        options = {k: v for k, v in meta["pooler"].items() if k != "name"}
         rename = _legacy_pooler(config.pooling, options)
         base_config = config.model_copy(update={"lora": None, "pooling_kwargs": options})
         if full:
@@ -324,8 +365,9 @@ class EmbeddingModel(nn.Module):
 
             if not (folder / "adapter").exists():
                 raise ValueError(f"{folder}: config says LoRA but there is no adapter/ folder")
-            model.backbone = PeftModel.from_pretrained(model.backbone, folder / "adapter",
-                                                       torch_device=str(model.device))
+            with quiet_peft():
+                model.backbone = PeftModel.from_pretrained(model.backbone, folder / "adapter",
+                                                           torch_device=str(model.device))
         state = {rename(k): v for k, v in load_file(str(folder / POOLER_NAME)).items()}
         expected = model.pooler.state_dict()
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))

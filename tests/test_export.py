@@ -116,3 +116,67 @@ def test_smollm2_export_parity_and_mteb_score(tmp_path, data_dir):
     st = SentenceTransformer(str(tmp_path / "smol-st"), trust_remote_code=True, device="cpu")
     theirs = evaluate(st, ["STSBenchmark"], data_dir=data_dir, output_dir=tmp_path / "ev2", cache=False)
     assert abs(ours["STSBenchmark"].main_score - theirs["STSBenchmark"].main_score) < 1e-3, (ours, theirs)
+
+
+def _sts_pack(root) -> str:
+    """A one-task data pack: 8 STSBenchmark pairs."""
+    rows = [{"sentence1": a, "sentence2": b, "score": s} for a, b, s in [
+        ("a man is playing a guitar", "a man plays the guitar", 4.8), ("the cat sat on the mat", "a dog runs", 0.4),
+        ("two dogs run in the park", "dogs are running in a park", 4.5), ("paris is in france", "a woman cooks", 0.1),
+        ("a woman is slicing an onion", "someone cuts an onion", 4.2), ("the sky is blue", "a man sings", 0.3),
+        ("how do i reset my password", "password reset steps", 3.9), ("x", "the quick brown fox", 0.0)]]
+    (root / "mteb/STSBenchmark").mkdir(parents=True)
+    (root / "mteb/STSBenchmark/test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "tasks.json").write_text(json.dumps({"tasks": {"STSBenchmark": {
+        "type": "STS", "path": "mteb/STSBenchmark", "splits": {"test": "test.jsonl"}}}}))
+    return str(root)
+
+
+def test_eval_knows_its_own_export_and_asks_for_the_flag_for_foreign_code(tiny_llama, tmp_path, monkeypatch):
+    """Issue 26 row 4: `poolattn eval --model <sentence-transformers export of a multilayer design>` works as the
+    README says; a folder whose code is not poolattn's own needs --trust-remote-code, said in one line (exit 2)."""
+    import shutil
+
+    monkeypatch.setenv("POOLATTN_CACHE", str(tmp_path / "cache"))
+    folder = _trained(tiny_llama, "multilayer", "bidirectional", {"num_latents": 4, "num_heads": 4})
+    folder = folder.save_pretrained(tmp_path / "ml")
+    export_model(folder, tmp_path / "ml-st")
+    pack, runner = _sts_pack(tmp_path / "pack"), CliRunner()
+    res = runner.invoke(app, ["eval", "--model", str(tmp_path / "ml-st"), "-t", "STSBenchmark", "--data", pack,
+                              "-o", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["tasks"][0]["task"] == "STSBenchmark"
+    shutil.copytree(tmp_path / "ml-st", tmp_path / "foreign")
+    with open(tmp_path / "foreign" / "poolattn_pooler.py", "a") as f:
+        f.write("\n# edited: no longer the code this poolattn writes\n")
+    args = ["eval", "--model", str(tmp_path / "foreign"), "-t", "STSBenchmark", "--data", pack, "-o"]
+    res = runner.invoke(app, args + [str(tmp_path / "ev2")])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "pass --trust-remote-code" in lines[0], res.output
+    res = runner.invoke(app, args + [str(tmp_path / "ev3"), "--trust-remote-code"])
+    assert res.exit_code == 0, res.output
+    assert "--trust-remote-code" in runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "200"}).output
+
+
+def test_exports_truncate_as_the_source_does(tiny_llama, tmp_path):
+    """Issue 26 row 5: the exported tokenizers stop at the model's max_length (the hf one said 1e30), and a loaded
+    export gives the source's vectors for texts longer than that."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
+
+    from poolattn.evaluation import load_model
+
+    model = _trained(tiny_llama, "eos", "causal", {})
+    model.config = model.config.model_copy(update={"max_length": 8})
+    folder = model.save_pretrained(tmp_path / "eos")
+    long = ["the quick brown fox jumps over the lazy dog " * 3, "a man is playing a guitar " * 4, "x"]
+    ref = EmbeddingModel.from_pretrained(folder, device="cpu").encode(long)
+    export_model(folder, tmp_path / "hf", "hf")
+    export_model(folder, tmp_path / "st")
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf").model_max_length == 8
+    hf = load_model(str(tmp_path / "hf"), device="cpu", dtype="float32")  # as `poolattn eval --model <hf export>`
+    assert hf.config.max_length == 8
+    assert np.abs(hf.encode(long) - ref).max() < 1e-5
+    st = SentenceTransformer(str(tmp_path / "st"), device="cpu")
+    assert st.max_seq_length == 8 and st.tokenizer.model_max_length == 8
+    assert np.abs(st.encode(long) - ref).max() < 1e-5

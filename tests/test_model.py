@@ -185,3 +185,50 @@ def test_legacy_folders_load_as_poolattn0(tiny_llama, tmp_path):
     loaded = EmbeddingModel.from_pretrained(folder)
     assert loaded.pooler.get_config()["preset"] == "poolattn0"
     assert np.allclose(loaded.encode(TEXTS), m.encode(TEXTS), atol=1e-6)
+
+
+def test_saved_pooling_cannot_be_overridden_but_attention_and_same_values_can(tiny_llama, tmp_path):
+    """Issue 26 row 9: a saved folder's pooler weights belong to its pooling; one clear usage error (exit 2) instead
+    of "takes no options" / "does not match"; the same value, attention, dtype and max_length are fine."""
+    from typer.testing import CliRunner
+
+    from poolattn.cli import app
+    from poolattn.errors import UserError
+
+    multi = _model(tiny_llama, pooling="multilayer", pooling_kwargs={"num_latents": 4, "num_heads": 4})
+    folder = multi.save_pretrained(tmp_path / "multi")
+    eos = _model(tiny_llama).save_pretrained(tmp_path / "eos")
+    for saved, other, was in ((folder, "eos", "multilayer"), (eos, "multilayer", "eos")):
+        with pytest.raises(UserError, match=f"trained with pooling '{was}'; --pooling cannot change it") as err:
+            EmbeddingModel.from_pretrained(saved, pooling=other)
+        assert err.value.exit_code == 2
+    same = EmbeddingModel.from_pretrained(folder, pooling="multilayer", max_length=16, dtype="float32")
+    assert np.allclose(same.encode(TEXTS), multi.encode(TEXTS), atol=1e-5)
+    assert EmbeddingModel.from_pretrained(folder, attention="bidirectional").config.attention == "bidirectional"
+    (tmp_path / "t.txt").write_text("hello\n")
+    res = CliRunner().invoke(app, ["encode", "-i", str(tmp_path / "t.txt"), "-o", str(tmp_path / "t.npy"),
+                                   "--model", str(folder), "--pooling", "eos"])
+    assert res.exit_code == 2 and "--pooling cannot change it" in res.output.splitlines()[0], res.output
+    assert not (tmp_path / "t.npy").exists()
+
+
+def test_lora_model_loads_encodes_and_saves_without_warnings(tiny_llama, tmp_path):
+    """Issue 26 row 11: peft's read of transformers' deprecated `is_gradient_checkpointing` printed a FutureWarning
+    (and a bare `warnings.warn(` line) on every load of a LoRA model."""
+    import warnings
+
+    m = _model(tiny_llama, max_length=16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m.add_lora(r=4, alpha=8, dropout=0.0)
+        folder = m.save_pretrained(tmp_path / "lora")
+        loaded = EmbeddingModel.from_pretrained(folder, inference=True, device="cpu")
+        loaded.encode(TEXTS)
+    assert [str(w.message) for w in caught] == []
+    with warnings.catch_warnings(record=True) as caught:  # the filter is narrow: other warnings still show
+        warnings.simplefilter("always")
+        from poolattn.model import quiet_peft
+
+        with quiet_peft():
+            warnings.warn("something else", FutureWarning)
+    assert [str(w.message) for w in caught] == ["something else"]

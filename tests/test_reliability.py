@@ -429,3 +429,104 @@ def test_serve_says_a_port_in_use_before_loading_the_model():
         held.listen()
         code, lines = cli("serve", "no-such-model", "--port", held.getsockname()[1])
     assert code == 2 and "cannot listen on 127.0.0.1" in lines[-1], lines
+
+# ---- issue 26: corrupt model files, file modes, the cache of an interrupted evaluation ------------------------------
+
+@pytest.fixture
+def lora_model(tiny_llama, tmp_path_factory) -> Path:
+    from poolattn import EmbeddingModel, ModelConfig
+
+    folder = tmp_path_factory.mktemp("lora") / "model"
+    m = EmbeddingModel(ModelConfig(backbone=tiny_llama, pooling="eos", dtype="float32", max_length=16), device="cpu")
+    return m.add_lora(r=4, alpha=8, dropout=0.0).save_pretrained(folder)
+
+
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def test_corrupt_model_files_are_named_in_one_line(lora_model, texts, tmp_path):
+    """Issue 26 row 7: a truncated pooler / adapter / exported weight file, or a malformed poolattn_config.json,
+    is one line that names the file (was "internal error: SafetensorError" or a bare JSON message); exit 1."""
+    import shutil
+
+    from poolattn.export import export_model
+
+    export_model(lora_model, tmp_path / "hf-export", "hf")
+    cases = {"pooler": "pooler.safetensors", "adapter": "adapter/adapter_model.safetensors",
+             "config": "poolattn_config.json", "hf": "model.safetensors"}
+    for name, file in cases.items():
+        folder = tmp_path / name
+        shutil.copytree(tmp_path / "hf-export" if name == "hf" else lora_model, folder)
+        if file.endswith(".json"):
+            (folder / file).write_text((folder / file).read_text()[:100])
+        else:
+            _truncate(folder / file)
+        code, lines = cli("encode", "-i", texts, "-o", tmp_path / "out.npy", "--model", folder)
+        assert code == 1 and len(lines) == 1, (name, lines)
+        assert str(folder / file) in lines[0] and "is corrupt" in lines[0], (name, lines)
+    code, lines = cli("export", tmp_path / "pooler", tmp_path / "exported")
+    assert code == 1 and "pooler.safetensors is corrupt or truncated" in lines[0], lines
+    assert not (tmp_path / "out.npy").exists() and not (tmp_path / "exported").exists()
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077], ids=["umask022", "umask077"])
+def test_outputs_have_the_modes_the_umask_gives(saved_model, texts, tmp_path, mask):
+    """Issue 26 row 10: tempfile's 0600 / 0700 and safetensors' 0600 made every output private whatever the umask;
+    exports are meant to be shared."""
+    from poolattn import EmbeddingModel
+    from poolattn.export import export_model
+    from poolattn.fileio import write_json
+
+    old = os.umask(mask)
+    try:
+        code, _ = cli("encode", "-i", texts, "-o", tmp_path / "emb.npy", "--model", saved_model)
+        assert code == 0
+        write_json(tmp_path / "summary.json", {})
+        EmbeddingModel.from_pretrained(saved_model, device="cpu").save_pretrained(tmp_path / "final")
+        export_model(tmp_path / "final", tmp_path / "export")
+    finally:
+        os.umask(old)
+    files = [tmp_path / "emb.npy", tmp_path / "summary.json", *(tmp_path / "final").rglob("*"),
+             *(tmp_path / "export").rglob("*")]
+    assert tmp_path / "final" / "pooler.safetensors" in files and tmp_path / "export" / "model.safetensors" in files
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files + [tmp_path / "final",
+                                                                                         tmp_path / "export"]}
+    want = {k: oct((0o777 if (tmp_path / k).is_dir() else 0o666) & ~mask) for k in modes}
+    assert modes == want
+
+
+def test_an_interrupted_encode_keeps_its_saved_chunks_in_the_cache(tmp_path, monkeypatch):
+    """The README's promise: an interrupted evaluation serves its embeddings so far from the cache. The cache was
+    saved every 60 s, so a run killed 45 s into a task kept nothing; now every SAVE_EVERY_S (10 s)."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+    from torch.utils.data import DataLoader
+
+    from poolattn.evaluation import encoders
+
+    clock = iter(range(0, 10_000, 11))  # every chunk takes 11 s
+    monkeypatch.setattr(encoders, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    rows = [f"text number {i}" for i in range(20)]
+
+    class Encoder:  # 4 chunks of 4 texts go through, the 5th is interrupted (Ctrl-C or a kill)
+        calls = 0
+
+        def encode(self, loader, **kwargs):
+            self.calls += 1
+            if self.calls == 5:
+                raise KeyboardInterrupt
+            texts = [t for batch in loader for t in batch["text"]]
+            return np.array([[float(rows.index(t)), 1.0] for t in texts], dtype=np.float32)
+
+    run = encoders.EncodeRunner(Encoder(), tmp_path / "cache", key=lambda meta, side: "plain", chunk_size=4)
+    inputs = DataLoader(Dataset.from_dict({"text": rows}), batch_size=2)
+    with pytest.raises(KeyboardInterrupt):
+        run.encode(inputs, task_metadata=None, hf_split="test", hf_subset="default")
+    store = encoders._numpy_cache_class()(tmp_path / "cache" / "plain")  # what the next run finds
+    store.load()
+    kept = [i for i, t in enumerate(rows) if store.get_vector({"text": t}) is not None]
+    assert kept == list(range(16))
+    assert store.get_vector({"text": rows[7]})[0] == 7.0

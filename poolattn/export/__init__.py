@@ -6,7 +6,8 @@ eos/mean/weighted_mean designs and, for latent/multilayer ones, `poolattn_pooler
 torch, safetensors and sentence-transformers imported: loads with trust_remote_code=True, without poolattn), the
 task instructions as ST prompts, Normalize. hf: the merged backbone and tokenizer only, for servers with built-in
 mean or last-token pooling (text-embeddings-inference, vLLM). Both carry a model card and an mteb ModelMeta-style
-model_meta.json. The folder is written whole or not at all.
+model_meta.json. Both tokenizers truncate at the model's max_length, as poolattn does. The folder is written whole or
+not at all. `is_own_export` tells poolattn's own sentence-transformers exports from foreign code.
 """
 from __future__ import annotations
 
@@ -27,6 +28,30 @@ ST_POOLING = {"eos": "lasttoken", "mean": "mean", "weighted_mean": "weightedmean
 PROBE = ["the cat sat on the mat", "how do I reset my password?", "Paris is the capital of France.",
          "A man is playing a guitar on the street while people walk by.", "x"]
 MERGE_MIN_COS = 0.99999
+POOLER_MODULE = "poolattn_pooler.PoolattnPooler"
+
+
+def _code_files() -> dict[str, Path]:
+    """The code a sentence-transformers export of a trainable pooler carries, as this poolattn writes it."""
+    from .. import pooling
+
+    return {"pooling.py": Path(pooling.__file__), "poolattn_pooler.py": Path(__file__).with_name("poolattn_pooler.py")}
+
+
+def is_own_export(folder: str | Path) -> bool:
+    """Whether `folder` is a sentence-transformers export written by this poolattn, so loading it with
+    trust_remote_code runs only poolattn's own code: its modules outside sentence-transformers are PoolattnPooler
+    alone, its code files are byte-identical to this version's, and its config.json maps no code (auto_map)."""
+    folder = Path(folder)
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        custom = {m["type"] for m in modules if not m["type"].startswith("sentence_transformers.")}
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if custom != {POOLER_MODULE} or "auto_map" in config:
+            return False
+        return all((folder / name).read_bytes() == ours.read_bytes() for name, ours in _code_files().items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _merged(model) -> tuple[torch.nn.Module, float | None]:
@@ -42,8 +67,9 @@ def _merged(model) -> tuple[torch.nn.Module, float | None]:
     return model.backbone, cos
 
 
-def _append_eos(folder: Path, tokenizer) -> None:
-    """Make the saved tokenizer end every text with EOS (poolattn appends one; ST and servers only tokenize)."""
+def _append_eos(folder: Path, tokenizer, max_length: int) -> None:
+    """Make the saved tokenizer end every text with EOS (poolattn appends one; ST and servers only tokenize) and
+    truncate at `max_length` tokens, EOS included, as poolattn does (its own limit is often 1e30: none)."""
     eos, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
     path = folder / "tokenizer.json"
     if not path.exists():
@@ -77,7 +103,8 @@ def _append_eos(folder: Path, tokenizer) -> None:
     path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
-    config.update(add_eos_token=True, padding_side="right")  # Llama-style tokenizers rebuild their template
+    config.update(add_eos_token=True, padding_side="right",  # Llama-style tokenizers rebuild their template
+                  model_max_length=max_length)
     if config.get("tokenizer_class") == "TokenizersBackend":  # transformers 5's generic name; 4.x (and servers
         config["tokenizer_class"] = "PreTrainedTokenizerFast"  # pinned to it, e.g. infinity) know only this one
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -110,8 +137,6 @@ def _st_native(model) -> bool:
 
 
 def _sentence_transformers(model, out: Path) -> None:
-    from .. import pooling
-
     cfg, dim = model.config, model.embedding_dim
     mask_prompt = bool(getattr(cfg, "mask_instruction", False))
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
@@ -121,9 +146,9 @@ def _sentence_transformers(model, out: Path) -> None:
         _write_json(out / "1_Pooling" / "config.json", {"word_embedding_dimension": dim, "pooling_mode": ST_POOLING[cfg.pooling],
                                                         "include_prompt": not mask_prompt})
     else:
-        modules.append({"idx": 1, "name": "1", "path": "1_PoolattnPooler", "type": "poolattn_pooler.PoolattnPooler"})
-        shutil.copyfile(pooling.__file__, out / "pooling.py")
-        shutil.copyfile(Path(__file__).with_name("poolattn_pooler.py"), out / "poolattn_pooler.py")
+        modules.append({"idx": 1, "name": "1", "path": "1_PoolattnPooler", "type": POOLER_MODULE})
+        for name, source in _code_files().items():
+            shutil.copyfile(source, out / name)
         bc = model.backbone.config
         _write_json(out / "1_PoolattnPooler" / "config.json",
                     {"pooling": cfg.pooling, "hidden_size": bc.hidden_size, "num_layers": bc.num_hidden_layers,
@@ -168,7 +193,7 @@ def export_model(folder: str | Path, out: str | Path, fmt: Literal["sentence-tra
     with atomic_dir(out) as tmp:
         backbone.save_pretrained(tmp)
         model.tokenizer.save_pretrained(tmp)
-        _append_eos(tmp, model.tokenizer)
+        _append_eos(tmp, model.tokenizer, model.config.max_length)
         if fmt == "sentence-transformers":
             _sentence_transformers(model, tmp)
         meta = model_meta(model, out.name, backbone, dtype)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..fileio import share_modes
 from ..model import EmbeddingModel
 
 
@@ -32,6 +33,7 @@ def commit(tmp: Path, final: Path) -> None:
     """Make a fully written temporary checkpoint folder visible under its final name in one rename; the
     completeness marker is its last file."""
     (tmp / MARKER).write_text("")
+    share_modes(tmp)  # safetensors writes 0600 files: give them the umask's modes like every other output
     for f in tmp.iterdir():
         _fsync(f)
     _fsync(tmp)
