@@ -31,6 +31,8 @@ def _check_model_spec(value: str | None) -> str | None:
     return value
 
 DEVICE_HELP = "auto (this process's GPU, else MPS, else CPU), cpu, cuda, cuda:N or mps"
+PREFIX_REUSE_HELP = ("run the instruction all texts of a batch share once per batch under causal attention (exact up "
+                     "to rounding); --no-prefix-reuse: every text whole")
 
 
 def _check_device(value: str | None) -> str | None:
@@ -74,6 +76,7 @@ def encode(
     max_length: int = typer.Option(None, min=1, help="truncate texts to this many tokens (default: as saved)"),
     dtype: str = typer.Option(None, help="auto | float32 | bfloat16"),
     device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
+    prefix_reuse: bool = typer.Option(True, "--prefix-reuse/--no-prefix-reuse", help=PREFIX_REUSE_HELP),
 ):
     """Embed the lines of a text file into a .npy file, written atomically at exactly --output."""
     import numpy as np
@@ -88,6 +91,7 @@ def encode(
         raise UserError(f"--input {input}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
                         f"{err.start}); save it as UTF-8", 2) from None
     m = _load_model(model, attention, pooling, dtype, max_length, device)
+    m.prefix_reuse = prefix_reuse
     emb = m.encode(texts, instruction=instruction, batch_size=batch_size, show_progress_bar=True)
     with atomic_write(output) as f:  # np.save to a file object: no ".npy" appended to the name given
         np.save(f, emb)
@@ -165,6 +169,7 @@ def eval_(
     device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
     languages: str = typer.Option("eng", help="subsets of multilingual hub tasks to score, comma-separated ISO 639-3 "
                                   "codes (default eng, as the English leaderboard), or `all`"),
+    prefix_reuse: bool = typer.Option(True, "--prefix-reuse/--no-prefix-reuse", help=PREFIX_REUSE_HELP),
 ):
     """Score a model on MTEB tasks (mteb's evaluators) from the data pack or the hub; per-item scores included."""
     from pathlib import Path
@@ -175,6 +180,7 @@ def eval_(
     from .distributed import ensure_group, is_main
     from .evaluation import TaskUnavailable, evaluate, load_model, resolve_tasks
     from .fileio import check_input_file, check_output_dir
+    from .model import EmbeddingModel
 
     check_output_dir(output)
     ensure_group(resolve_device(device).type)  # under torchrun every rank encodes its share; rank 0 scores
@@ -185,7 +191,10 @@ def eval_(
     except (ValueError, OSError) as e:
         raise typer.BadParameter(str(e), param_hint="--tasks") from e
     try:
-        scores = evaluate(load_model(model, device=device, pooling=pooling, attention=attention), names, data_dir=data,
+        loaded = load_model(model, device=device, pooling=pooling, attention=attention)
+        if isinstance(loaded, EmbeddingModel):  # not a sentence-transformers model
+            loaded.prefix_reuse = prefix_reuse
+        scores = evaluate(loaded, names, data_dir=data,
                           output_dir=output, instructions=instructions, batch_size=batch_size, cache=not no_cache,
                           resume=resume,
                           languages=None if languages.strip() == "all" else [x.strip() for x in languages.split(",")])
