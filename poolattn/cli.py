@@ -43,6 +43,8 @@ def _check_model_spec(value: str | None) -> str | None:
 DEVICE_HELP = "auto (this process's GPU, else MPS, else CPU), cpu, cuda, cuda:N or mps"
 DTYPE_HELP = "auto | float32 | bfloat16 | float16"
 DATA_HELP = "data pack folder (default: $POOLATTN_DATA, else ../shared/data)"
+PREFIX_REUSE_HELP = ("run the instruction all texts of a batch share once per batch under causal attention (exact up "
+                     "to rounding); --no-prefix-reuse: every text whole")
 
 
 def _checked_by(module: str, resolver: str, hint: str):
@@ -105,6 +107,7 @@ def encode(
     max_length: int = typer.Option(None, min=1, help="truncate texts to this many tokens (default: as saved)"),
     dtype: str = typer.Option(None, callback=_check_dtype, help=DTYPE_HELP),
     device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
+    prefix_reuse: bool = typer.Option(True, "--prefix-reuse/--no-prefix-reuse", help=PREFIX_REUSE_HELP),
 ):
     """Embed the lines of a text file into a .npy file, written atomically at exactly --output."""
     import numpy as np
@@ -120,6 +123,7 @@ def encode(
         raise UserError(f"--input {input}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
                         f"{err.start}); save it as UTF-8", 2) from None
     m = _load_model(model, attention, pooling, dtype, max_length, device)
+    m.prefix_reuse = prefix_reuse
     emb = m.encode(texts, instruction=instruction, batch_size=batch_size, show_progress_bar=True)
     with atomic_write(output) as f:  # np.save to a file object: no ".npy" appended to the name given
         np.save(f, emb)
@@ -204,6 +208,7 @@ def eval_(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="let a sentence-transformers folder or "
                                            "hub model run code of its own (only for models you trust; poolattn's own "
                                            "exports load without it)"),
+    prefix_reuse: bool = typer.Option(True, "--prefix-reuse/--no-prefix-reuse", help=PREFIX_REUSE_HELP),
 ):
     """Score a model on MTEB tasks (mteb's evaluators) from the data pack or the hub; per-item scores included."""
     from pathlib import Path
@@ -215,6 +220,7 @@ def eval_(
     from .distributed import ensure_group, is_main
     from .evaluation import TaskUnavailable, evaluate, load_model, resolve_tasks
     from .fileio import check_input_file, check_not_input, check_output_dir, removed_if_failed
+    from .model import EmbeddingModel
 
     data_dir = resolve_data_dir(data, "--data")  # every input checked before the output folder is made
     check_not_input(output, {"--instructions": instructions})
@@ -230,6 +236,8 @@ def eval_(
         with removed_if_failed(output):
             loaded = load_model(model, device=device, trust_remote_code=trust_remote_code, pooling=pooling,
                                 attention=attention)
+            if isinstance(loaded, EmbeddingModel):  # not a sentence-transformers model
+                loaded.prefix_reuse = prefix_reuse
             scores = evaluate(loaded, names, data_dir=data_dir, output_dir=output, instructions=instructions,
                               batch_size=batch_size, cache=not no_cache, resume=resume,
                               languages=None if languages.strip() == "all"

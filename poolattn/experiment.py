@@ -72,6 +72,9 @@ class ExperimentConfig(BaseModel):
     # Total minutes for the run on this machine: steps, lr, warmup and number of seeds come from the recipe table
     # that fits (poolattn.budget); None: train and seeds as configured (the estimate is printed either way).
     budget_minutes: float | None = Field(None, gt=0)
+    prefix_reuse: bool = Field(
+        True, description="in training and evaluation, run the instruction all texts of a batch start with once per "
+        "batch where attention is causal (exact up to rounding: may change on resume); false: every text whole")
     report: ReportSettings = Field(default_factory=ReportSettings)
 
     @field_validator("designs", mode="before")
@@ -183,7 +186,8 @@ def _write_yaml_once(folder: Path, config: ExperimentConfig) -> None:
         # Validated again so fields added since the folder was started compare at their defaults.
         before = ExperimentConfig.model_validate(yaml.safe_load(path.read_text())).model_dump(mode="json")
         # Where the run lives and how it is reported may change; what it computes may not.
-        keep = ("output_dir", "report", "device", "peers")  # a peer may be added to a finished experiment
+        # A peer may be added to a finished experiment; prefix_reuse changes speed, not results.
+        keep = ("output_dir", "report", "device", "peers", "prefix_reuse")
         moved = ("eval.data_dir", "train.data_dir")  # where the data lives, not what it is
         changed = [k for k in _changed_fields(before, dumped) if k.split(".")[0] not in keep and k not in moved]
         if changed:
@@ -217,6 +221,7 @@ def train_config_for(config: ExperimentConfig, design: Design, run_dir: Path):
            "output_dir": str(run_dir / "train"), "seed": config.seed_for(design)}
     raw.setdefault("data_dir", config.eval.data_dir)
     raw.setdefault("device", config.device)
+    raw.setdefault("prefix_reuse", config.prefix_reuse)
     return TrainConfig.model_validate(raw)
 
 
@@ -358,6 +363,8 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
         # untrained backbone, the peers) are evaluated as they are: not designs.
         model = EmbeddingModel.from_pretrained(final, inference=True, device=config.device) if final else (
             reference_model(config, design))
+        if isinstance(model, EmbeddingModel):  # not a peer loaded by sentence-transformers
+            model.prefix_reuse = config.prefix_reuse
         _evaluate(model, config, eval_dir, cache)
         del model
         if is_main():  # wall time of this invocation's work (a resumed training counts only its resumed part)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 
-from . import __version__
+from . import __version__, prefix
 from .attention import set_attention
 from .backbone import DEFAULT_BACKBONE, load_backbone, load_tokenizer
 from .errors import UserError
@@ -29,6 +29,7 @@ from .pooling import build_pooler, check_pooling_name
 
 log = logging.getLogger(__name__)
 Instruction = Optional[Union[str, Sequence[Optional[str]]]]  # one for every text, or one per text (None: none)
+MaxLengthScope = Literal["all", "text"]  # what max_length counts: every token, or those after the instruction
 CONFIG_NAME = "poolattn_config.json"
 POOLER_NAME = "pooler.safetensors"
 # What a saved folder's weights were made for: pooler.safetensors holds this pooling's weights (with these options)
@@ -97,6 +98,13 @@ def _per_text(instruction: Instruction, n: int) -> list[str | None]:
 
 
 class EmbeddingModel(nn.Module):
+    """A design's backbone, attention, pooler and normalisation.
+
+    `prefix_reuse` (a runtime switch, not part of the design: on by default, never saved or fingerprinted): where
+    attention is causal, the leading tokens all texts of a batch share (their instruction) run once per batch
+    instead of once per text (poolattn.prefix); the vectors are the same up to rounding."""
+    prefix_reuse: bool = True
+
     def __init__(self, config: ModelConfig | None = None, device: str | torch.device | None = "auto",
                  **overrides: Any):
         """`device`: where the model lives (auto: this process's GPU, else MPS, else CPU; or cuda:1, cpu, ...);
@@ -173,30 +181,39 @@ class EmbeddingModel(nn.Module):
         for t, i in zip(texts, _per_text(instruction, len(texts))):
             out.append(len(self.config.instruction_template.format(instruction=i, text=t)) - len(t) if i else 0)
         if any(out) and not self.config.instruction_template.endswith("{text}"):
-            raise ValueError("mask_instruction needs an instruction_template that ends with {text}")
+            raise ValueError("counting the instruction's tokens (mask_instruction, max_length_applies_to: text) "
+                             "needs an instruction_template that ends with {text}")
         return out
 
-    def _token_ids(self, texts: list[str], instruction: Instruction) -> tuple[list[list[int]], list[int]]:
+    def _token_ids(self, texts: list[str], instruction: Instruction,
+                   max_length_applies_to: MaxLengthScope = "all") -> tuple[list[list[int]], list[int]]:
         """Token ids ending in exactly one EOS (appended as the paper does, unless the tokenizer already added
         it), truncated to max_length with one warning; and per text the number of leading tokens that belong to
-        the instruction (0 unless mask_instruction)."""
+        the instruction (0 unless mask_instruction). max_length_applies_to "text": max_length counts the tokens
+        after the instruction only (the text's and EOS), the instruction's (those mask_instruction leaves out of
+        pooling, BOS included) come on top."""
+        if max_length_applies_to not in ("all", "text"):
+            raise ValueError(f"max_length_applies_to must be 'all' or 'text', got {max_length_applies_to!r}")
         tok = self.tokenizer
-        prefix = self._prefix_chars(texts, instruction) if self.config.mask_instruction else [0] * len(texts)
+        counted = self.config.mask_instruction or max_length_applies_to == "text"
+        chars = self._prefix_chars(texts, instruction) if counted else [0] * len(texts)
         enc = tok(self.format(texts, instruction), add_special_tokens=True, truncation=False,
-                  return_offsets_mapping=any(prefix), verbose=False)  # truncated below, with our own warning
+                  return_offsets_mapping=any(chars), verbose=False)  # truncated below, with our own warning
         ids = enc["input_ids"]
         # A token is the text's if it ends inside the text (a token straddling the boundary, e.g. " word" whose
         # space closes the template, is the text's); special tokens (offsets (0, 0)) before the text are not.
-        skip = [sum(1 for _, end in offsets if end <= p) if p else 0
-                for offsets, p in zip(enc["offset_mapping"], prefix)] if any(prefix) else prefix
-        limit = self.config.max_length - 1
+        head = [sum(1 for _, end in offsets if end <= p) if p else 0
+                for offsets, p in zip(enc["offset_mapping"], chars)] if any(chars) else chars
+        on_top = head if max_length_applies_to == "text" else [0] * len(texts)
+        limits = [self.config.max_length - 1 + n for n in on_top]
         eos = tok.eos_token_id
         ids = [x[:-1] if x and x[-1] == eos else x for x in ids]
-        truncated = sum(len(x) > limit for x in ids)
+        truncated = sum(len(x) > limit for x, limit in zip(ids, limits))
         if truncated:
-            log.warning("%d of %d texts are longer than max_length=%d tokens and were truncated",
-                        truncated, len(ids), self.config.max_length)
-        return [x[:limit] + [eos] for x in ids], [min(s, limit) for s in skip]
+            log.warning("%d of %d texts are longer than max_length=%d tokens%s and were truncated", truncated,
+                        len(ids), self.config.max_length, " after the instruction" if any(on_top) else "")
+        skip = head if self.config.mask_instruction else [0] * len(texts)
+        return [x[:limit] + [eos] for x, limit in zip(ids, limits)], [min(s, limit) for s, limit in zip(skip, limits)]
 
     def _pad(self, ids: list[list[int]], skip: list[int] | None = None) -> dict[str, torch.Tensor]:
         width = max(len(x) for x in ids)
@@ -217,9 +234,16 @@ class EmbeddingModel(nn.Module):
             out["pool_mask"] = pool
         return out
 
-    def tokenize(self, texts: list[str], instruction: Instruction = None) -> dict[str, torch.Tensor]:
-        """input_ids and attention_mask (and pool_mask when instruction tokens are masked out of pooling)."""
-        return self._pad(*self._token_ids(list(texts), instruction))
+    def tokenize(self, texts: list[str], instruction: Instruction = None,
+                 max_length_applies_to: MaxLengthScope = "all") -> dict[str, torch.Tensor]:
+        """input_ids and attention_mask (and pool_mask when instruction tokens are masked out of pooling).
+
+        Args:
+            texts: the texts.
+            instruction: one for all texts, or one per text (None: none).
+            max_length_applies_to: "all" (max_length counts every token) or "text" (the tokens after the
+                instruction only; training's option of the same name)."""
+        return self._pad(*self._token_ids(list(texts), instruction, max_length_applies_to))
 
     # ---- forward / encode ---------------------------------------------------------------------------------
     def _pooler_for(self, dtype: torch.dtype) -> nn.Module:
@@ -236,15 +260,24 @@ class EmbeddingModel(nn.Module):
             self._pooler_copy_key = key
         return self.__dict__["_pooler_copy"]
 
+    def _can_reuse_prefix(self) -> bool:
+        """Whether a batch's shared leading tokens may run once: only where no token sees the tokens after it
+        (causal attention; a bidirectional prefix reads the text), `prefix_reuse` is on and the backbone's cache can
+        hold a shared prefix (prefix.supported). A design option that breaks that premise turns it off here."""
+        if not (self.prefix_reuse and self.config.attention == "causal"):
+            return False
+        if getattr(self, "_prefix_supported", None) is None:
+            self._prefix_supported = prefix.supported(self.backbone)
+        return self._prefix_supported
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 pool_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings of a tokenized batch; `pool_mask` (default: attention_mask) says which tokens are pooled."""
         # Positions count real tokens only, so left padding does not shift them (exact for absolute positions too).
         position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            use_cache=False,
-                            output_hidden_states=self.pooler.needs_all_layers)
-        states = out.hidden_states if self.pooler.needs_all_layers else (out.last_hidden_state,)
+        args = (self.backbone, input_ids, attention_mask, position_ids, self.pooler.needs_all_layers)
+        shared = prefix.shared_prefix_length(input_ids, attention_mask) if self._can_reuse_prefix() else 0
+        states = prefix.shared_states(*args, shared) if shared else prefix.backbone_states(*args)
         # Training (GradCache's no-grad pass included) uses the fp32 pooler, so both passes agree exactly.
         pooler = self.pooler if self.training else self._pooler_for(states[-1].dtype)
         emb = pooler(states, attention_mask if pool_mask is None else pool_mask).float()

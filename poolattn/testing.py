@@ -9,7 +9,7 @@ _CORPUS = [
     "the cat sat on the mat", "a woman is slicing an onion", "how do i reset my password", "0123456789 .,;:!?",
 ]
 
-ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma")
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma3")
 
 
 def tiny_tokenizer():
@@ -36,6 +36,10 @@ def tiny_config(arch: str, vocab_size: int, hidden_size: int = 64, num_layers: i
         "qwen2": lambda: tf.Qwen2Config(**common),
         "qwen3": lambda: tf.Qwen3Config(**common, head_dim=hidden_size // 4),
         "gemma": lambda: tf.GemmaConfig(**common, head_dim=hidden_size // 4),
+        # Gemma 3's hybrid cache: sliding-window layers around a global one, the window shorter than an instruction
+        "gemma3": lambda: tf.Gemma3TextConfig(
+            **common, head_dim=hidden_size // 4, sliding_window=6,
+            layer_types=(["sliding_attention", "full_attention"] * num_layers)[:num_layers]),
     }
     if arch not in configs:
         raise ValueError(f"unknown tiny architecture {arch!r}; valid: {', '.join(configs)}")

@@ -181,7 +181,7 @@ def test_hard_negatives_off_encodes_no_negative_and_scores_pairs_only(tiny_llama
     t.config = t.config.model_copy(update={"hard_negatives": False})
     m, seen = t.unwrapped, []
     real_tokenize = m.tokenize
-    m.tokenize = lambda texts, instruction=None: seen.extend(texts) or real_tokenize(texts, instruction)
+    m.tokenize = lambda texts, instruction=None, *a: seen.extend(texts) or real_tokenize(texts, instruction, *a)
     calls = _spy_info_nce(monkeypatch)
     for chunk in (None, 3):  # plain and GradCache
         t.config = t.config.model_copy(update={"chunk_size": chunk})
@@ -235,7 +235,8 @@ def test_training_texts_get_instructions_as_evaluation_does(tiny_llama, tmp_path
     m = t.unwrapped
     seen = []
     real_tokenize = m.tokenize
-    m.tokenize = lambda texts, instruction=None: seen.append((texts, instruction)) or real_tokenize(texts, instruction)
+    m.tokenize = lambda texts, instruction=None, *a: seen.append((texts, instruction)) or real_tokenize(texts,
+                                                                                                    instruction, *a)
     t.backward_step(batch)
     (queries, q_ins), (positives, p_ins) = seen[0], seen[1]
     assert queries == [e.query for e in batch] and positives == [e.positive for e in batch]

@@ -14,7 +14,7 @@ from ..model import LoraSettings, ModelConfig
 
 # Fields that may change when a run is resumed: they do not change what the run computes.
 RESUMABLE_FIELDS = {"max_time_minutes", "save_every", "keep_last", "log_every", "output_dir", "data_dir",
-                    "progress", "num_threads", "device", "snapshot_steps"}
+                    "progress", "num_threads", "device", "snapshot_steps", "prefix_reuse"}
 
 
 class TrainConfig(BaseModel):
@@ -34,6 +34,12 @@ class TrainConfig(BaseModel):
     max_grad_norm: float | None = 1.0
     max_steps: int = Field(1000, ge=1)
     max_length: int | None = None  # training truncation; None: model.max_length (the saved model keeps model's)
+    max_length_applies_to: Literal["all", "text"] = Field(
+        "all", description="what training's max_length counts: `all` every token (instruction included), `text` "
+        "the tokens after the instruction (the text's and EOS), the instruction's tokens coming on top")
+    prefix_reuse: bool = Field(
+        True, description="run the instruction all texts of a batch start with once per batch, not once per text, "
+        "where attention is causal (exact: the same loss and gradients up to rounding); false: every text whole")
     scale: float = 20.0  # cosine similarity x scale = 1 / temperature
     # false: rows' `negative` texts are dropped in the step (never encoded): in-batch negatives only, same batches
     hard_negatives: bool = True

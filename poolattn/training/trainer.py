@@ -112,6 +112,7 @@ class Trainer:
 
         set_seed(cfg.seed)  # pooler and LoRA initialisation
         model = EmbeddingModel(cfg.model, device=acc.device)  # straight onto this process's device
+        model.prefix_reuse = cfg.prefix_reuse
         self.saved_max_length = model.config.max_length
         if cfg.max_length is not None:
             model.config = model.config.model_copy(update={"max_length": cfg.max_length})
@@ -252,7 +253,8 @@ class Trainer:
                  ([e.positive for e in examples], doc_ins),
                  ([examples[i].negative for i in has_neg], [doc_ins[i] for i in has_neg]))
         size = cfg.chunk_size or len(examples)
-        groups = [[m.tokenize(t[i:i + size], ins[i:i + size]) for i in range(0, len(t), size)] for t, ins in texts]
+        groups = [[m.tokenize(t[i:i + size], ins[i:i + size], cfg.max_length_applies_to)
+                   for i in range(0, len(t), size)] for t, ins in texts]
         device = self.acc.device
         neg_index = torch.tensor(has_neg, dtype=torch.long, device=device)
         neg_mask = torch.zeros(len(examples), dtype=torch.bool, device=device)
