@@ -165,6 +165,10 @@ def eval_(
     device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
     languages: str = typer.Option("eng", help="subsets of multilingual hub tasks to score, comma-separated ISO 639-3 "
                                   "codes (default eng, as the English leaderboard), or `all`"),
+    all_splits: bool = typer.Option(False, "--all-splits", help="score every split of each task (default: only the "
+                                    "main split, the leaderboard's: e.g. test, not validation and test)"),
+    no_dedup: bool = typer.Option(False, "--no-dedup", help="encode every text as mteb passes it (default: each "
+                                  "distinct text once per task and side; exact)"),
 ):
     """Score a model on MTEB tasks (mteb's evaluators) from the data pack or the hub; per-item scores included."""
     from pathlib import Path
@@ -187,7 +191,7 @@ def eval_(
     try:
         scores = evaluate(load_model(model, device=device, pooling=pooling, attention=attention), names, data_dir=data,
                           output_dir=output, instructions=instructions, batch_size=batch_size, cache=not no_cache,
-                          resume=resume,
+                          resume=resume, all_splits=all_splits, dedup=not no_dedup,
                           languages=None if languages.strip() == "all" else [x.strip() for x in languages.split(",")])
     except TaskUnavailable as e:
         rprint(f"[red]{e}[/red]")
