@@ -209,6 +209,10 @@ def eval_(
                                            "hub model run code of its own (only for models you trust; poolattn's own "
                                            "exports load without it)"),
     prefix_reuse: bool = typer.Option(True, "--prefix-reuse/--no-prefix-reuse", help=PREFIX_REUSE_HELP),
+    all_splits: bool = typer.Option(False, "--all-splits", help="score every split of each task (default: only the "
+                                    "main split, the leaderboard's: e.g. test, not validation and test)"),
+    no_dedup: bool = typer.Option(False, "--no-dedup", help="encode every text as mteb passes it (default: each "
+                                  "distinct text once per task and side; exact)"),
 ):
     """Score a model on MTEB tasks (mteb's evaluators) from the data pack or the hub; per-item scores included."""
     from pathlib import Path
@@ -239,8 +243,8 @@ def eval_(
             if isinstance(loaded, EmbeddingModel):  # not a sentence-transformers model
                 loaded.prefix_reuse = prefix_reuse
             scores = evaluate(loaded, names, data_dir=data_dir, output_dir=output, instructions=instructions,
-                              batch_size=batch_size, cache=not no_cache, resume=resume,
-                              languages=None if languages.strip() == "all"
+                              batch_size=batch_size, cache=not no_cache, resume=resume, all_splits=all_splits,
+                              dedup=not no_dedup, languages=None if languages.strip() == "all"
                               else [x.strip() for x in languages.split(",")])
     except TaskUnavailable as e:
         rprint(f"[red]{e}[/red]")

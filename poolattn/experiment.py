@@ -49,6 +49,8 @@ class EvalSettings(BaseModel):
     batch_size: int = 32
     instructions: dict[str, str] | None = None
     languages: list[str] | None = ["eng"]  # subsets of multilingual hub tasks (ISO 639-3); None: every subset
+    all_splits: bool = False  # score every split of each task; default: the main split only (the leaderboard's)
+    dedup: bool = True  # encode each distinct text once per task and side (exact); False: as mteb passes them
 
 
 class ExperimentConfig(BaseModel):
@@ -230,7 +232,7 @@ def _evaluate(model, config: ExperimentConfig, out: Path, cache: bool = True) ->
 
     evaluate(model, config.eval.tasks, data_dir=config.eval.data_dir, output_dir=out,
              instructions=config.eval.instructions, batch_size=config.eval.batch_size, cache=cache,
-             languages=config.eval.languages)
+             languages=config.eval.languages, all_splits=config.eval.all_splits, dedup=config.eval.dedup)
 
 
 def _plan_budget(config: ExperimentConfig, folder: Path, console) -> ExperimentConfig:

@@ -308,6 +308,156 @@ def test_cli_eval(tiny_pack, tiny_model, tmp_path):
     assert res.exit_code == 2 and "unknown task 'nope'" in res.output
 
 
+# ---- work evaluation does not repeat: main split only, each distinct text once, the cache's key -------------------
+
+COUNTERFACTUAL = "AmazonCounterfactualClassification"  # a pack-sized task that mteb scores on validation and test
+
+
+@pytest.fixture(scope="module")
+def repeat_pack(tmp_path_factory) -> Path:
+    """STSBenchmark whose 40 pairs draw from 12 sentences (repeated across pairs and sides), and
+    AmazonCounterfactualClassification (en) with train, validation and test splits of distinct texts (mteb
+    evaluates validation and test; the main score is test's, as on the leaderboard)."""
+    root = tmp_path_factory.mktemp("repeat")
+    rng = random.Random(2)
+    pool = [f"{_sentence(rng)} {i}" for i in range(12)]
+    _write(root / "mteb/STSBenchmark/test.jsonl",
+           [{"sentence1": rng.choice(pool), "sentence2": rng.choice(pool), "score": rng.uniform(0, 5)}
+            for _ in range(40)])
+    tasks = {"STSBenchmark": {"type": "STS", "path": "mteb/STSBenchmark", "splits": {"test": "test.jsonl"}}}
+    n = 0
+    for split, size in (("train", 60), ("validation", 20), ("test", 20)):
+        _write(root / f"mteb/{COUNTERFACTUAL}/{split}.jsonl",
+               [{"text": f"{_sentence(rng)} {n + i}", "label": i % 2} for i in range(size)])
+        n += size
+    tasks[COUNTERFACTUAL] = {"type": "Classification", "path": f"mteb/{COUNTERFACTUAL}",
+                             "splits": {s: f"{s}.jsonl" for s in ("train", "validation", "test")}}
+    (root / "tasks.json").write_text(json.dumps({"tasks": tasks}))
+    return root
+
+
+def test_only_the_main_split_is_scored_unless_all_splits(tiny_model, repeat_pack, tmp_path):
+    """AmazonCounterfactualClassification: test only by default (recorded in the score, summary and
+    progress.json); all_splits scores validation too, is a different setting for resume, and leaves the main
+    score as it was."""
+    out = tmp_path / "out"
+    main = evaluate(tiny_model, COUNTERFACTUAL, data_dir=repeat_pack, output_dir=out, progress=False)
+    s = main[COUNTERFACTUAL]
+    assert s.main_split == "test" and s.splits == ["test"]
+    assert list(json.loads((out / f"{COUNTERFACTUAL}.json").read_text())["scores"]) == ["test"]
+    assert json.loads((out / "progress.json").read_text())["settings"]["splits"] == "main"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["splits"] == "main" and summary["tasks"][0]["splits"] == ["test"]
+
+    every = evaluate(tiny_model, COUNTERFACTUAL, data_dir=repeat_pack, output_dir=out, progress=False,
+                     all_splits=True)[COUNTERFACTUAL]
+    assert sorted(every.splits) == ["test", "validation"]  # scored anew, not read back from progress.json
+    assert sorted(json.loads((out / f"{COUNTERFACTUAL}.json").read_text())["scores"]) == ["test", "validation"]
+    assert every.main_score == s.main_score
+    assert json.loads((out / "progress.json").read_text())["settings"]["splits"] == "all"
+
+
+def test_each_distinct_text_is_encoded_once_per_task_with_identical_scores(tiny_model, repeat_pack):
+    """Without the cache: STS encodes its 12 sentences once (not once per side, or per pair without dedup), and
+    classification's training set once for both splits; the scores do not change."""
+    tasks, sizes = f"STSBenchmark,{COUNTERFACTUAL}", {"validation": 20, "test": 20}
+    on = evaluate(tiny_model, tasks, data_dir=repeat_pack, cache=False, progress=False, all_splits=True)
+    off = evaluate(tiny_model, tasks, data_dir=repeat_pack, cache=False, progress=False, all_splits=True, dedup=False)
+    assert {k: s.main_score for k, s in on.items()} == {k: s.main_score for k, s in off.items()}
+    pairs = [json.loads(x) for x in (repeat_pack / "mteb/STSBenchmark/test.jsonl").read_text().splitlines()]
+    assert on["STSBenchmark"].encoded == len({r[k] for r in pairs for k in ("sentence1", "sentence2")})
+    assert off["STSBenchmark"].encoded == 80
+    train = on[COUNTERFACTUAL].encoded - sum(sizes.values())  # the training texts the classifiers use
+    assert train > 0 and off[COUNTERFACTUAL].encoded == 2 * train + sum(sizes.values())
+
+
+def _loader(texts: list[str]):
+    from datasets import Dataset
+    from torch.utils.data import DataLoader
+
+    return DataLoader(Dataset.from_dict({"text": texts}), batch_size=4,
+                      collate_fn=lambda rows: {"text": [r["text"] for r in rows]})
+
+
+def _asymmetric_sentence_transformer():
+    """A tiny sentence-transformers model that encodes queries and documents through different modules (a Router)
+    and has no prompts (sentence-transformers 6 gives new models empty query/document prompts, which mteb reads as
+    prompts; a model configured with none has none): only mteb's encode_query / encode_document tell the sides
+    apart."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Router, StaticEmbedding
+
+    from poolattn.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()._tokenizer
+    side = [StaticEmbedding(tok, embedding_dim=8) for _ in range(2)]
+    model = SentenceTransformer(modules=[Router.for_query_document(query_modules=[side[0]],
+                                                                    document_modules=[side[1]])], device="cpu")
+    model.prompts = {}
+    return model
+
+
+@pytest.mark.parametrize("kind", ["poolattn", "sentence-transformers"])
+def test_the_cache_keeps_a_query_and_a_document_with_the_same_text_apart(kind, tiny_model, tmp_path):
+    """mteb issue #5383: the same text as a query (with its instruction, or through the query modules) and as a
+    document gets two cached vectors, each what the model gives that side; a second run serves both."""
+    import mteb
+    from mteb.types import PromptType
+
+    from poolattn.evaluation import EncodeRunner, mteb_encoder
+
+    model = tiny_model if kind == "poolattn" else _asymmetric_sentence_transformer()
+    meta, text = mteb.get_task("SciFact").metadata, ["what is the capital of france"]
+    if kind == "poolattn":
+        want = model.encode(text, instruction=INSTRUCTIONS["SciFact"]), model.encode(text)
+    else:
+        want = model.encode_query(text), model.encode_document(text)
+
+    def run() -> tuple[np.ndarray, np.ndarray, int]:
+        enc, key = mteb_encoder(model)
+        runner = EncodeRunner(enc, tmp_path / "cache", key)
+        q, d = (runner.encode(_loader(text), task_metadata=meta, hf_split="test", hf_subset="default",
+                              prompt_type=side) for side in (PromptType.query, PromptType.document))
+        runner.close()
+        return q, d, runner.encoded
+
+    q, d, encoded = run()
+    assert encoded == 2 and not np.allclose(q, d)
+    np.testing.assert_allclose(q, want[0], atol=1e-6)
+    np.testing.assert_allclose(d, want[1], atol=1e-6)
+    q2, d2, encoded = run()
+    assert encoded == 0
+    np.testing.assert_array_equal(q2, q)
+    np.testing.assert_array_equal(d2, d)
+
+
+def test_cli_eval_all_splits_and_no_dedup(tiny_model, repeat_pack, tmp_path):
+    from typer.testing import CliRunner
+
+    from poolattn.cli import app
+
+    tiny_model.save_pretrained(tmp_path / "m")
+    res = CliRunner().invoke(app, ["eval", "--model", str(tmp_path / "m"), "--tasks", COUNTERFACTUAL,
+                                   "--data", str(repeat_pack), "--output", str(tmp_path / "o"), "--all-splits",
+                                   "--no-dedup", "--no-cache"])
+    assert res.exit_code == 0, res.output
+    row = json.loads((tmp_path / "o/summary.json").read_text())["tasks"][0]
+    assert sorted(row["splits"]) == ["test", "validation"]
+    assert (row["encoded"] - 40) % 2 == 0  # without dedup the training texts are encoded once per split
+
+
+def test_experiment_eval_section_passes_splits_and_dedup(monkeypatch, tmp_path):
+    from poolattn import evaluation, experiment
+
+    seen: dict = {}
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: seen.update(k))
+    default = experiment.ExperimentConfig()
+    assert default.eval.all_splits is False and default.eval.dedup is True
+    experiment._evaluate("m", experiment.ExperimentConfig.model_validate(
+        {"eval": {"all_splits": True, "dedup": False}}), tmp_path)
+    assert seen["all_splits"] is True and seen["dedup"] is False
+
+
 # ---- the real data pack -------------------------------------------------------------------------------------------
 
 @pytest.mark.integration

@@ -50,14 +50,24 @@ def _classification_task():
     return task
 
 
-def test_main_score_is_the_test_split_and_validation_is_kept(tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setattr("poolattn.evaluation.runner.load_task", lambda spec, languages: _classification_task())
+def test_main_score_is_the_test_split_and_validation_is_scored_on_request(tiny_model, tmp_path, monkeypatch):
+    def load(spec, languages, all_splits):
+        task = _classification_task()
+        return task if all_splits else pack.keep_main_split(task)
+    monkeypatch.setattr("poolattn.evaluation.runner.load_task", load)
+    main = evaluate(tiny_model, ["AmazonCounterfactualClassification"], data_dir=tmp_path / "nopack",
+                    output_dir=tmp_path / "main", cache=False, progress=False)["AmazonCounterfactualClassification"]
+    assert main.splits == ["test"]  # the leaderboard's split only, by default
+    items = json.loads((tmp_path / "main/AmazonCounterfactualClassification.items.json").read_text())
+    assert [p["split"] for p in items["parts"]] == ["test"] and items["other_splits"] == []
+
     score = evaluate(tiny_model, ["AmazonCounterfactualClassification"], data_dir=tmp_path / "nopack",
-                     output_dir=tmp_path, cache=False, progress=False)["AmazonCounterfactualClassification"]
+                     output_dir=tmp_path, cache=False, progress=False,
+                     all_splits=True)["AmazonCounterfactualClassification"]
     result = json.loads((tmp_path / "AmazonCounterfactualClassification.json").read_text())
     per_split = {split: rows[0]["main_score"] for split, rows in result["scores"].items()}
     assert set(per_split) == {"validation", "test"} and score.main_split == "test"
-    assert score.main_score == pytest.approx(per_split["test"])
+    assert score.main_score == pytest.approx(per_split["test"]) == pytest.approx(main.main_score)
     assert per_split["validation"] != per_split["test"]  # the mean of both (the old main score) would differ
     items = json.loads((tmp_path / "AmazonCounterfactualClassification.items.json").read_text())
     assert items["main_split"] == "test" and [p["split"] for p in items["parts"]] == ["test"]
@@ -81,7 +91,7 @@ def test_aggregate_task_is_scored_as_mteb_combines_it(tiny_model, tmp_path, monk
     aggregate = hub_task("CQADupstackRetrieval")
     for part in aggregate.tasks:
         _fill_retrieval(part)
-    monkeypatch.setattr("poolattn.evaluation.runner.load_task", lambda spec, languages: aggregate)
+    monkeypatch.setattr("poolattn.evaluation.runner.load_task", lambda spec, languages, all_splits: aggregate)
     assert pack.encode_cost(aggregate) > 0
     score = evaluate(tiny_model, ["CQADupstackRetrieval"], data_dir=tmp_path / "nopack", output_dir=tmp_path,
                      cache=False, progress=False)["CQADupstackRetrieval"]

@@ -217,10 +217,26 @@ def _numpy_cache_class() -> type:
     return CrashSafeNumpyCache
 
 
+# Task types whose evaluators encode overlapping texts in several calls (STS and pair sentences on both sides,
+# classification's training set once per evaluated split): vectors are kept for the task's later calls. Retrieval
+# corpora are encoded in chunks that may not fit in memory together, and rarely repeat a text across calls.
+_MEMO_TYPES = ("STS", "PairClassification", "Classification", "Clustering")
+
+
 class EncodeRunner:
     """Wraps an mteb encoder: serves cached embeddings, encodes the rest in chunks and reports progress.
 
-    Cache: mteb's NumpyCache backend, one store per (model fingerprint, instruction), keyed by the text's hash, so
+    Args:
+        encoder: the mteb encoder (PoolattnEncoder, or mteb's wrapper of a SentenceTransformer).
+        cache_dir: the model's embedding cache folder (None: no cache).
+        key: (task metadata, prompt type) -> the store a vector belongs to: everything besides the text that
+            changes it (the instruction, the side where the model encodes queries and documents differently).
+        chunk_size: texts per call of the encoder (progress and cache saves happen between chunks).
+        on_progress: (done, total) texts of the current encode call.
+        dedup: encode each distinct (text, key) once per task: once per call, and for _MEMO_TYPES once across the
+            task's calls; vectors are scattered back to every position. False: every text as mteb passes it.
+
+    Cache: mteb's NumpyCache backend, one store per (model fingerprint, key), keyed by the text's hash, so
     every task that embeds the same text with the same instruction shares it. mteb's CachedEmbeddingWrapper does not
     fit: it keys stores by task name (no sharing across tasks, and it cannot see our instruction overrides) and in
     mteb 2.26 it re-prepares already prepared corpus rows, which repeats each document's title.
@@ -231,7 +247,7 @@ class EncodeRunner:
     """
 
     def __init__(self, encoder: Any, cache_dir: Path | None, key: Callable[[Any, PromptType | None], str],
-                 chunk_size: int = 256, on_progress: Callable[[int, int], None] | None = None):
+                 chunk_size: int = 256, on_progress: Callable[[int, int], None] | None = None, dedup: bool = True):
         from ..distributed import world
 
         self.encoder = encoder
@@ -242,6 +258,9 @@ class EncodeRunner:
         self.key = key
         self.chunk_size = chunk_size
         self.on_progress = on_progress  # (done, total) texts of the current encode call
+        self.dedup = dedup
+        self._memo: dict[tuple[str, str], np.ndarray] = {}  # (key, text) -> vector, of the current task
+        self._memo_task: str | None = None
         self._stores: dict[str, Any] = {}
         self.encoded = 0  # texts actually run through the model (not served from the cache)
 
@@ -287,13 +306,17 @@ class EncodeRunner:
         dataset = inputs.dataset
         texts = list(dataset["text"])
         out: list[Any] = [None] * len(texts)
-        store = self._store(self.key(task_metadata, prompt_type)) if self.cache_dir is not None else None
-        first: dict[str, int] = {}  # each distinct text is encoded once
+        key = self.key(task_metadata, prompt_type)
+        store = self._store(key) if self.cache_dir is not None else None
+        memo = self._task_memo(task_metadata)
+        first: dict[Any, int] = {}  # with dedup each distinct text is encoded once; without, every position
         for i, t in enumerate(texts):
-            first.setdefault(t, i)
+            first.setdefault(t if self.dedup else i, i)
         todo = []
-        for t, i in first.items():
-            v = store.get_vector({"text": t}) if store is not None else None
+        for i in first.values():
+            v = memo.get((key, texts[i])) if memo is not None else None
+            if v is None and store is not None:
+                v = store.get_vector({"text": texts[i]})
             if v is None:
                 todo.append(i)
             else:
@@ -345,11 +368,22 @@ class EncodeRunner:
         for i, t in enumerate(texts):
             if out[i] is None:
                 out[i] = out[first[t]]
+        if memo is not None:
+            memo.update({(key, texts[i]): out[i] for i in first.values()})
         if not texts:
             return np.zeros((0, self.mteb_model_meta.embed_dim or 0), dtype=np.float32)
         return np.stack(out)
 
+    def _task_memo(self, task_metadata: Any) -> dict[tuple[str, str], np.ndarray] | None:
+        """The vectors kept for the rest of this task (None: not kept); emptied when another task begins."""
+        if not self.dedup or task_metadata.type not in _MEMO_TYPES:
+            return None
+        if task_metadata.name != self._memo_task:
+            self._memo, self._memo_task = {}, task_metadata.name
+        return self._memo
+
     def close(self) -> None:
+        self._memo.clear()
         for store in self._stores.values():
             store.close()
         self._stores.clear()
@@ -376,12 +410,16 @@ def mteb_encoder(model: Any, overrides: Mapping[str, str | None] | None = None) 
                                                       "revision": fingerprint(model)})
 
         def key(meta: Any, prompt_type: PromptType | None) -> str:
-            # mteb picks a prompt of the model's own by task name and side; without prompts every text is plain
-            return f"{meta.name}-{prompt_type.value if prompt_type else 'none'}" if enc.model_prompts else "plain"
+            # mteb picks a prompt of the model's own by task name and side, and encodes queries and documents
+            # through encode_query / encode_document (which may route them through different modules, or add the
+            # model's default prompts): the side is always part of the key (the bug of mteb issue #5383)
+            side = prompt_type.value if prompt_type else "none"
+            return f"{meta.name}-{side}" if enc.model_prompts else f"plain-{side}"
         return enc, key
     enc = PoolattnEncoder(model, overrides)
 
     def key(meta: Any, prompt_type: PromptType | None) -> str:
+        # A poolattn model sees the side only through the instruction (documents get none): the instruction is the key
         instruction = enc.instruction(meta, prompt_type)
         return "plain" if not instruction else "i-" + hashlib.sha256(instruction.encode()).hexdigest()[:16]
     return enc, key

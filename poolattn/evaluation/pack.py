@@ -33,7 +33,7 @@ LITE: tuple[str, ...] = (
 )
 SUITES = ("lite", "full")
 # Hub tasks are scored as on this leaderboard: its subsets (e.g. STS17 en-en, AmazonCounterfactual en, not en-ext) and
-# its split for the main score (test; MSMARCO dev). Other splits are still evaluated and kept in the result JSON.
+# its split for the main score (test; MSMARCO dev). Only that split is evaluated unless all splits are asked for.
 LEADERBOARD = "MTEB(eng, v1)"
 DEFAULT_LANGUAGES = ("eng",)
 
@@ -327,15 +327,31 @@ def hub_task(name: str, languages: Iterable[str] | None = DEFAULT_LANGUAGES) -> 
     return task
 
 
-def load_task(spec: TaskSpec, languages: Iterable[str] | None = DEFAULT_LANGUAGES) -> Any:
+def keep_main_split(task: Any) -> Any:
+    """Restrict a task (and every task an aggregate combines) to its main split, through mteb's own
+    filter_eval_splits: e.g. AmazonCounterfactualClassification scores test only, not validation and test."""
+    for part in (task.tasks if task.is_aggregate else []):
+        keep_main_split(part)
+    return task.filter_eval_splits([main_split(task)])
+
+
+def load_task(spec: TaskSpec, languages: Iterable[str] | None = DEFAULT_LANGUAGES, all_splits: bool = False) -> Any:
     """A fresh mteb task object with its data loaded: from the pack, else by mteb from the hub (clear error if not).
-    Hub tasks keep the subsets in `languages` (default English; see hub_task); aggregate tasks (e.g.
-    CQADupstackRetrieval) load every task they combine, and mteb scores them as it combines them."""
+
+    Args:
+        spec: the task (task_spec).
+        languages: subsets of hub tasks kept (default English; see hub_task).
+        all_splits: evaluate every split the task defines (and the pack holds); default: the main split only.
+
+    Aggregate tasks (e.g. CQADupstackRetrieval) load every task they combine, and mteb scores them as it combines
+    them."""
     import mteb
     from datasets import DatasetDict
 
     if spec.entry is None:
         task = hub_task(spec.mteb_task, languages)
+        if not all_splits:
+            keep_main_split(task)
         try:
             for part in (task.tasks if task.is_aggregate else [task]):
                 part.load_data()
@@ -350,6 +366,9 @@ def load_task(spec: TaskSpec, languages: Iterable[str] | None = DEFAULT_LANGUAGE
     if not eval_splits:
         raise ValueError(f"tasks.json: {spec.name} has splits {sorted(splits)}, but {spec.mteb_task} evaluates "
                          f"{task.metadata.eval_splits}")
+    task.filter_eval_splits(eval_splits)
+    if not all_splits:
+        eval_splits = list(keep_main_split(task).eval_splits)
     needed = list(eval_splits)
     if spec.type == "Classification" and task.train_split not in needed:
         if task.train_split not in splits:
@@ -363,7 +382,6 @@ def load_task(spec: TaskSpec, languages: Iterable[str] | None = DEFAULT_LANGUAGE
         data = DatasetDict(data)
         task.dataset = {subset: data} if task.metadata.is_multilingual else data
     task.hf_subsets = [subset]
-    task.filter_eval_splits(eval_splits)
     task.data_loaded = True
     return task
 

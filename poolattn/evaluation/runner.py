@@ -36,6 +36,7 @@ class TaskScore:
     result_file: str | None = None
     items_file: str | None = None
     main_split: str | None = None
+    splits: list[str] | None = None  # the splits scored: the main split, or every one with all_splits
 
     @property
     def main_score_x100(self) -> float:
@@ -120,11 +121,11 @@ def write_summary(scores: Mapping[str, TaskScore], output_dir: Path, header: dic
     write_text(output_dir / "summary.json", json.dumps({**header, "tasks": rows}, indent=2))
     lines = [f"# {header['model']}", "",
              f"revision `{header['revision']}`, mteb {header['mteb_version']}, data {header['data_dir']}, "
-             f"total {_fmt_seconds(header['seconds'])}", "",
-             "| task | type | metric | score x100 | seconds | CPU seconds | source |",
-             "|---|---|---|---:|---:|---:|---|"]
-    lines += [f"| {s.task} | {s.type} | {s.main_metric} | {s.main_score_x100:.2f} | {s.seconds:.1f} | "
-              f"{s.cpu_seconds:.1f} | {s.source} |" for s in scores.values()]
+             f"{header.get('splits', 'all')} split(s), total {_fmt_seconds(header['seconds'])}", "",
+             "| task | type | metric | score x100 | splits scored | seconds | CPU seconds | source |",
+             "|---|---|---|---:|---|---:|---:|---|"]
+    lines += [f"| {s.task} | {s.type} | {s.main_metric} | {s.main_score_x100:.2f} | {', '.join(s.splits or [])} | "
+              f"{s.seconds:.1f} | {s.cpu_seconds:.1f} | {s.source} |" for s in scores.values()]
     by_cat: dict[str, list[float]] = {}
     for s in scores.values():
         by_cat.setdefault(s.category, []).append(s.main_score_x100)
@@ -136,7 +137,8 @@ def write_summary(scores: Mapping[str, TaskScore], output_dir: Path, header: dic
 def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None = None,
              output_dir: str | Path | None = None, instructions: Mapping[str, str | None] | str | Path | None = None,
              batch_size: int = 32, cache: bool = True, progress: bool = True,
-             languages: Iterable[str] | None = DEFAULT_LANGUAGES, resume: bool = True) -> dict[str, TaskScore]:
+             languages: Iterable[str] | None = DEFAULT_LANGUAGES, resume: bool = True, all_splits: bool = False,
+             dedup: bool = True) -> dict[str, TaskScore]:
     """Score a model on tasks with mteb's evaluators; returns {task name: TaskScore} in task order.
 
     model: EmbeddingModel, SentenceTransformer, or anything `load_model` takes. tasks: names, suites, categories
@@ -146,6 +148,10 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
     multilingual hub tasks kept (ISO 639-3, default English as on the English leaderboard; None: all).
     resume: with output_dir, tasks that an earlier run into it finished with the same model and settings are read
     back from its progress.json instead of being scored again (False: score every task anew).
+    all_splits: evaluate every split of each task; default: only the main split (the leaderboard's, which the main
+    score is read from), e.g. AmazonCounterfactualClassification's test and not its validation split.
+    dedup: encode each distinct text once per task and side (exact: the vectors are scattered back); False: every
+    text as mteb passes it (to measure what dedup saves).
     """
     import datasets
     import mteb
@@ -169,12 +175,13 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
     model_id = fingerprint(model)
     settings = json.loads(json.dumps({"model": model_id, "instructions": overrides, "data_dir": str(data_dir),
                                       "languages": None if languages is None else sorted(languages),
+                                      "splits": "all" if all_splits else "main",
                                       "mteb_version": mteb.__version__}, default=str))
     earlier = _finished(output, settings) if output is not None and resume else {}  # kept in progress.json
     finished = broadcast({n: s for n, s in earlier.items() if n in names})  # every rank skips the same tasks
     runner = EncodeRunner(encoder, embedding_cache_dir() / model_id if cache else None, key,
                           on_progress=lambda done, total: bars.update(enc_bar, completed=done, total=total,
-                                                                      visible=True))
+                                                                      visible=True), dedup=dedup)
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     results: dict[str, TaskScore] = {}
@@ -185,7 +192,7 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
             loaded = []
             for name in names:
                 spec = task_spec(name, data_dir)
-                task = load_task(spec, languages)
+                task = load_task(spec, languages, all_splits)
                 try:
                     cost = encode_cost(task)
                 except Exception:  # noqa: BLE001 -- an odd hub dataset shape only costs the ETA its accuracy
@@ -222,7 +229,8 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
     if output is not None:
         meta = encoder.mteb_model_meta
         write_summary(results, output, {"model": meta.name, "revision": meta.revision, "mteb_version": mteb.__version__,
-                                        "data_dir": str(data_dir), "seconds": round(time.monotonic() - start, 1)})
+                                        "data_dir": str(data_dir), "splits": settings["splits"],
+                                        "seconds": round(time.monotonic() - start, 1)})
     return results
 
 
@@ -282,7 +290,8 @@ def _run_one(spec: Any, task: Any, runner: EncodeRunner, encoder: Any, batch_siz
     score = TaskScore(task=spec.name, mteb_task=spec.mteb_task, type=kind, category=spec.category,
                       source=spec.source, main_metric=task.metadata.main_score, main_score=main_score,
                       seconds=round(seconds, 2), cpu_seconds=round(cpu_seconds, 2),
-                      encoded=runner.encoded - encoded_before, instruction=instruction, main_split=split)
+                      encoded=runner.encoded - encoded_before, instruction=instruction, main_split=split,
+                      splits=list(task.eval_splits))
     if output is not None:
         score.result_file = str(output / f"{spec.name}.json")
         score.items_file = str(output / f"{spec.name}.items.json")
