@@ -10,9 +10,9 @@ Measured (once per experiment folder, in a throwaway folder):
   * evaluation: per task, a sample of its texts (EVAL_PROBE_TEXTS over the suite) encoded with the task's instruction
     as evaluation applies it, by the untrained model (charged to the baseline and the designs without a trainable
     pooler) and by the probed pooler design (charged to the designs with one); a task's time = its characters to
-    encode (poolattn.evaluation.pack.encode_cost) / the characters per second of its sample. Measured against the
-    default experiment's real evaluations (README): without the instructions and the pooler the estimate was half
-    the time (185 s per model against 364 s for the untrained row and about 510 s for the pooler designs).
+    encode (poolattn.evaluation.pack.encode_cost) / the characters per second of its sample. Without the
+    instructions and the pooler the estimate was half the default experiment's real evaluations
+    (measured: docs/results.md#evaluation).
   * peers (`peers:`): each one's evaluation, from its own encoding speed over the same sample (a peer encodes as
     it was published: no instruction).
 Estimate = baseline evaluation + every peer's evaluation + for every design x seed: overhead + steps x step time +
@@ -65,8 +65,8 @@ class Recipe(BaseModel):
 # Ordered: smallest useful first (three seeds: with two, the t test on one degree of freedom detects nothing
 # smaller than ~14 SEs). Measured by the budget study (configs/study_budget.yaml, runs/study-budget/study-budget.md;
 # SmolLM2-135M, designs 1 and 5, lr 1e-3 constant after 5 warmup steps, batch 16 x 32 tokens, seeds 42-44, STS and
-# clustering tasks of the lite suite): the SD over seeds of the design-5-minus-design-1 difference of the all-task
-# average was 25.6 points at 30 steps and 18.2 at 60; its shared item SE 0.5 points (at 30 steps the estimate
+# clustering tasks of the lite suite; docs/results.md#the-budget-study): seed_sd is the SD over seeds of the
+# design-5-minus-design-1 difference of the all-task average, item_se its shared item SE (at 30 steps the estimate
 # clipped to 0; the 60-step value is used for both). The lr is the sweep's pick (1e-4, 3e-4, 1e-3 at seed 42).
 # The 200-step rows are not measured: their SD is the 60-step one (placeholders until a study measures them).
 RECIPES: tuple[Recipe, ...] = (

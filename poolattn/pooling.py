@@ -61,7 +61,7 @@ class EOSPooling(Pooler):
 class MeanPooling(Pooler):
     """Masked token mean of the last layer; with `layers` (as select_layers: [1] = the first decoder layer,
     "last:4", ...), the mean over those layers of each one's masked token mean. An untrained decoder's early layers
-    can embed far better than its last (SmolLM2-135M, lite STS: layer 1 55.7, last layer 30.4; `poolattn layers`)."""
+    can embed far better than its last (`poolattn layers`; measured: docs/results.md#figures-behind-config-comments)."""
     name = "mean"
 
     def __init__(self, hidden_size: int, num_layers: int, layers: str | int | Sequence[int] | None = None):

@@ -21,9 +21,9 @@ SUPPORTED_TYPES = ("STS", "Classification", "Clustering", "PairClassification", 
 # category name (what --tasks accepts) -> mteb task type
 CATEGORIES: dict[str, str] = {t.lower(): t for t in SUPPORTED_TYPES}
 
-# One or more tasks of every category the paper discusses, cheap to encode. Measured on 2 idle cores (bf16):
-# SmolLM2-135M (mean pooling, instructions) 195 s, all-MiniLM-L6-v2 49 s; EmotionClassification is the largest
-# part (mteb fits 10 logistic regressions). Several lite runs make up the default experiment. Left to `full`: SciFactNano/NFCorpusNano (2,000 abstracts of up to 512 tokens
+# One or more tasks of every category the paper discusses, cheap to encode (measured: docs/results.md#evaluation;
+# EmotionClassification is the largest part: mteb fits 10 logistic regressions). Several lite runs make up the
+# default experiment. Left to `full`: SciFactNano/NFCorpusNano (2,000 abstracts of up to 512 tokens
 # each), SICK-R (19,854 sentences), TwitterURLCorpus, Banking77 and the full retrieval sets.
 LITE: tuple[str, ...] = (
     "STSBenchmark", "STS13", "BIOSSES",
