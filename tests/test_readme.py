@@ -50,12 +50,7 @@ NOT_RUN = {
 }
 # README commands that fail today, each with the one-line error it must give (so a change in how it fails is seen)
 # and the reason; an entry whose command is no longer in the README, or which now succeeds, fails the run test.
-KNOWN_BROKEN = {
-    "poolattn export runs/train-cpu/final my-model-hf --format hf": (
-        "--format hf needs a design with built-in pooling",
-        "the README's train example above trains a multilayer design into runs/train-cpu; --format hf takes "
-        "eos/mean designs only, so the two examples do not work in the order shown"),
-}
+KNOWN_BROKEN: dict[str, tuple[str, str]] = {}
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 
 
@@ -99,7 +94,8 @@ def fenced_blocks(path: Path) -> list[Block]:
 
 def shell_commands(text: str) -> list[tuple[int, list[str], dict[str, str]]]:
     """(line offset, argv, env prefix) of every command in a shell block: continuations joined, comments dropped,
-    `&&` chains split."""
+    `&&` chains split, a trailing `&` (run in the background) dropped: `poolattn serve` always runs in the
+    background here."""
     out, joined, first = [], "", None
     for i, line in enumerate(text.splitlines()):
         first = i if first is None else first
@@ -111,6 +107,7 @@ def shell_commands(text: str) -> list[tuple[int, list[str], dict[str, str]]]:
         while tokens:
             cut = tokens.index("&&") if "&&" in tokens else len(tokens)
             argv, tokens = tokens[:cut], tokens[cut + 1:]
+            argv = argv[:-1] if argv[-1:] == ["&"] else argv
             env = {}
             while argv and re.fullmatch(r"[A-Za-z_]\w*=.*", argv[0]):
                 key, value = argv.pop(0).split("=", 1)
@@ -138,7 +135,7 @@ def markdown_steps(path: Path) -> list[Step]:
 # --- substitutions -------------------------------------------------------------------------------------------------
 @dataclass
 class Planned:
-    """What the test does for a step: `action` is poolattn | serve | http | python | yaml | skip."""
+    """What the test does for a step: `action` is poolattn | serve | http | write | python | yaml | skip."""
     action: str
     args: list = field(default_factory=list)
     note: str = ""
@@ -193,6 +190,8 @@ def plan(step: Step, tiny: dict[str, str], data_dir: Path) -> Planned:
         return _poolattn(argv[1:], tiny, data_dir)
     if argv[0] in ("python", ".venv/bin/python") and argv[1:3] == ["-m", "poolattn.cli"]:
         return _poolattn(argv[3:], tiny, data_dir)
+    if argv[0] in ("printf", "echo") and argv[-2:-1] == [">"]:
+        return Planned("write", argv)
     if argv[0] == "curl":
         return Planned("http", argv[1:])
     if argv[0] in NOT_RUN:
@@ -265,7 +264,10 @@ def _curl(args: list[str]) -> httpx.Response:
     headers, data, method, url = {}, None, None, None
     it = iter(args)
     for a in it:
-        if a in ("-s", "--silent", "-S", "-f", "--fail"):
+        if a in ("-s", "--silent", "-S", "-f", "--fail", "--retry-connrefused"):
+            continue
+        if a in ("--retry", "--retry-delay"):  # the server here is up before the request (its /health answered)
+            next(it)
             continue
         if a in ("-H", "--header"):
             key, value = next(it).split(":", 1)
@@ -312,6 +314,8 @@ def run_markdown(path: Path, workdir: Path, tiny: dict[str, str], data_dir: Path
                 if server:
                     server.stop()
                 server = _Server(p.args, step.env, workdir)
+            elif p.action == "write":  # printf/echo ... > file: the same shell command, in this folder
+                subprocess.run(shlex.join(p.args[:-2]) + " > " + shlex.quote(p.args[-1]), shell=True, check=True)
             elif p.action == "http":
                 assert server, f"{where}: an HTTP example before any `poolattn serve` example"
                 reply = _curl([server.ports(a) for a in p.args])

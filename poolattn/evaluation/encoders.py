@@ -376,7 +376,7 @@ class EncodeRunner:
 
     def _task_memo(self, task_metadata: Any) -> dict[tuple[str, str], np.ndarray] | None:
         """The vectors kept for the rest of this task (None: not kept); emptied when another task begins."""
-        if not self.dedup or task_metadata.type not in _MEMO_TYPES:
+        if not self.dedup or task_metadata is None or task_metadata.type not in _MEMO_TYPES:
             return None
         if task_metadata.name != self._memo_task:
             self._memo, self._memo_task = {}, task_metadata.name
