@@ -64,7 +64,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None = 
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
-        return torch.bfloat16 if _fast_bf16(device) else torch.float32
+        return torch.bfloat16 if fast_bf16(device) else torch.float32
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in names:
@@ -72,7 +72,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None = 
     return names[dtype]
 
 
-def _fast_bf16(device: str | torch.device | None = None) -> bool:
+def fast_bf16(device: str | torch.device | None = None) -> bool:
     return fast_bf16(resolve_device(device))
 
 

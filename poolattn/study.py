@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .experiment import ExperimentConfig, _changed_fields, _evaluate, train_config_for
+from .experiment import ExperimentConfig, changed_fields, evaluate_design, train_config_for
 from .fileio import write_json, write_text
 from .report.folder import read_summary
 
@@ -115,7 +115,7 @@ def _evaluate_snapshot(cfg: ExperimentConfig, run: Path, steps: int, eval_dir: P
     console.print(f"[dim]evaluate {run.name} at {steps} steps -> {eval_dir}[/dim]")
     model = EmbeddingModel.from_pretrained(run / "snapshots" / f"step-{steps:06d}", inference=True,
                                            device=cfg.device)
-    _evaluate(model, cfg, eval_dir)
+    evaluate_design(model, cfg, eval_dir)
 
 
 def _mean_score(folder: Path) -> float:
@@ -219,7 +219,7 @@ def _changes(design, base) -> str:
             v = v.get(part) if isinstance(v, dict) else None
         return v
 
-    return "; ".join(f"{f}: {json.dumps(value(f))}" for f in _changed_fields(old, new)) or "nothing"
+    return "; ".join(f"{f}: {json.dumps(value(f))}" for f in changed_fields(old, new)) or "nothing"
 
 
 def lever_rows(config: ExperimentConfig, pairs: list[dict], step_s: dict[str, list[float]]) -> list[dict]:

@@ -129,13 +129,13 @@ def test_trainer_refuses_an_absent_device_and_honours_cpu(gpus, tiny_llama, tmp_
 
 def test_experiment_device_reaches_training_and_may_change_on_resume(tiny_llama, tmp_path):
     from poolattn import ModelConfig
-    from poolattn.experiment import ExperimentConfig, _write_yaml_once, train_config_for
+    from poolattn.experiment import ExperimentConfig, write_config_once, train_config_for
 
     cfg = ExperimentConfig(output_dir=str(tmp_path), base=ModelConfig(backbone=tiny_llama), device="cpu")
     assert train_config_for(cfg, cfg.designs[0], tmp_path / "run").device == "cpu"
     assert train_config_for(cfg.model_copy(update={"train": {"device": "auto"}}), cfg.designs[0],
                             tmp_path / "run").device == "auto"  # train.device, when set, wins
-    _write_yaml_once(tmp_path, cfg)
-    _write_yaml_once(tmp_path, cfg.model_copy(update={"device": "auto"}))  # resumed elsewhere: allowed
+    write_config_once(tmp_path, cfg)
+    write_config_once(tmp_path, cfg.model_copy(update={"device": "auto"}))  # resumed elsewhere: allowed
     with pytest.raises(ValueError, match="different experiment config"):
-        _write_yaml_once(tmp_path, cfg.model_copy(update={"seed": 7}))
+        write_config_once(tmp_path, cfg.model_copy(update={"seed": 7}))

@@ -453,7 +453,7 @@ def test_experiment_eval_section_passes_splits_and_dedup(monkeypatch, tmp_path):
     monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: seen.update(k))
     default = experiment.ExperimentConfig()
     assert default.eval.all_splits is False and default.eval.dedup is True
-    experiment._evaluate("m", experiment.ExperimentConfig.model_validate(
+    experiment.evaluate_design("m", experiment.ExperimentConfig.model_validate(
         {"eval": {"all_splits": True, "dedup": False}}), tmp_path)
     assert seen["all_splits"] is True and seen["dedup"] is False
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from poolattn.evaluation import evaluate
-from poolattn.experiment import _claim, pending, run_experiment
+from poolattn.experiment import claim, pending, run_experiment
 from test_experiment import _config
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "POOLATTN_DEBUG": "1"}
@@ -46,14 +46,14 @@ def test_two_process_experiment_evaluates_once_sharded_and_writes_one_report(tin
 
 def test_design_jobs_claim_their_designs(tiny_llama, data_dir, tmp_path):
     run = tmp_path / "runs" / "d"
-    assert _claim(run) is None and _claim(run) is None  # taken, and this process holds it
+    assert claim(run) is None and claim(run) is None  # taken, and this process holds it
     held = json.loads((run / "claim.json").read_text())
     held["pid"] = 1  # another live process of this host (init) holds it
     (run / "claim.json").write_text(json.dumps(held))
-    assert "pid 1" in _claim(run)
+    assert "pid 1" in claim(run)
     held["pid"] = 2 ** 22 + 12345  # a process that is gone: a stale claim is taken over
     (run / "claim.json").write_text(json.dumps(held))
-    assert _claim(run) is None
+    assert claim(run) is None
 
     cfg = _config(tmp_path, tiny_llama, data_dir)
     with pytest.raises(ValueError, match="--design nope: not in this experiment; its designs: baseline, eos-causal"):

@@ -109,7 +109,7 @@ def test_languages_reach_the_evaluation_from_the_cli_and_the_experiment(monkeypa
 
     import poolattn.evaluation as evaluation
     from poolattn.cli import app
-    from poolattn.experiment import ExperimentConfig, _evaluate
+    from poolattn.experiment import ExperimentConfig, evaluate_design
 
     seen = []
 
@@ -127,5 +127,5 @@ def test_languages_reach_the_evaluation_from_the_cli_and_the_experiment(monkeypa
         assert result.exit_code == 0, result.output
         assert seen[-1] == want
     cfg = ExperimentConfig.model_validate({"eval": {"languages": ["deu"]}})
-    _evaluate(None, cfg, tmp_path / "e")
+    evaluate_design(None, cfg, tmp_path / "e")
     assert seen[-1] == ["deu"] and ExperimentConfig().eval.languages == ["eng"]

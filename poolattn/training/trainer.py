@@ -79,7 +79,7 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
         from transformers import get_scheduler
 
-        from ..backbone import _fast_bf16
+        from ..backbone import fast_bf16
         from ..device import resolve_device
 
         cfg = self.config
@@ -158,7 +158,7 @@ class Trainer:
         self.first_pass_model = acc.unwrap_model(self.model)  # GradCache step (1): no DDP hooks needed
         # transformers loads models in eval mode, which also turns gradient checkpointing off in every layer.
         self.model.train()
-        self.amp = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and _fast_bf16(acc.device))
+        self.amp = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and fast_bf16(acc.device))
         self.teacher = None
         if cfg.distill is not None:  # outside the paper's protocol (see poolattn.distill)
             from ..backbone import cache_dir
