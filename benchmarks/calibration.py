@@ -1,4 +1,4 @@
-"""False-positive rate and power of every significance test the report uses, by simulation (poolattn.simulate),
+"""False-positive rate and power of every significance test the report uses, by simulation (poolattn.stats.simulate),
 with the swap test's rank transform off (the old code: raw cosines swapped) and on. Prints a Markdown table and
 writes it as JSON. About the tests, not about any model: no model, no data.
 
@@ -13,8 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 from unittest import mock
 
-from poolattn import stats
-from poolattn.simulate import KINDS, paired_rates, seed_rates, wilcoxon_rates
+from poolattn.stats.paired import paired as stats
+from poolattn.stats.simulate import KINDS, paired_rates, seed_rates, wilcoxon_rates
 
 
 @contextlib.contextmanager

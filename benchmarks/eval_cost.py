@@ -68,7 +68,7 @@ def cpu() -> dict[str, Any]:
 
 def designs(config: Any) -> dict[str, Any]:
     """Rows by name: the untrained baseline (eos, causal) and the config's designs."""
-    from poolattn.designs import Design
+    from poolattn.experiment.designs import Design
 
     return {"baseline": Design(name="baseline", pooling="eos", attention="causal"),
             **{d.name: d for d in config.base_designs()}}

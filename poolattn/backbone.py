@@ -64,16 +64,12 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None = 
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
-        return torch.bfloat16 if fast_bf16(device) else torch.float32
+        return torch.bfloat16 if fast_bf16(resolve_device(device)) else torch.float32
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(names)}")
     return names[dtype]
-
-
-def fast_bf16(device: str | torch.device | None = None) -> bool:
-    return fast_bf16(resolve_device(device))
 
 
 def dense_from_gguf(gguf_path: str | Path) -> Path:

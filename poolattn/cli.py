@@ -5,6 +5,8 @@ import sys
 
 import typer
 
+from .cli_options import (DATA_HELP, DEVICE_HELP, DTYPE_HELP, PREFIX_REUSE_HELP, check_device, check_dtype,
+                          check_model_spec, load_model_for_cli)
 from .errors import ErrorBoundary, UserError
 
 app = typer.Typer(cls=ErrorBoundary, add_completion=False, no_args_is_help=True,
@@ -13,7 +15,7 @@ app = typer.Typer(cls=ErrorBoundary, add_completion=False, no_args_is_help=True,
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from .version import __version__
 
         typer.echo(f"poolattn {__version__}")
         raise typer.Exit()
@@ -28,85 +30,21 @@ def _main(ctx: typer.Context,
     ctx.meta["poolattn_debug"] = debug
 
 
-def _check_model_spec(value: str | None) -> str | None:
-    """--model callback: a folder must hold a model (saved poolattn, sentence-transformers or HF); else one line."""
-    from pathlib import Path
-
-    folder = Path(value).expanduser() if value else None
-    if folder is not None and folder.is_dir() and not any(
-            (folder / f).exists() for f in ("poolattn_config.json", "modules.json", "config.json")) and not any(
-            folder.glob("*.gguf")):
-        raise typer.BadParameter(f"{value} is a folder without a model (no poolattn_config.json, config.json, "
-                                 f"modules.json or .gguf)", param_hint="--model")
-    return value
-
-DEVICE_HELP = "auto (this process's GPU, else MPS, else CPU), cpu, cuda, cuda:N or mps"
-DTYPE_HELP = "auto | float32 | bfloat16 | float16"
-DATA_HELP = "data pack folder (default: $POOLATTN_DATA, else ../shared/data)"
-PREFIX_REUSE_HELP = ("run the instruction all texts of a batch share once per batch under causal attention (exact up "
-                     "to rounding); --no-prefix-reuse: every text whole")
-
-
-def _checked_by(module: str, resolver: str, hint: str):
-    """An option callback: poolattn.<module>.<resolver>(value) raising ValueError (an unknown device or dtype, with
-    the valid ones) is a one-line usage error, before any model loads."""
-    def check(value: str | None) -> str | None:
-        if value is not None:
-            import importlib
-
-            try:
-                getattr(importlib.import_module(f"{__package__}.{module}"), resolver)(value)
-            except ValueError as err:
-                raise typer.BadParameter(str(err), param_hint=hint) from err
-        return value
-    return check
-
-
-_check_device = _checked_by("device", "resolve_device", "--device")
-_check_dtype = _checked_by("backbone", "resolve_dtype", "--dtype")
-
-
 # --- encode/info commands (core) ---
-def _load_model(model: str, attention: str | None, pooling: str | None, dtype: str | None, max_length: int | None,
-                device: str = "auto"):
-    """A saved poolattn folder as saved (options override it), else a fresh design on that backbone: then a
-    trainable pooler starts random, and a warning says so. --max-length beyond the model's positions is refused."""
-    from pathlib import Path
-
-    from rich.console import Console
-
-    from .model import CONFIG_NAME, EmbeddingModel, ModelConfig
-
-    overrides = {k: v for k, v in dict(attention=attention, pooling=pooling, dtype=dtype,
-                                       max_length=max_length).items() if v is not None}
-    if (Path(model) / CONFIG_NAME).exists():
-        m = EmbeddingModel.from_pretrained(model, inference=True, device=device, **overrides)  # inference only
-    else:
-        m = EmbeddingModel(ModelConfig(backbone=model, **overrides), device=device)
-        if any(True for _ in m.pooler.parameters()):
-            Console(stderr=True).print(f"[yellow]warning[/yellow]: {m.config.pooling} pooling on the plain backbone "
-                                       f"{model}: its pooler is untrained (random weights), so the embeddings are "
-                                       f"not meaningful; train the design first (poolattn train)", soft_wrap=True)
-    positions = getattr(m.backbone.config, "max_position_embeddings", None)
-    if max_length is not None and positions is not None and max_length > positions:
-        raise UserError(f"--max-length {max_length}: the model {model} takes at most {positions} tokens "
-                        f"(max_position_embeddings)", 2)
-    return m
-
 
 @app.command()
 def encode(
     input: str = typer.Option(..., "--input", "-i", help="text file, one text per line"),
     output: str = typer.Option(..., "--output", "-o", help=".npy file to write (float32 [N, D])"),
-    model: str = typer.Option("smollm2-135m", callback=_check_model_spec,
+    model: str = typer.Option("smollm2-135m", callback=check_model_spec,
                               help="saved poolattn folder, backbone alias, local HF folder, GGUF or hub id"),
     attention: str = typer.Option(None, help="causal | bidirectional (default: as saved, else causal)"),
     pooling: str = typer.Option(None, help="eos | mean | weighted_mean | latent | multilayer (default: as saved, else eos)"),
     instruction: str = typer.Option(None, help="task instruction prefixed to every text"),
     batch_size: int = typer.Option(32, min=1),
     max_length: int = typer.Option(None, min=1, help="truncate texts to this many tokens (default: as saved)"),
-    dtype: str = typer.Option(None, callback=_check_dtype, help=DTYPE_HELP),
-    device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
+    dtype: str = typer.Option(None, callback=check_dtype, help=DTYPE_HELP),
+    device: str = typer.Option("auto", callback=check_device, help=DEVICE_HELP),
     prefix_reuse: bool = typer.Option(True, "--prefix-reuse/--no-prefix-reuse", help=PREFIX_REUSE_HELP),
 ):
     """Embed the lines of a text file into a .npy file, written atomically at exactly --output."""
@@ -122,7 +60,7 @@ def encode(
     except UnicodeDecodeError as err:
         raise UserError(f"--input {input}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
                         f"{err.start}); save it as UTF-8", 2) from None
-    m = _load_model(model, attention, pooling, dtype, max_length, device)
+    m = load_model_for_cli(model, attention, pooling, dtype, max_length, device)
     m.prefix_reuse = prefix_reuse
     emb = m.encode(texts, instruction=instruction, batch_size=batch_size, show_progress_bar=True)
     with atomic_write(output) as f:  # np.save to a file object: no ".npy" appended to the name given
@@ -160,7 +98,7 @@ def train_command(
     config: str = typer.Argument(..., help="training config YAML (see configs/train_cpu.yaml)"),
     set_: list[str] = typer.Option(None, "--set", help="override a config field: key=value, dotted, repeatable "
                                                       "(e.g. --set lr=2e-4 --set model.pooling=latent)"),
-    device: str = typer.Option(None, callback=_check_device, help=f"{DEVICE_HELP} (default: the config's, auto)"),
+    device: str = typer.Option(None, callback=check_device, help=f"{DEVICE_HELP} (default: the config's, auto)"),
 ):
     """Train a design contrastively (LoRA + pooler); rerun with the same output_dir to resume."""
     import yaml
@@ -187,7 +125,7 @@ def train_command(
 # --- eval command (evaluation) ---
 @app.command("eval")
 def eval_(
-    model: str = typer.Option(..., "--model", "-m", callback=_check_model_spec,
+    model: str = typer.Option(..., "--model", "-m", callback=check_model_spec,
                               help="saved poolattn folder, sentence-transformers folder, "
                               "backbone alias, local HF folder, GGUF or hub id (all-MiniLM-L6-v2: the peer)"),
     tasks: str = typer.Option("lite", "--tasks", "-t", help="comma-separated task names, suites (lite, full) and "
@@ -202,7 +140,7 @@ def eval_(
                                 "every task anew"),
     pooling: str = typer.Option(None, help="poolattn models: eos | mean | weighted_mean | latent | multilayer"),
     attention: str = typer.Option(None, help="poolattn models: causal | bidirectional"),
-    device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
+    device: str = typer.Option("auto", callback=check_device, help=DEVICE_HELP),
     languages: str = typer.Option("eng", help="subsets of multilingual hub tasks to score, comma-separated ISO 639-3 "
                                   "codes (default eng, as the English leaderboard), or `all`"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="let a sentence-transformers folder or "
@@ -288,7 +226,7 @@ def report_command(
 def experiment(
     config: str = typer.Argument(..., help="experiment YAML (see configs/default.yaml)"),
     set_: list[str] = typer.Option([], "--set", help="override a config value, e.g. --set train.max_steps=50"),
-    device: str = typer.Option(None, callback=_check_device, help=f"{DEVICE_HELP} (default: the config's, auto)"),
+    device: str = typer.Option(None, callback=check_device, help=f"{DEVICE_HELP} (default: the config's, auto)"),
     no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the embedding cache"),
     design: list[str] = typer.Option([], "--design", help="run only this design (repeatable; `baseline` for the "
                                      "untrained row, `peers` for the peer models): separate scheduler jobs on one "
@@ -326,7 +264,7 @@ def study(
     config: str = typer.Argument(..., help="study YAML: an experiment config plus a `study:` section "
                                  "(see configs/study_budget.yaml)"),
     set_: list[str] = typer.Option([], "--set", help="override a config value, e.g. --set study.seeds=[42,43]"),
-    device: str = typer.Option(None, callback=_check_device, help=f"{DEVICE_HELP} (default: the config's, auto)"),
+    device: str = typer.Option(None, callback=check_device, help=f"{DEVICE_HELP} (default: the config's, auto)"),
 ):
     """Measure what budget tells designs apart: an lr sweep, then every seed at the picked lr, evaluated at several
     step budgets from one constant-lr run each; writes <name>.md / .json and a report per (lr, budget).
@@ -334,7 +272,7 @@ def study(
     from rich import print as rprint
 
     from .fileio import check_input_file, check_output_dir, removed_if_failed
-    from .study import load_study, run_study
+    from .experiment.study import load_study, run_study
 
     set_ = list(set_) + ([f"device={device}"] if device else [])
     cfg, settings = load_study(check_input_file(config, "CONFIG"), set_)
@@ -347,15 +285,15 @@ def study(
 
 @app.command()
 def layers(
-    model: str = typer.Option("smollm2-135m", callback=_check_model_spec,
+    model: str = typer.Option("smollm2-135m", callback=check_model_spec,
                               help="saved poolattn folder, backbone alias, local folder or hub id"),
     tasks: str = typer.Option("STSBenchmark", help="comma-separated task names to score every layer on"),
     output: str = typer.Option("runs/layers", help="folder for layers.json and the PNGs"),
     data: str = typer.Option(None, "--data", help=DATA_HELP),
     attention: str = typer.Option(None, help="causal | bidirectional (default: as saved, else causal)"),
     n_texts: int = typer.Option(1000, min=2, help="texts for the layer-similarity (CKA) heatmap"),
-    dtype: str = typer.Option(None, callback=_check_dtype, help=DTYPE_HELP),
-    device: str = typer.Option("auto", callback=_check_device, help=DEVICE_HELP),
+    dtype: str = typer.Option(None, callback=check_dtype, help=DTYPE_HELP),
+    device: str = typer.Option("auto", callback=check_device, help=DEVICE_HELP),
 ):
     """Per-layer EOS and mean embeddings: layer x layer CKA heatmap (paper Fig. 1) and per-layer task scores (Fig. 2)."""
     from rich import print as rprint
@@ -371,7 +309,7 @@ def layers(
     except (ValueError, OSError) as e:
         raise typer.BadParameter(str(e), param_hint="--tasks") from e
     check_output_dir(output)
-    m = _load_model(model, attention, None, dtype, None, device)
+    m = load_model_for_cli(model, attention, None, dtype, None, device)
     with removed_if_failed(output):
         result = analyze_layers(m, names, output, data_dir=data_dir, n_texts=n_texts)
     rprint(f"[green]layer analysis[/green] -> {result['files']}")

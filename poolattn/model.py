@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 
-from . import __version__, prefix
+from . import prefix
+from .version import __version__
 from .attention import set_attention
 from .backbone import DEFAULT_BACKBONE, load_backbone, load_tokenizer
 from .errors import UserError

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from poolattn.items import load_items
-from poolattn.stats import score_of
+from poolattn.evaluation.items import load_items
+from poolattn.stats.paired import score_of
 
 # task -> (type, number of items)
 TASKS = {

@@ -1,4 +1,4 @@
-"""The budget chooser (poolattn.budget): estimate from measured (here: mocked) timings, the largest recipe that
+"""The budget chooser (poolattn.experiment.budget): estimate from measured (here: mocked) timings, the largest recipe that
 fits, the one-line refusal before any training, resume with the same choice, the printed estimate; and one real
 measurement on the tiny model."""
 import io
@@ -8,8 +8,8 @@ import pytest
 from rich.console import Console
 from test_experiment import _config
 
-from poolattn import budget
-from poolattn.budget import RECIPES, BudgetError, Measurement, choose, estimate, plan, print_estimate
+from poolattn.experiment import budget
+from poolattn.experiment.budget import RECIPES, BudgetError, Measurement, choose, estimate, plan, print_estimate
 from poolattn.experiment import Design, ExperimentConfig, run_experiment
 
 DESIGNS = [Design(name="eos", pooling="eos"), Design(name="ml", pooling="multilayer", attention="bidirectional")]

@@ -1,9 +1,9 @@
-"""Calibration of the report's tests by simulation (poolattn.simulate). About the tests, not about any trained
+"""Calibration of the report's tests by simulation (poolattn.stats.simulate). About the tests, not about any trained
 model: under identical designs each test rejects at most alpha of the time (within 2.5 simulation SEs), and a real
 shift is detected far more often than alpha."""
 import pytest
 
-from poolattn.simulate import KINDS, paired_rates, seed_rates, wilcoxon_rates
+from poolattn.stats.simulate import KINDS, paired_rates, seed_rates, wilcoxon_rates
 
 ALPHA = 0.05
 

@@ -65,7 +65,7 @@ class _Encoder(torch.nn.Module):
 
 
 def test_grad_cache_replays_cuda_dropout_for_cpu_inputs():
-    from poolattn.losses import info_nce
+    from poolattn.training.losses import info_nce
 
     torch.manual_seed(0)
     model = _Encoder().cuda()

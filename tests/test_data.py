@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from poolattn.data import Example, MixedBatchSampler, SourceConfig, load_sources, pack_batches, read_jsonl
+from poolattn.training.data import Example, MixedBatchSampler, SourceConfig, load_sources, pack_batches, read_jsonl
 
 
 def write(path, rows):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from poolattn.distill import DistillSettings, Teacher, distill_loss
+from poolattn.training.distill import DistillSettings, Teacher, distill_loss
 
 
 def test_distill_loss_is_zero_when_student_matches_teacher_and_positive_otherwise():

@@ -123,7 +123,7 @@ def test_bad_row_names_file_and_line(tmp_path):
         load_task(task_spec("STS12", tmp_path))
     _write(tmp_path / "mteb/STS12/test.jsonl", [{"sentence1": "a", "sentence2": "b", "score": 1.0}] * 2)
     with (tmp_path / "mteb/STS12/test.jsonl").open("a") as f:
-        f.write('{"sentence1": "a", \n')  # the shared JSONL reader (poolattn.data.iter_jsonl) names the line
+        f.write('{"sentence1": "a", \n')  # the shared JSONL reader (poolattn.training.data.iter_jsonl) names the line
     with pytest.raises(ValueError, match=r"test\.jsonl:3: not valid JSON"):
         load_task(task_spec("STS12", tmp_path))
 

@@ -4,7 +4,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from poolattn.losses import gather_with_grad, info_nce
+from poolattn.training.losses import gather_with_grad, info_nce
 
 
 def embeddings(seed, b=6, d=16):
@@ -100,7 +100,7 @@ def test_gather_is_identity_without_process_group():
 SYMMETRIC = [None, [True, True, False, False, False, True], [False, False, False, True, False, False]]
 WORKER = f"SYMMETRIC = {SYMMETRIC!r}\n" + """
 import sys, torch, torch.distributed as dist
-from poolattn.losses import info_nce
+from poolattn.training.losses import info_nce
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 q, p, n, mask = torch.load(sys.argv[1])

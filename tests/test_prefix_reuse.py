@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from poolattn import EmbeddingModel, ModelConfig, prefix
-from poolattn.designs import MEAN_BASELINES, PAPER_DESIGNS
+from poolattn.experiment.designs import MEAN_BASELINES, PAPER_DESIGNS
 from poolattn.testing import ARCHS
 from poolattn.training import TrainConfig, Trainer
 

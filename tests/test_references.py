@@ -8,7 +8,7 @@ from synthetic import write_synthetic_experiment
 from test_experiment import _config
 
 from poolattn.experiment import Design, ExperimentConfig, run_experiment
-from poolattn.references import peer_name
+from poolattn.experiment.peers import peer_name
 from poolattn.report import load_experiment, write_report
 
 A, B, MINILM = "1-eos-causal", "4-latent-bidirectional", "peer-all-MiniLM-L6-v2"

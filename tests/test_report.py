@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from poolattn.cli import app
 from poolattn.environment import collect_environment
-from poolattn.items import load_items
+from poolattn.evaluation.items import load_items
 from poolattn.report import load_experiment, write_report
 
 A, B, COPY = "1-eos-causal", "4-latent-bidirectional", "1-eos-causal-copy"  # B is clearly better; COPY == A

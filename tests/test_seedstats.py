@@ -1,10 +1,10 @@
-"""Seed-level inference (poolattn.seedstats) on constructed numbers: what the effect, SE, MDE and level are."""
+"""Seed-level inference (poolattn.stats.seeds) on constructed numbers: what the effect, SE, MDE and level are."""
 import numpy as np
 import pytest
 from scipy import stats
 
-from poolattn.seedstats import minimum_detectable_effect, seed_effect
-from poolattn.stats import Items, item_bootstrap, paired_test
+from poolattn.stats.seeds import minimum_detectable_effect, seed_effect
+from poolattn.stats.paired import Items, item_bootstrap, paired_test
 
 
 def test_one_seed_is_about_the_trained_models():

@@ -3,8 +3,8 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import average_precision_score
 
-from poolattn.family import holm, holm_adjust, significance, wilcoxon_test, win_tie_loss
-from poolattn.stats import Items, PairedResult, _boot_diffs, _Swapper, paired_test
+from poolattn.stats.multiple import holm, holm_adjust, significance, wilcoxon_test, win_tie_loss
+from poolattn.stats.paired import Items, PairedResult, _boot_diffs, _Swapper, paired_test
 
 METRICS = ["spearman", "ap", "accuracy", "ndcg_at_10", "v_measure"]
 

@@ -9,7 +9,7 @@ import torch
 
 from poolattn.experiment import Design
 from poolattn.model import EmbeddingModel
-from poolattn.study import StudySettings, load_study, run_study
+from poolattn.experiment.study import StudySettings, load_study, run_study
 from poolattn.training import TrainConfig, train
 
 from test_experiment import _config

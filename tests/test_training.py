@@ -102,7 +102,7 @@ class Encoder(torch.nn.Module):
 
 
 def _run(model, groups, grad_cache, seed):
-    from poolattn.losses import info_nce
+    from poolattn.training.losses import info_nce
 
     model.zero_grad()
     torch.manual_seed(seed)
@@ -154,7 +154,7 @@ def test_grad_cache_on_tiny_embedding_model(tiny_llama, tmp_path):
 
 def _spy_info_nce(monkeypatch) -> list[dict]:
     """Record the arguments the trainer's loss passes to info_nce."""
-    from poolattn.losses import info_nce
+    from poolattn.training.losses import info_nce
     from poolattn.training import trainer
 
     calls = []
@@ -172,7 +172,7 @@ def test_training_levers_default_to_the_paper_loss():
 
 
 def test_hard_negatives_off_encodes_no_negative_and_scores_pairs_only(tiny_llama, tmp_path, monkeypatch):
-    from poolattn.losses import info_nce
+    from poolattn.training.losses import info_nce
 
     t, batch = _trainer(tiny_config(tiny_llama, tmp_path, **{"lora.dropout": 0.0}))
     while sum(e.negative is not None for e in batch) < 2:  # a batch of the source with hard negatives

@@ -169,7 +169,7 @@ def resolve_tasks(spec: str | Iterable[str], data_dir: str | Path | None = None)
 def _jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing (listed in tasks.json)")
-    from ..data import iter_jsonl
+    from ..training.data import iter_jsonl
 
     rows = []
     for lineno, row in iter_jsonl(path):

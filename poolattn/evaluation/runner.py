@@ -13,7 +13,7 @@ from typing import Any
 
 from ..distributed import broadcast, world
 from ..fileio import write_json, write_text
-from ..items import Source, query_part, write_part
+from .items import Source, query_part, write_part
 from .encoders import EncodeRunner, fingerprint, load_model, mteb_encoder
 from .instructions import load_overrides
 from .pack import DEFAULT_LANGUAGES, default_data_dir, encode_cost, load_task, main_split, resolve_tasks, task_spec
@@ -80,7 +80,7 @@ def _aggregate_items(task: Any, query_scores: dict) -> list[dict[str, Any]]:
 
 def _items(task: Any, predictions: dict, query_scores: dict, result: Any) -> list[dict[str, Any]]:
     """Per-item scores of every (subset, split) evaluated: what paired significance tests need (format and reader:
-    poolattn.items, one entry per task type)."""
+    poolattn.evaluation.items, one entry per task type)."""
     parts = []
     for split, subset_scores in result.scores.items():
         for scores in subset_scores:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..environment import collect_environment  # noqa: F401 -- re-exported for callers of the old module
-from ..items import load_items  # noqa: F401 -- re-exported
+from ..evaluation.items import load_items  # noqa: F401 -- re-exported
 from .analysis import analyse, settings_for
 from .folder import Experiment, load_experiment, load_run_items, training_summary  # noqa: F401
 from .plots import plot_categories, plot_differences

@@ -1,4 +1,4 @@
-"""Reading an experiment folder: the one reader of its layout (per-item files: poolattn.items).
+"""Reading an experiment folder: the one reader of its layout (per-item files: poolattn.evaluation.items).
 
     EXPERIMENT/
       experiment.yaml                        the experiment config as run: `designs` (list of {name, ...}) gives the
@@ -11,9 +11,9 @@
       runs/<design>/eval/summary.json        {"tasks": {task: {"type": "STS" | "Retrieval" | "Classification" |
                                                "Clustering" | "PairClassification" | "Reranking",
                                                "main_score": float in [0, 1], "seconds": float}}}
-      runs/<design>/eval/<task>.items.json   per-item scores for the paired tests (poolattn.items)
+      runs/<design>/eval/<task>.items.json   per-item scores for the paired tests (poolattn.evaluation.items)
       runs/<baseline>/eval/...               the untrained backbone, same layout: a reference row, not a design
-      runs/peer-<slug>/eval/...              a peer model (poolattn.references), same layout: a reference row
+      runs/peer-<slug>/eval/...              a peer model (poolattn.experiment.peers), same layout: a reference row
 
 Designs are the config's designs in order, then any other run folder with results (but `peer-*`, a peer's); a
 design or reference row without `summary.json` yet is listed as missing, so a report can be made of a running
@@ -30,9 +30,9 @@ import numpy as np
 import yaml
 
 from ..experiment import ExperimentConfig
-from ..items import load_items
-from ..references import PEER_PREFIX, peer_rows
-from ..stats import Items
+from ..evaluation.items import load_items
+from ..experiment.peers import PEER_PREFIX, peer_rows
+from ..stats.paired import Items
 
 CATEGORIES = ["Classification", "Clustering", "PairClassification", "Reranking", "Retrieval", "STS"]  # MTEB's order
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..stats import PairedResult
-from ..family import significance
+from ..stats.paired import PairedResult
+from ..stats.multiple import significance
 from .analysis import oriented
 
 

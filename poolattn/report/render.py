@@ -1,4 +1,4 @@
-"""Rendering a report's analysis dict: one Markdown document (the leading section from poolattn.report.holds,
+"""Rendering a report's analysis dict: one Markdown document (the leading section from poolattn.report.findings,
 then tables), and the HTML page rendered from that Markdown by markdown-it-py, with the CSS inline and the PNGs
 as data URIs (self-contained)."""
 from __future__ import annotations
@@ -14,11 +14,11 @@ import numpy as np
 import yaml
 from markdown_it import MarkdownIt
 
-from ..stats import PairedResult
-from ..family import WilcoxonResult, significance
+from ..stats.paired import PairedResult
+from ..stats.multiple import WilcoxonResult, significance
 from .analysis import ALL, oriented
 from .folder import design_table
-from .holds import what_holds
+from .findings import what_holds
 
 UP, DOWN, RAW = "▲", "▼", "°"
 

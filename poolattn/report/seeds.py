@@ -1,5 +1,5 @@
 """The design-level answer: every pair of configured designs, seeds paired (seed s of A against seed s of B), per
-task and per category (the category average's difference), with poolattn.seedstats' effect, CI, seed-level p
+task and per category (the category average's difference), with poolattn.stats.seeds' effect, CI, seed-level p
 and minimum detectable effect; Holm over design pairs only (one family per task level, one per category level);
 the paper's Wilcoxon over the datasets of a category on seed-averaged scores. With one seed the same numbers are
 about the two trained models (`level` = "models")."""
@@ -9,9 +9,9 @@ import itertools
 
 import numpy as np
 
-from ..seedstats import SeedEffect, seed_effect
-from ..stats import Items, item_bootstrap, score_of
-from ..family import holm_adjust, wilcoxon_test
+from ..stats.seeds import SeedEffect, seed_effect
+from ..stats.paired import Items, item_bootstrap, score_of
+from ..stats.multiple import holm_adjust, wilcoxon_test
 
 
 def design_runs(table: dict[str, dict], runs: list[str], default_seed: int) -> dict[str, dict[int, str]]:

@@ -65,11 +65,11 @@ def serve_command(
 
     from pydantic import ValidationError
 
-    from ..cli import _check_device, _check_dtype, _load_model
+    from ..cli_options import check_device, check_dtype, load_model_for_cli
     from . import serve
 
-    _check_device(device)
-    _check_dtype(dtype)
+    check_device(device)
+    check_dtype(dtype)
     if log_level not in LOG_LEVELS:
         raise typer.BadParameter(f"unknown log level {log_level!r}; valid: {', '.join(LOG_LEVELS)}",
                                  param_hint="--log-level")
@@ -84,7 +84,7 @@ def serve_command(
     except ValidationError as err:
         raise typer.BadParameter("; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
                                            for e in err.errors())) from err
-    m = _load_model(model, attention, pooling, dtype, None, device)
+    m = load_model_for_cli(model, attention, pooling, dtype, None, device)
     try:
         serve(m, settings, host=host, port=port, log_level=log_level)
     except ValueError as err:  # settings that do not fit the model (e.g. --max-input-tokens above max_length)

@@ -7,8 +7,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..data import SourceConfig
-from ..distill import DistillSettings
+from .data import SourceConfig
+from .distill import DistillSettings
 from ..errors import UserError
 from ..model import LoraSettings, ModelConfig
 

@@ -27,13 +27,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..data import Example, MixedBatchSampler, load_sources
+from .data import Example, MixedBatchSampler, load_sources
 from ..datadir import resolve_data_dir
 from ..distributed import close_at_exit, world
 from ..errors import write_failed
 from ..fileio import write_json
-from ..distill import distill_loss
-from ..losses import info_nce
+from .distill import distill_loss
+from .losses import info_nce
 from ..model import EmbeddingModel
 from . import checkpoint, runfolder
 from .checkpoint import list_checkpoints
@@ -79,8 +79,7 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
         from transformers import get_scheduler
 
-        from ..backbone import fast_bf16
-        from ..device import resolve_device
+        from ..device import fast_bf16, resolve_device
 
         cfg = self.config
         if cfg.num_threads is not None:
@@ -160,9 +159,9 @@ class Trainer:
         self.model.train()
         self.amp = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and fast_bf16(acc.device))
         self.teacher = None
-        if cfg.distill is not None:  # outside the paper's protocol (see poolattn.distill)
+        if cfg.distill is not None:  # outside the paper's protocol (see poolattn.training.distill)
             from ..backbone import cache_dir
-            from ..distill import Teacher
+            from .distill import Teacher
 
             self.teacher = Teacher(cfg.distill, cache_dir() / "teacher")
 

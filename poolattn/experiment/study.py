@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .experiment import ExperimentConfig, changed_fields, evaluate_design, train_config_for
-from .fileio import write_json, write_text
-from .report.folder import read_summary
+from .config import ExperimentConfig, changed_fields, train_config_for
+from .runner import evaluate_design
+from ..fileio import write_json, write_text
+from ..report.folder import read_summary
 
 
 class StudySettings(BaseModel):
@@ -53,8 +54,8 @@ class StudySettings(BaseModel):
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig, StudySettings]:
-    from .configfile import read_config
-    from .training import apply_overrides
+    from ..configfile import read_config
+    from ..training import apply_overrides
 
     raw = apply_overrides(read_config(path), overrides or [])
     if "study" not in raw:
@@ -90,7 +91,7 @@ def _train_run(config: ExperimentConfig, study: StudySettings, lr: float, seed: 
                steps: int) -> Path:
     """Train one (design, lr, seed) to `steps` with a snapshot at every budget on the way; returns the run folder.
     A run trained to fewer steps before is extended (a constant-lr run may be: tests/test_study.py)."""
-    from .training import train
+    from ..training import train
 
     run = out / "train" / f"lr{_lr(lr)}" / f"{design.name}-s{seed}"
     cfg = folder_config(config, study, lr, steps, [seed], run)
@@ -108,7 +109,7 @@ def _write_folder(cfg: ExperimentConfig) -> None:
 
 
 def _evaluate_snapshot(cfg: ExperimentConfig, run: Path, steps: int, eval_dir: Path, console) -> None:
-    from .model import EmbeddingModel
+    from ..model import EmbeddingModel
 
     if (eval_dir / "summary.json").exists():
         return
@@ -127,7 +128,7 @@ def _mean_score(folder: Path) -> float:
 def run_study(config: ExperimentConfig, study: StudySettings, console=None) -> Path:
     from rich.console import Console
 
-    from .report import write_report
+    from ..report import write_report
 
     console = console or Console(stderr=True)
     config.check_data()

@@ -39,7 +39,7 @@ class Teacher:
     """A sentence-transformers model's normalised embeddings of training texts, cached on disk per teacher."""
 
     def __init__(self, settings: DistillSettings, cache_dir: str | Path | None):
-        from .evaluation.encoders import fingerprint, load_model
+        from ..evaluation.encoders import fingerprint, load_model
 
         self.settings = settings
         self.model = load_model(settings.teacher, device="cpu")
@@ -69,7 +69,7 @@ class Teacher:
         """Write the cache whole (temporary file, then rename); a no-op when nothing was added."""
         if self.path is None or not self._dirty:
             return
-        from .fileio import atomic_write
+        from ..fileio import atomic_write
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         keys = sorted(self.vectors)

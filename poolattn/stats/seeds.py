@@ -19,7 +19,7 @@ sd(var(c) estimate)^2 / 2): S - 1 when the seeds dominate, more when a well-esti
 df fixed at S - 1 a large shared item part made the test conservative; without the second term a var(c) that is
 mostly resampling noise made it liberal, 9% at alpha 5% in the simulation). The CI is diff +- t * SE, so it
 excludes 0 exactly when p < 1 - confidence (a percentile bootstrap over three seeds cannot reach beyond the seeds'
-own range and undercovers). poolattn.simulate checks the false-positive rate. Minimum detectable effect at 80% power: (t_{1-alpha/2} + t_{power}) * SE.
+own range and undercovers). poolattn.stats.simulate checks the false-positive rate. Minimum detectable effect at 80% power: (t_{1-alpha/2} + t_{power}) * SE.
 
 With a single seed there is no seed variance to estimate: the result is about these two trained models (the item
 SE of the one pair, normal tail), `level` says so, and the report says so in its first lines.

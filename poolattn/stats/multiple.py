@@ -1,5 +1,5 @@
 """Tests over a family: the paper's Wilcoxon signed-rank test across the datasets of a category, Holm-Bonferroni over
-a family of comparisons, and the win/tie/loss matrix of per-dataset results (poolattn.stats tests one dataset)."""
+a family of comparisons, and the win/tie/loss matrix of per-dataset results (poolattn.stats.paired tests one dataset)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from .stats import ALPHA, PairedResult
+from .paired import ALPHA, PairedResult
 
 
 def min_wilcoxon_p(n: int) -> float:

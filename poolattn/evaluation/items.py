@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .stats import Items
+from ..stats.paired import Items
 
 # per-query metrics kept for retrieval/reranking: our name -> pytrec_eval's
 QUERY_METRICS = {"ndcg_at_10": "ndcg_cut_10", "map_at_10": "map_cut_10", "recall_at_10": "recall_10",

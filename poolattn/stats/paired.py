@@ -1,5 +1,5 @@
 """Per-dataset significance tests for comparing embedding designs: paired tests on per-item scores with effect sizes
-and 95% CIs (the tests over a family of datasets or design pairs, Wilcoxon and Holm, are in poolattn.family).
+and 95% CIs (the tests over a family of datasets or design pairs, Wilcoxon and Holm, are in poolattn.stats.multiple).
 
 Per-dataset test of B against A on the same items (effect = metric(B) - metric(A), the metric recomputed from items):
   * p-value: paired permutation test, i.e. swap A's and B's prediction (for Spearman and AP: each design's rank

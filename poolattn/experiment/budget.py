@@ -35,11 +35,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from .fileio import write_json
-from .seedstats import minimum_detectable_effect
+from ..fileio import write_json
+from ..stats.seeds import minimum_detectable_effect
 
 if TYPE_CHECKING:
-    from .experiment import Design, ExperimentConfig
+    from .config import ExperimentConfig
+    from .designs import Design
 
 PROBE_STEPS = 3  # the first step warms up: 2 timed intervals
 EVAL_PROBE_TEXTS = 256
@@ -116,8 +117,8 @@ def _charged(design: Design, probes: dict[str, Design]) -> str:
 
 def _probe_step(config: ExperimentConfig, design: Design) -> tuple[float, float]:
     """(seconds per step, overhead seconds) from PROBE_STEPS real steps in a throwaway folder."""
-    from .experiment import train_config_for
-    from .training import train
+    from .config import train_config_for
+    from ..training import train
 
     with tempfile.TemporaryDirectory(prefix="poolattn-probe-") as tmp:
         tc = train_config_for(config, design, Path(tmp)).model_copy(update={
@@ -144,8 +145,8 @@ def _strings(part, k: int) -> list[str]:
 def _suite_samples(config: ExperimentConfig) -> list[tuple[str | None, list[str], float]]:
     """Per task of the suite: (its instruction as evaluation applies it, a sample of its texts, the characters the
     whole task encodes)."""
-    from .evaluation.instructions import instruction_for
-    from .evaluation.pack import encode_cost, load_task, resolve_tasks, task_spec
+    from ..evaluation.instructions import instruction_for
+    from ..evaluation.pack import encode_cost, load_task, resolve_tasks, task_spec
 
     tasks = [load_task(task_spec(n, config.eval.data_dir))
              for n in resolve_tasks(config.eval.tasks, config.eval.data_dir)]
@@ -163,7 +164,7 @@ def _suite_samples(config: ExperimentConfig) -> list[tuple[str | None, list[str]
 def _eval_seconds(model, samples, batch_size: int) -> float:
     """Seconds this model takes to encode the suite: per task, its characters at its sample's speed. A poolattn
     model encodes with the task's instruction; a sentence-transformers peer without one, as it was published."""
-    from .model import EmbeddingModel
+    from ..model import EmbeddingModel
 
     def encode(texts, instruction):
         kw = {"instruction": instruction} if isinstance(model, EmbeddingModel) else {}
@@ -180,8 +181,8 @@ def _eval_seconds(model, samples, batch_size: int) -> float:
 
 def measure(config: ExperimentConfig) -> Measurement:
     """This machine's training step per probed design and evaluation speed (see module doc)."""
-    from .model import EmbeddingModel
-    from .references import reference_model
+    from ..model import EmbeddingModel
+    from .peers import reference_model
 
     designs = config.base_designs()
     probes = _probe_designs(designs)

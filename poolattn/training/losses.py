@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .distributed import world
+from ..distributed import world
 
 
 def gather_with_grad(t: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ class Design(BaseModel):
     @field_validator("train")
     @classmethod
     def _train_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from .training import TrainConfig
+        from ..training import TrainConfig
 
         fixed = {"model", "output_dir", "seed", "snapshot_steps"} & set(v)
         if fixed:

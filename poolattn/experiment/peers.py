@@ -45,8 +45,8 @@ def selected(only: list[str], peers: list[Peer]) -> set[str]:
 def check_peer(peer: Peer) -> None:
     """Refuse, before anything trains, a peer that names a local path which cannot be a model (a missing folder, a
     file, a folder with no model files). Hub ids and aliases are resolved when the peer is evaluated."""
-    from .evaluation.encoders import MINILM_ALIASES, minilm_folder
-    from .model import CONFIG_NAME
+    from ..evaluation.encoders import MINILM_ALIASES, minilm_folder
+    from ..model import CONFIG_NAME
 
     model = peer.model
     if model.lower() in MINILM_ALIASES:
@@ -69,8 +69,8 @@ def check_peer(peer: Peer) -> None:
 def reference_model(config: Any, row: Any) -> Any:
     """The model a reference row evaluates: the untrained backbone with the baseline's design, or the peer as
     load_model loads it (an error that names the peer when it cannot be loaded)."""
-    from .evaluation.encoders import load_model
-    from .model import EmbeddingModel
+    from ..evaluation.encoders import load_model
+    from ..model import EmbeddingModel
 
     if not isinstance(row, Peer):
         return EmbeddingModel(config.model_config_for(row), device=config.device)
