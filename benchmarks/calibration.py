@@ -40,7 +40,7 @@ def main() -> None:
     for r in [*(paired_rates(k, args.reps, args.n) for k in KINDS if k not in ("spearman", "ap")),
               seed_rates(max(50, args.reps // 2)), wilcoxon_rates(args.reps)]:
         rows.append({"rank_transform": None, **asdict(r)})
-    print(f"| test | rank transform | false-positive rate (alpha 0.05) | power | reps |\n|---|---|---:|---:|---:|")
+    print("| test | rank transform | false-positive rate (alpha 0.05) | power | reps |\n|---|---|---:|---:|---:|")
     for r in rows:
         rt = {None: "-", False: "off", True: "on"}[r["rank_transform"]]
         print(f"| {r['test']} | {rt} | {r['false_positive']:.3f} | {r['power']:.3f} | {r['reps']} |")

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -124,7 +124,7 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-@lru_cache(maxsize=None)
+@cache
 def local_source(name: str) -> str:
     """Where transformers should load `name` from: GGUF files become their dense cache folder."""
     path = resolve(name)

@@ -5,8 +5,16 @@ import sys
 
 import typer
 
-from .cli_options import (DATA_HELP, DEVICE_HELP, DTYPE_HELP, PREFIX_REUSE_HELP, check_device, check_dtype,
-                          check_model_spec, load_model_for_cli)
+from .cli_options import (
+    DATA_HELP,
+    DEVICE_HELP,
+    DTYPE_HELP,
+    PREFIX_REUSE_HELP,
+    check_device,
+    check_dtype,
+    check_model_spec,
+    load_model_for_cli,
+)
 from .errors import ErrorBoundary, UserError
 
 app = typer.Typer(cls=ErrorBoundary, add_completion=False, no_args_is_help=True,
@@ -271,8 +279,8 @@ def study(
     Run it again to resume."""
     from rich import print as rprint
 
-    from .fileio import check_input_file, check_output_dir, removed_if_failed
     from .experiment.study import load_study, run_study
+    from .fileio import check_input_file, check_output_dir, removed_if_failed
 
     set_ = list(set_) + ([f"device={device}"] if device else [])
     cfg, settings = load_study(check_input_file(config, "CONFIG"), set_)

@@ -5,8 +5,8 @@ that scoring 30 layers costs one encode, not thirty.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -10,9 +10,10 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -21,15 +22,15 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 
 from . import prefix
-from .version import __version__
 from .attention import set_attention
 from .backbone import DEFAULT_BACKBONE, load_backbone, load_tokenizer
 from .errors import UserError
 from .fileio import atomic_dir, check_weights, read_json
 from .pooling import build_pooler, check_pooling_name
+from .version import __version__
 
 log = logging.getLogger(__name__)
-Instruction = Optional[Union[str, Sequence[Optional[str]]]]  # one for every text, or one per text (None: none)
+Instruction = str | Sequence[str | None] | None  # one for every text, or one per text (None: none)
 MaxLengthScope = Literal["all", "text"]  # what max_length counts: every token, or those after the instruction
 CONFIG_NAME = "poolattn_config.json"
 POOLER_NAME = "pooler.safetensors"
@@ -128,7 +129,7 @@ class EmbeddingModel(nn.Module):
 
     # ---- construction -------------------------------------------------------------------------------------
     def add_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.1,
-                 target_modules: str | list[str] = "all-linear") -> "EmbeddingModel":
+                 target_modules: str | list[str] = "all-linear") -> EmbeddingModel:
         """Wrap the backbone with peft LoRA on all linear projections; the pooler stays fully trainable."""
         from peft import LoraConfig, TaskType, get_peft_model
 
@@ -140,7 +141,7 @@ class EmbeddingModel(nn.Module):
         self.config = self.config.model_copy(update={"lora": settings})
         return self
 
-    def for_inference(self) -> "EmbeddingModel":
+    def for_inference(self) -> EmbeddingModel:
         """Cast the LoRA weights to the backbone's dtype, as training's bf16 autocast ran them.
 
         Left in fp32, every linear layer of a bf16 backbone upcasts its input for an fp32 LoRA path: encoding a
@@ -359,7 +360,7 @@ class EmbeddingModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, inference: bool = False,
-                        device: str | torch.device | None = "auto", **overrides: Any) -> "EmbeddingModel":
+                        device: str | torch.device | None = "auto", **overrides: Any) -> EmbeddingModel:
         """Load a saved folder; `overrides` (e.g. dtype='float32') change the config before loading;
         `inference` prepares it for encoding only (faster; see for_inference()). Overrides of FIXED_ON_LOAD fields
         (pooling, ...) to other values than saved are refused: the folder's weights belong to the saved ones."""

@@ -6,7 +6,8 @@ Trainable poolers compute in their parameters' dtype (float32 unless cast), what
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 
@@ -78,7 +78,7 @@ def _cache_class():
             super().__init__(config=config)
             self.read_only = False
 
-        def for_batch(self, batch: int) -> "SharedPrefixCache":
+        def for_batch(self, batch: int) -> SharedPrefixCache:
             """A read-only copy with the stored prefix broadcast to `batch` rows (a view: its gradient sums over
             the rows)."""
             out = copy.copy(self)

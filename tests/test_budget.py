@@ -8,9 +8,8 @@ import pytest
 from rich.console import Console
 from test_experiment import _config
 
-from poolattn.experiment import budget
+from poolattn.experiment import Design, ExperimentConfig, budget, run_experiment
 from poolattn.experiment.budget import RECIPES, BudgetError, Measurement, choose, estimate, plan, print_estimate
-from poolattn.experiment import Design, ExperimentConfig, run_experiment
 
 DESIGNS = [Design(name="eos", pooling="eos"), Design(name="ml", pooling="multilayer", attention="bidirectional")]
 

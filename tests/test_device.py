@@ -129,7 +129,7 @@ def test_trainer_refuses_an_absent_device_and_honours_cpu(gpus, tiny_llama, tmp_
 
 def test_experiment_device_reaches_training_and_may_change_on_resume(tiny_llama, tmp_path):
     from poolattn import ModelConfig
-    from poolattn.experiment import ExperimentConfig, write_config_once, train_config_for
+    from poolattn.experiment import ExperimentConfig, train_config_for, write_config_once
 
     cfg = ExperimentConfig(output_dir=str(tmp_path), base=ModelConfig(backbone=tiny_llama), device="cpu")
     assert train_config_for(cfg, cfg.designs[0], tmp_path / "run").device == "cpu"

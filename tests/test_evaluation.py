@@ -8,8 +8,18 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from poolattn.evaluation import (INSTRUCTIONS, LITE, TASK_CATEGORY, TaskUnavailable, evaluate, instruction_for,
-                                 load_model, load_task, resolve_tasks, task_spec)
+from poolattn.evaluation import (
+    INSTRUCTIONS,
+    LITE,
+    TASK_CATEGORY,
+    TaskUnavailable,
+    evaluate,
+    instruction_for,
+    load_model,
+    load_task,
+    resolve_tasks,
+    task_spec,
+)
 
 WORDS = ("the quick brown fox jumps over lazy dog a man is playing guitar two dogs run in park what capital of france "
          "paris cat sat on mat woman slicing onion how do i reset my password").split()

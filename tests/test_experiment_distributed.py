@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import yaml
+from test_experiment import _config
 
 from poolattn.evaluation import evaluate
 from poolattn.experiment import claim, pending, run_experiment
-from test_experiment import _config
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "POOLATTN_DEBUG": "1"}
 

@@ -230,7 +230,7 @@ def test_cli_no_prefix_reuse(tiny_llama, tmp_path, spy):
 
 
 def test_experiment_switch_reaches_training_and_may_change_on_resume(tmp_path):
-    from poolattn.experiment import ExperimentConfig, write_config_once, train_config_for
+    from poolattn.experiment import ExperimentConfig, train_config_for, write_config_once
 
     config = ExperimentConfig(output_dir=str(tmp_path), prefix_reuse=False)
     assert train_config_for(config, config.designs[0], tmp_path / "runs" / "x").prefix_reuse is False

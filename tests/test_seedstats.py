@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from poolattn.stats.seeds import minimum_detectable_effect, seed_effect
 from poolattn.stats.paired import Items, item_bootstrap, paired_test
+from poolattn.stats.seeds import minimum_detectable_effect, seed_effect
 
 
 def test_one_seed_is_about_the_trained_models():

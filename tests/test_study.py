@@ -5,14 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from test_experiment import _config
 
 from poolattn.experiment import Design
-from poolattn.model import EmbeddingModel
 from poolattn.experiment.study import StudySettings, load_study, run_study
+from poolattn.model import EmbeddingModel
 from poolattn.training import TrainConfig, train
-
-from test_experiment import _config
 
 TEXTS = ["a man plays a guitar", "the cat sat on the mat", "how do i reset my password"]
 
@@ -112,9 +110,8 @@ def test_tiny_study_end_to_end(tiny_llama, data_dir, tmp_path):
 
 def test_study_refuses_a_lever_on_its_own_axes(tmp_path):
     (tmp_path / "s.yaml").write_text(
-        "extends: %s\nstudy: {lrs: [1.0e-3], budgets: [30], seeds: [1]}\n"
-        "designs: [1-eos-causal, {name: fast, pooling: eos, lever_of: 1-eos-causal, train: {lr: 1.0e-2}}]\n"
-        % (Path("configs/study_budget.yaml").resolve()))
+        "extends: {}\nstudy: {{lrs: [1.0e-3], budgets: [30], seeds: [1]}}\n"
+        "designs: [1-eos-causal, {{name: fast, pooling: eos, lever_of: 1-eos-causal, train: {{lr: 1.0e-2}}}}]\n".format(Path("configs/study_budget.yaml").resolve()))
     with pytest.raises(ValueError, match="study sets those"):
         load_study(tmp_path / "s.yaml")
 
@@ -123,8 +120,8 @@ def test_study_refuses_a_reference_that_is_not_one_of_its_designs(tmp_path):
     # study_budget.yaml's reference (default.yaml's 1-eos-causal) with one other design: refused at load, before any
     # training (a study's folders evaluate no baseline, so the baseline is no reference there either).
     (tmp_path / "s.yaml").write_text(
-        "extends: %s\nstudy: {lrs: [1.0e-3], budgets: [30], seeds: [1]}\n"
-        "designs: [{name: only, pooling: eos}]\n" % (Path("configs/study_budget.yaml").resolve()))
+        "extends: {}\nstudy: {{lrs: [1.0e-3], budgets: [30], seeds: [1]}}\n"
+        "designs: [{{name: only, pooling: eos}}]\n".format(Path("configs/study_budget.yaml").resolve()))
     with pytest.raises(ValueError, match="report.reference '1-eos-causal'"):
         load_study(tmp_path / "s.yaml")
     (tmp_path / "b.yaml").write_text((tmp_path / "s.yaml").read_text() + "report: {reference: baseline}\n")

@@ -10,11 +10,17 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from poolattn import EmbeddingModel
-from poolattn import training
+from poolattn import EmbeddingModel, training
 from poolattn.errors import UserError
-from poolattn.training import (TrainConfig, Trainer, TrainingDiverged, apply_overrides, contrastive_backward,
-                               list_checkpoints, train)
+from poolattn.training import (
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    apply_overrides,
+    contrastive_backward,
+    list_checkpoints,
+    train,
+)
 
 WORDS = "the quick brown fox jumps over a lazy dog cat sat on mat man is playing guitar two dogs run in park".split()
 
@@ -154,8 +160,8 @@ def test_grad_cache_on_tiny_embedding_model(tiny_llama, tmp_path):
 
 def _spy_info_nce(monkeypatch) -> list[dict]:
     """Record the arguments the trainer's loss passes to info_nce."""
-    from poolattn.training.losses import info_nce
     from poolattn.training import trainer
+    from poolattn.training.losses import info_nce
 
     calls = []
 
@@ -225,8 +231,9 @@ def test_both_directions_with_grad_cache_equals_plain(tiny_llama, tmp_path, monk
 def test_training_texts_get_instructions_as_evaluation_does(tiny_llama, tmp_path, symmetric):
     """A symmetric source's query, positive and negative are tokenised from exactly the strings evaluation builds
     for an STS task with the same instruction; a retrieval-like source instructs only the query."""
-    from poolattn.evaluation.encoders import PoolattnEncoder
     from mteb.types import PromptType
+
+    from poolattn.evaluation.encoders import PoolattnEncoder
 
     data = write_data(tmp_path / "data")
     for src in data:

@@ -8,8 +8,18 @@ from __future__ import annotations
 
 from .encoders import EncodeRunner, PoolattnEncoder, fingerprint, load_model, mteb_encoder
 from .instructions import INSTRUCTIONS, instruction_for, load_overrides
-from .pack import (CATEGORIES, LITE, SUITES, TaskSpec, TaskUnavailable, default_data_dir, load_task, pack_tasks,
-                   resolve_tasks, task_spec)
+from .pack import (
+    CATEGORIES,
+    LITE,
+    SUITES,
+    TaskSpec,
+    TaskUnavailable,
+    default_data_dir,
+    load_task,
+    pack_tasks,
+    resolve_tasks,
+    task_spec,
+)
 from .runner import TaskScore, embedding_cache_dir, evaluate
 
 

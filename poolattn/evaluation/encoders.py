@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 from mteb.models.abs_encoder import AbsEncoder
-from mteb.models.model_meta import ModelMeta
-from mteb.models.model_meta import ScoringFunction
+from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
 from .instructions import instruction_for

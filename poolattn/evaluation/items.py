@@ -13,8 +13,9 @@ A flat {"metric", "gold"/"pred" | "scores", "ids"} file (stats.Items fields) is 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 

@@ -13,11 +13,10 @@ from typing import Any
 
 from ..distributed import broadcast, world
 from ..fileio import write_json, write_text
-from .items import Source, query_part, write_part
 from .encoders import EncodeRunner, fingerprint, load_model, mteb_encoder
 from .instructions import load_overrides
+from .items import Source, query_part, write_part
 from .pack import DEFAULT_LANGUAGES, default_data_dir, encode_cost, load_task, main_split, resolve_tasks, task_spec
-
 
 
 @dataclass

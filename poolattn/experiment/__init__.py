@@ -10,8 +10,15 @@
 Import the API from here (`from poolattn.experiment import ExperimentConfig, run_experiment`); the modules import
 each other directly, config before runner, so there is no import circle.
 """
-from .config import BASELINE, EvalSettings, ExperimentConfig, ReportSettings, changed_fields, merge_train, \
-    train_config_for
+from .config import (
+           BASELINE,
+           EvalSettings,
+           ExperimentConfig,
+           ReportSettings,
+           changed_fields,
+           merge_train,
+           train_config_for,
+)
 from .designs import EXTRA_DESIGNS, MEAN_BASELINES, NAMED_DESIGNS, PAPER_DESIGNS, Design, named_design
 from .runner import claim, evaluate_design, pending, run_experiment, write_config_once
 

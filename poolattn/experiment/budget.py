@@ -117,8 +117,8 @@ def _charged(design: Design, probes: dict[str, Design]) -> str:
 
 def _probe_step(config: ExperimentConfig, design: Design) -> tuple[float, float]:
     """(seconds per step, overhead seconds) from PROBE_STEPS real steps in a throwaway folder."""
-    from .config import train_config_for
     from ..training import train
+    from .config import train_config_for
 
     with tempfile.TemporaryDirectory(prefix="poolattn-probe-") as tmp:
         tc = train_config_for(config, design, Path(tmp)).model_copy(update={

@@ -156,10 +156,9 @@ class ExperimentConfig(BaseModel):
                                             "mask_instruction": design.mask_instruction or self.base.mask_instruction})
 
     @classmethod
-    def load(cls, path: str | Path, overrides: list[str] | None = None) -> "ExperimentConfig":
-        from ..training import apply_overrides
-
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
         from ..configfile import read_config
+        from ..training import apply_overrides
 
         return cls.model_validate(apply_overrides(read_config(path), overrides or []))
 

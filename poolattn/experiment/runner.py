@@ -54,8 +54,8 @@ def evaluate_design(model, config: ExperimentConfig, out: Path, cache: bool = Tr
 def _plan_budget(config: ExperimentConfig, folder: Path, console) -> ExperimentConfig:
     """Measure this machine and estimate the run (budget.json; read back on resume), applying the budget's choice.
     Measures only with one process and work left; several processes need budget.json from a one-process start."""
-    from .budget import plan, print_estimate
     from ..distributed import is_main, world
+    from .budget import plan, print_estimate
 
     planned = (folder / "budget.json").exists()
     left = any(not (folder / "runs" / d.name / "eval" / "summary.json").exists() for d in config.steps())
@@ -127,16 +127,15 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
     design is claimed by the job that runs it.
     Under torchrun / accelerate launch one process group serves the run: every rank trains each design together and
     encodes its share of every evaluation (rank 0 scores with mteb and writes the files)."""
-    from rich.console import Console
-
     import torch
+    from rich.console import Console
 
     from ..device import resolve_device
     from ..distributed import broadcast, ensure_group, is_main, world
-    from ..model import EmbeddingModel
     from ..environment import collect_environment
-    from .peers import check_peer, reference_model, selected
+    from ..model import EmbeddingModel
     from ..training import train
+    from .peers import check_peer, reference_model, selected
 
     console = Console(stderr=True)
     config.check_data()

@@ -55,7 +55,7 @@ class PoolattnPooler(Module):
 
     @classmethod
     def load(cls, model_name_or_path: str, subfolder: str = "", token=None, cache_folder=None, revision=None,
-             local_files_only: bool = False, **kwargs) -> "PoolattnPooler":
+             local_files_only: bool = False, **kwargs) -> PoolattnPooler:
         hub = dict(subfolder=subfolder, token=token, cache_folder=cache_folder, revision=revision,
                    local_files_only=local_files_only)
         module = cls(**cls.load_config(model_name_or_path, **hub))

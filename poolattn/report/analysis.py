@@ -9,8 +9,8 @@ import time
 import numpy as np
 
 from ..experiment import ReportSettings
-from ..stats.paired import Items, PairedResult, paired_test, score_of
 from ..stats.multiple import WilcoxonResult, holm_adjust, wilcoxon_test, win_tie_loss
+from ..stats.paired import Items, PairedResult, paired_test, score_of
 from .folder import CATEGORIES, Experiment, default_seed, design_table
 from .seeds import design_runs, seed_level
 

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..experiment import ExperimentConfig
 from ..evaluation.items import load_items
+from ..experiment import ExperimentConfig
 from ..experiment.peers import PEER_PREFIX, peer_rows
 from ..stats.paired import Items
 

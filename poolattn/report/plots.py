@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..stats.paired import PairedResult
 from ..stats.multiple import significance
+from ..stats.paired import PairedResult
 from .analysis import oriented
 
 

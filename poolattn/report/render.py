@@ -14,11 +14,11 @@ import numpy as np
 import yaml
 from markdown_it import MarkdownIt
 
-from ..stats.paired import PairedResult
 from ..stats.multiple import WilcoxonResult, significance
+from ..stats.paired import PairedResult
 from .analysis import ALL, oriented
-from .folder import design_table
 from .findings import what_holds
+from .folder import design_table
 
 UP, DOWN, RAW = "▲", "▼", "°"
 

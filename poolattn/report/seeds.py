@@ -9,9 +9,9 @@ import itertools
 
 import numpy as np
 
-from ..stats.seeds import SeedEffect, seed_effect
-from ..stats.paired import Items, item_bootstrap, score_of
 from ..stats.multiple import holm_adjust, wilcoxon_test
+from ..stats.paired import Items, item_bootstrap, score_of
+from ..stats.seeds import SeedEffect, seed_effect
 
 
 def design_runs(table: dict[str, dict], runs: list[str], default_seed: int) -> dict[str, dict[int, str]]:

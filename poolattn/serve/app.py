@@ -27,8 +27,17 @@ from starlette.exceptions import HTTPException
 from .batcher import Batcher, QueueFull
 from .engine import Engine, InputTooLong, truncate_dims
 from .metrics import Metrics
-from .schemas import (Embedding, EmbeddingRequest, EmbeddingResponse, ErrorBody, ErrorResponse, ModelCard,
-                      ModelList, ServeSettings, Usage)
+from .schemas import (
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ErrorBody,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    ServeSettings,
+    Usage,
+)
 
 log = logging.getLogger(__name__)
 _ROUTES = {"/v1/embeddings", "/v1/models", "/health", "/metrics"}

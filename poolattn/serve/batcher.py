@@ -92,7 +92,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
 
     # ---- life cycle ----------------------------------------------------------------------------------------
-    def start(self) -> "Batcher":
+    def start(self) -> Batcher:
         self._thread = threading.Thread(target=self._run, name="poolattn-batcher", daemon=True)
         self._thread.start()
         return self

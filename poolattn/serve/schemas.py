@@ -37,7 +37,7 @@ class ServeSettings(BaseModel):
         return (self.batch_tokens or (4096 if cpu else 16384), self.max_batch_size or (32 if cpu else 256))
 
     @model_validator(mode="after")
-    def _queue_holds_a_request(self) -> "ServeSettings":
+    def _queue_holds_a_request(self) -> ServeSettings:
         if self.max_queue < self.max_inputs:
             raise ValueError(f"max_queue={self.max_queue} is smaller than max_inputs={self.max_inputs}: a full "
                              "request could never be queued")

@@ -2,8 +2,8 @@
 a family of comparisons, and the win/tie/loss matrix of per-dataset results (poolattn.stats.paired tests one dataset)."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Iterable, Sequence
 
 import numpy as np
 from scipy import stats as sps
@@ -33,7 +33,7 @@ class WilcoxonResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def flip(self) -> "WilcoxonResult":
+    def flip(self) -> WilcoxonResult:
         """The same test read as A - B (the two-sided statistic and p are symmetric)."""
         return replace(self, mean_diff=-self.mean_diff, wins=self.n_nonzero - self.wins)
 

@@ -17,8 +17,8 @@ cumulative sums.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Sequence
 
 import numpy as np
 from scipy import stats as sps
@@ -250,7 +250,7 @@ class PairedResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def flip(self) -> "PairedResult":
+    def flip(self) -> PairedResult:
         """The same test read as A - B."""
         return replace(self, score_a=self.score_b, score_b=self.score_a, diff=-self.diff, ci_low=-self.ci_high,
                        ci_high=-self.ci_low)

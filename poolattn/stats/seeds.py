@@ -54,7 +54,7 @@ class SeedEffect:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def flip(self) -> "SeedEffect":
+    def flip(self) -> SeedEffect:
         return replace(self, diff=-self.diff, ci_low=-self.ci_high, ci_high=-self.ci_low,
                        per_seed=[-d for d in self.per_seed])
 

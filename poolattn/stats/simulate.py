@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .seeds import seed_effect
-from .paired import Items, item_bootstrap, paired_test
 from .multiple import wilcoxon_test
+from .paired import Items, item_bootstrap, paired_test
+from .seeds import seed_effect
 
 KINDS = ("spearman", "ap", "accuracy", "ndcg_at_10")
 

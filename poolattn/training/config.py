@@ -7,10 +7,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .data import SourceConfig
-from .distill import DistillSettings
 from ..errors import UserError
 from ..model import LoraSettings, ModelConfig
+from .data import SourceConfig
+from .distill import DistillSettings
 
 # Fields that may change when a run is resumed: they do not change what the run computes.
 RESUMABLE_FIELDS = {"max_time_minutes", "save_every", "keep_last", "log_every", "output_dir", "data_dir",
@@ -82,7 +82,7 @@ class TrainConfig(BaseModel):
         return self
 
     @classmethod
-    def load(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
         from ..configfile import read_config
 
         return cls.model_validate(apply_overrides(read_config(path), overrides or []))

@@ -11,9 +11,10 @@ import gzip
 import json
 import logging
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator

@@ -2,8 +2,9 @@
 dropout masks of each chunk's two forwards replayed from a saved RNG state."""
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Any, Callable, ContextManager, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 
@@ -51,7 +52,7 @@ def _devices_of(x: Any) -> list[torch.device]:
 def contrastive_backward(embed: Callable[[Any], torch.Tensor], groups: Sequence[Sequence[Any]],
                          loss_fn: Callable[[list[torch.Tensor | None]], torch.Tensor], *, grad_cache: bool,
                          backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
-                         no_sync: Callable[[], ContextManager] = nullcontext,
+                         no_sync: Callable[[], AbstractContextManager] = nullcontext,
                          embed_first: Callable[[Any], torch.Tensor] | None = None,
                          devices: Sequence[torch.device | str] | None = None) -> torch.Tensor:
     """Forward every chunk of every group, loss on the concatenated group embeddings, backward; return the loss.

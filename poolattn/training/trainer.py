@@ -22,23 +22,23 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
-from .data import Example, MixedBatchSampler, load_sources
 from ..datadir import resolve_data_dir
 from ..distributed import close_at_exit, world
 from ..errors import write_failed
 from ..fileio import write_json
-from .distill import distill_loss
-from .losses import info_nce
 from ..model import EmbeddingModel
 from . import checkpoint, runfolder
 from .checkpoint import list_checkpoints
 from .config import TrainConfig
+from .data import Example, MixedBatchSampler, load_sources
+from .distill import distill_loss
 from .gradcache import contrastive_backward
+from .losses import info_nce
 
 log = logging.getLogger(__name__)
 
