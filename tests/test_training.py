@@ -501,3 +501,76 @@ def test_mixed_precision_no_unquoted_in_yaml_means_no(tmp_path):
     assert TrainConfig.model_validate(apply_overrides({}, ["mixed_precision=no"])).mixed_precision == "no"
     with pytest.raises(ValueError, match="mixed_precision"):
         TrainConfig.model_validate({"mixed_precision": True})  # true is not a precision
+
+
+# ---- report_to (accelerate's trackers) --------------------------------------------------------------------------------
+def _tensorboard_scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_report_to_tensorboard_logs_metrics_jsonl_and_none_writes_nothing(tiny_llama, tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install -e '.[dev]')")
+    cfg = tiny_config(tiny_llama, tmp_path, max_steps=2, report_to="tensorboard")
+    out = Path(cfg.output_dir)
+    train(cfg)
+    metrics = _metrics(out)
+    for key in ("loss", "lr", "grad_norm", "seqs_per_s"):
+        logged = _tensorboard_scalars(out / "tensorboard", f"train/{key}")
+        assert [s for s, _ in logged] == [1, 2]
+        assert [v for _, v in logged] == pytest.approx([m[key] for m in metrics], rel=1e-6)
+    plain = tiny_config(tiny_llama, tmp_path / "plain", max_steps=2)
+    assert plain.report_to == "none"
+    train(plain)
+    assert (Path(plain.output_dir) / "metrics.jsonl").exists() and not (Path(plain.output_dir) / "tensorboard").exists()
+
+
+def test_report_to_tensorboard_continues_on_resume(tiny_llama, tmp_path):
+    """Interrupted after step 3 (checkpoint at 2): the resumed run logs steps 3 and 4 into the same folder, and
+    TensorBoard shows each step once, as metrics.jsonl does."""
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install -e '.[dev]')")
+    cfg = tiny_config(tiny_llama, tmp_path, max_steps=4, save_every=2, report_to="tensorboard")
+
+    def stop_after_3(step, record):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[stop_after_3])
+    out = Path(cfg.output_dir)
+    assert [s for s, _ in _tensorboard_scalars(out / "tensorboard", "train/loss")] == [1, 2, 3]
+    train(cfg)
+    logged = _tensorboard_scalars(out / "tensorboard", "train/loss")
+    assert [s for s, _ in logged] == [1, 2, 3, 4]
+    assert [v for _, v in logged] == pytest.approx([m["loss"] for m in _metrics(out)], rel=1e-6)
+
+
+def test_report_to_names_the_valid_trackers_and_a_missing_package(tiny_llama, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="report_to 'tensorbord'.*valid: none, .*tensorboard.*wandb"):
+        TrainConfig(report_to="tensorbord")
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])  # as without the package
+    cfg = tiny_config(tiny_llama, tmp_path, report_to="wandb")
+    with pytest.raises(ValueError, match="report_to wandb: its package is not installed"):
+        train(cfg)
+    assert not Path(cfg.output_dir).exists()  # refused before anything was written
+
+
+def test_an_experiment_may_start_reporting_to_tensorboard_on_resume(tmp_path):
+    from poolattn.experiment import ExperimentConfig, train_config_for, write_config_once
+
+    cfg = ExperimentConfig(output_dir=str(tmp_path), train={"max_steps": 2})
+    write_config_once(tmp_path, cfg)
+    reporting = cfg.model_copy(update={"train": {"max_steps": 2, "report_to": "tensorboard"}})
+    write_config_once(tmp_path, reporting)  # resumed with curves: allowed
+    assert train_config_for(reporting, reporting.designs[0], tmp_path / "d").report_to == "tensorboard"
+    with pytest.raises(ValueError, match="train.max_steps changed"):
+        write_config_once(tmp_path, cfg.model_copy(update={"train": {"max_steps": 3}}))

@@ -15,7 +15,7 @@ from .distill import DistillSettings
 
 # Fields that may change when a run is resumed: they do not change what the run computes.
 RESUMABLE_FIELDS = {"max_time_minutes", "save_every", "keep_last", "log_every", "output_dir", "data_dir",
-                    "progress", "num_threads", "device", "snapshot_steps", "prefix_reuse"}
+                    "progress", "num_threads", "device", "snapshot_steps", "prefix_reuse", "report_to"}
 
 
 @documented
@@ -77,6 +77,10 @@ class TrainConfig(BaseModel):
         "with schedule constant the snapshot at step k is the model a k-step run gives (same data order, same lr), "
         "so one run serves several budgets; default: none")
     log_every: int = Field(1, ge=1, description="steps between lines of metrics.jsonl")
+    report_to: str = Field(
+        "none", description="also send metrics.jsonl's numbers to an accelerate tracker: `tensorboard` (into "
+        "<output_dir>/tensorboard), another tracker accelerate supports (wandb, mlflow, ...; its package installed), "
+        "or `none`")
     output_dir: str = Field("runs/train", description="the run folder: config, metrics.jsonl, checkpoints/, final/")
     max_time_minutes: float | None = Field(None, description="stop cleanly (checkpoint + final model) after this much "
                                            "training time; None: no limit")
@@ -84,6 +88,13 @@ class TrainConfig(BaseModel):
     distill: DistillSettings | None = Field(None, description="distillation from a sentence-transformers teacher "
                                             "beside InfoNCE (DistillSettings): OUTSIDE THE PAPER'S PROTOCOL, off by "
                                             "default")
+
+    @field_validator("report_to")
+    @classmethod
+    def _tracker(cls, v: str) -> str:
+        from .tracking import check_name
+
+        return check_name(v)
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
