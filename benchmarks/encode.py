@@ -119,7 +119,7 @@ def main():
             fn()
             times[name].append(time.perf_counter() - t)
     med = {name: float(np.median(v)) for name, v in times.items()}
-    ratio = lambda a, b: float(np.median(np.asarray(times[a]) / np.asarray(times[b])))  # noqa: E731
+    ratio = lambda a, b: float(np.median(np.asarray(times[a]) / np.asarray(times[b])))
 
     # Same check in fp32, where batch composition cannot move the numbers: the two must agree to rounding.
     sub = texts[:200]

@@ -324,12 +324,12 @@ def layers(
 
 
 # --- serve command (poolattn/serve) ---
-from .serve.cli import serve_command  # noqa: E402  (light: the server's libraries load when it runs)
+from .serve.cli import serve_command  # light: the server's libraries load when it runs
 
 app.command("serve")(serve_command)
 
 # --- export command (poolattn/export) ---
-from .export.cli import export_command  # noqa: E402
+from .export.cli import export_command
 
 app.command("export")(export_command)
 

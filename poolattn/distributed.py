@@ -63,7 +63,7 @@ def _destroy_group() -> None:
     if dist.is_available() and dist.is_initialized():
         try:
             dist.destroy_process_group()
-        except Exception:  # noqa: BLE001 -- exiting anyway; never mask the run's own outcome
+        except Exception:  # exiting anyway; never mask the run's own outcome
             pass
 
 
@@ -88,7 +88,7 @@ def exit_process(code: int = 0) -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except Exception:  # noqa: BLE001 -- a closed pipe must not turn a finished run into a failure
+        except Exception:  # a closed pipe must not turn a finished run into a failure
             pass
     os._exit(code)
 

@@ -145,7 +145,7 @@ class ErrorBoundary(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
-        except Exception as exc:  # noqa: BLE001 -- the boundary: everything becomes a message and a status
+        except Exception as exc:  # the boundary: everything becomes a message and a status
             if debug_requested(ctx):
                 raise
             message, code = describe(exc)

@@ -18,12 +18,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from . import prefix
 from .attention import set_attention
 from .backbone import DEFAULT_BACKBONE, load_backbone, load_tokenizer
+from .configdoc import documented
 from .errors import UserError
 from .fileio import atomic_dir, check_weights, read_json
 from .pooling import build_pooler, check_pooling_name
@@ -53,33 +54,48 @@ def quiet_peft():
         yield
 
 
+@documented
 class LoraSettings(BaseModel):
+    """The LoRA adapter (peft) put on the backbone for training."""
     model_config = ConfigDict(extra="forbid")
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.1
-    target_modules: str | list[str] = "all-linear"
+    r: int = Field(16, description="the adapter's rank")
+    alpha: int = Field(32, description="LoRA's scaling numerator: the update is scaled by alpha / r")
+    dropout: float = Field(0.1, description="dropout on the adapter's input")
+    target_modules: str | list[str] = Field("all-linear", description="the backbone modules that get an adapter "
+                                            "(peft's `target_modules`); `all-linear`: every linear projection")
 
 
+@documented
 class ModelConfig(BaseModel):
     """A design: which backbone, which attention, which pooling. Everything else follows from it."""
     model_config = ConfigDict(extra="forbid")
-    backbone: str = DEFAULT_BACKBONE
-    attention: Literal["causal", "bidirectional"] = "causal"
-    pooling: str = "eos"
-    pooling_kwargs: dict[str, Any] = {}
-    max_length: int = 512
-    dtype: str = "auto"
-    # How attention is computed (not what it attends to): same embeddings up to rounding, so not in fingerprint().
-    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
-    normalize: bool = True
-    padding_side: Literal["left", "right"] = "right"
-    instruction_template: str = "Instruct: {instruction}\nQuery: {text}"
-    # Leave the instruction's tokens out of the pooled tokens (NV-Embed's pool mask): the backbone still reads them,
-    # but mean-type poolers average, and token-context poolers attend over, the text's own tokens (+ EOS) only.
-    mask_instruction: bool = False
-    lora: LoraSettings | None = None  # set once add_lora() was called; the saved adapter then must exist
-    full_finetune: bool = False  # backbone weights saved too
+    backbone: str = Field(DEFAULT_BACKBONE, description="the decoder: an alias (poolattn.backbone.ALIASES), a local "
+                          "Hugging Face folder, a GGUF file or a hub id")
+    attention: Literal["causal", "bidirectional"] = Field(
+        "causal", description="the backbone's attention mask: `causal` as pretrained, or `bidirectional` (every token "
+        "sees every other)")
+    pooling: str = Field("eos", description="the pooler that turns hidden states into one vector, by its name in "
+                         "poolattn.pooling's registry (an unknown name lists the valid ones)")
+    pooling_kwargs: dict[str, Any] = Field({}, description="the pooler's options, e.g. {num_latents: 4, num_heads: 4} "
+                                           "or {preset: tang2024}")
+    max_length: int = Field(512, description="tokens per text, instruction and EOS included; longer texts are cut "
+                            "(the saved model's limit)")
+    dtype: str = Field("auto", description="the backbone's weights: auto (bf16 where the device has fast bf16, else "
+                       "float32), float32, bfloat16 or float16")
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = Field(
+        "sdpa", description="how attention is computed, not what it attends to: the same embeddings up to rounding, "
+        "so not part of fingerprint()")
+    normalize: bool = Field(True, description="scale every embedding to unit length")
+    padding_side: Literal["left", "right"] = Field("right", description="where a batch's shorter texts are padded")
+    instruction_template: str = Field("Instruct: {instruction}\nQuery: {text}", description="how a text with an "
+                                      "instruction is written for the backbone")
+    mask_instruction: bool = Field(
+        False, description="leave the instruction's tokens out of the pooled tokens (NV-Embed's pool mask): the "
+        "backbone still reads them, but mean-type poolers average, and token-context poolers attend over, the text's "
+        "own tokens (+ EOS) only")
+    lora: LoraSettings | None = Field(None, description="the trained adapter's settings, set by add_lora(); the saved "
+                                      "adapter then must exist (training takes its own `lora:`)")
+    full_finetune: bool = Field(False, description="every backbone weight was trained: the saved folder holds them")
 
     @field_validator("pooling")
     @classmethod
@@ -100,17 +116,25 @@ def _per_text(instruction: Instruction, n: int) -> list[str | None]:
 
 
 class EmbeddingModel(nn.Module):
-    """A design's backbone, attention, pooler and normalisation.
+    """A design's backbone, attention, pooler and normalisation: texts in, one vector per text out (`encode`).
+    A new model has a fresh pooler; `add_lora` prepares it for training; `save_pretrained` / `from_pretrained` write
+    and read the folder described at the top of this module.
 
-    `prefix_reuse` (a runtime switch, not part of the design: on by default, never saved or fingerprinted): where
-    attention is causal, the leading tokens all texts of a batch share (their instruction) run once per batch
-    instead of once per text (poolattn.prefix); the vectors are the same up to rounding."""
+    Args:
+        config: the design (ModelConfig; its docstring lists every field). Default: ModelConfig().
+        device: where the model lives: `auto` (this process's GPU, else MPS, else CPU), `cpu`, `cuda:1`, ...; the
+            backbone's weights are loaded straight onto it. Not part of the config: a saved folder loads anywhere.
+        **overrides: ModelConfig fields that replace the config's, e.g. `EmbeddingModel(pooling="mean")`.
+
+    Attributes:
+        prefix_reuse: a runtime switch, not part of the design (on by default, never saved or fingerprinted): where
+            attention is causal, the leading tokens all texts of a batch share (their instruction) run once per
+            batch instead of once per text (poolattn.prefix); the vectors are the same up to rounding.
+    """
     prefix_reuse: bool = True
 
     def __init__(self, config: ModelConfig | None = None, device: str | torch.device | None = "auto",
                  **overrides: Any):
-        """`device`: where the model lives (auto: this process's GPU, else MPS, else CPU; or cuda:1, cpu, ...);
-        the backbone's weights are loaded straight onto it. Not part of the config: a saved folder loads anywhere."""
         super().__init__()
         config = (config or ModelConfig()).model_copy(update=overrides) if overrides else (config or ModelConfig())
         self.config = ModelConfig.model_validate(config.model_dump())

@@ -27,6 +27,16 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
 
 
 class Pooler(nn.Module):
+    """The base of every pooler: `forward(hidden_states, mask)` -> [batch, output_dim] float vectors. A subclass sets
+    `name` (its key in POOLERS, the name a design's `pooling` gives), sets `needs_all_layers` if it reads layers
+    other than the last, and returns from `get_config` the options that rebuild it (saved beside its weights).
+
+    Args:
+        hidden_size: the backbone's hidden size (the width of every hidden state, and the default output_dim).
+        num_layers: the backbone's number of decoder layers (hidden_states then holds num_layers + 1 tensors).
+        **options: the pooler's own options (a design's `pooling_kwargs`); the base class takes none, and an
+            unknown option is an error that names it.
+    """
     name: str = ""
     needs_all_layers = False  # True: forward needs every layer's hidden states
 

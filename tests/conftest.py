@@ -1,3 +1,5 @@
+"""Fixtures every test module may ask for: the data pack, tiny random backbones, a saved tiny design to serve.
+Plain helper functions live in helpers.py."""
 from __future__ import annotations
 
 import os
@@ -30,3 +32,24 @@ def tiny_backbones(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_backbones) -> str:
     return tiny_backbones["llama"]
+
+
+@pytest.fixture(scope="module")
+def served_folder(tiny_llama, tmp_path_factory) -> str:
+    """A saved design with a trainable pooler, so a fresh random pooler could not pass for it."""
+    import torch
+
+    from poolattn import EmbeddingModel, ModelConfig
+
+    torch.manual_seed(0)
+    model = EmbeddingModel(ModelConfig(backbone=tiny_llama, pooling="latent", dtype="float32", max_length=64,
+                                       pooling_kwargs={"num_latents": 4, "num_heads": 4}))
+    return str(model.save_pretrained(tmp_path_factory.mktemp("serve") / "tiny-latent"))
+
+
+@pytest.fixture(scope="module")
+def served_model(served_folder):
+    """served_folder loaded for inference, as `poolattn serve` loads it."""
+    from poolattn import EmbeddingModel
+
+    return EmbeddingModel.from_pretrained(served_folder, inference=True)

@@ -23,7 +23,7 @@ def test_eval_cost_runs_every_row_on_a_tiny_model(tiny_llama, tmp_path, monkeypa
     monkeypatch.setenv("POOLATTN_CACHE", str(tmp_path / "cache"))
     rng = random.Random(0)
     words = "the cat sat on a mat two dogs run in the park what is the capital of france".split()
-    say = lambda n=6: " ".join(rng.choice(words) for _ in range(n))  # noqa: E731
+    say = lambda n=6: " ".join(rng.choice(words) for _ in range(n))
     pack = tmp_path / "pack"
     (pack / "mteb/STSBenchmark").mkdir(parents=True)
     (pack / "mteb/STSBenchmark/test.jsonl").write_text("".join(

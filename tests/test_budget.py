@@ -6,10 +6,11 @@ import json
 
 import pytest
 from rich.console import Console
-from test_experiment import _config
 
 from poolattn.experiment import Design, ExperimentConfig, budget, run_experiment
 from poolattn.experiment.budget import RECIPES, BudgetError, Measurement, choose, estimate, plan, print_estimate
+
+from helpers import tiny_experiment_config
 
 DESIGNS = [Design(name="eos", pooling="eos"), Design(name="ml", pooling="multilayer", attention="bidirectional")]
 
@@ -99,10 +100,10 @@ def test_estimate_is_printed_with_the_choice(tmp_path):
 
 @pytest.mark.slow  # real training steps (the end-to-end test in test_experiment.py measures too)
 def test_measures_the_tiny_model_and_charges_pooler_designs_their_own_step(tiny_llama, data_dir, tmp_path):
-    from test_references import tiny_sentence_transformer
+    from helpers import tiny_sentence_transformer
 
     peer = tiny_sentence_transformer(tiny_llama, tmp_path / "st-peer")
-    cfg = _config(tmp_path, tiny_llama, data_dir).model_copy(update={"peers": [peer]})
+    cfg = tiny_experiment_config(tmp_path, tiny_llama, data_dir).model_copy(update={"peers": [peer]})
     m = budget.measure(cfg)
     (peer_row,) = cfg.peer_rows()
     assert set(m.peer_eval_seconds) == {peer_row.name} and m.peer_eval_seconds[peer_row.name] > 0
@@ -115,9 +116,9 @@ def test_measures_the_tiny_model_and_charges_pooler_designs_their_own_step(tiny_
 
 
 def test_report_leads_with_the_budgets_choice_and_its_detectable_effect(tmp_path):
-    from synthetic import write_synthetic_experiment
-
     from poolattn.report import write_report
+
+    from synthetic import write_synthetic_experiment
 
     folder = write_synthetic_experiment(tmp_path / "exp", designs={"1-eos-causal": (0.0, 1), "2-mean-causal": (0.5, 2)}, baseline=None,
                                         tasks={"STS1": ("STS", 300)})

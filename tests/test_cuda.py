@@ -87,9 +87,9 @@ def test_grad_cache_replays_cuda_dropout_for_cpu_inputs():
 
 
 def test_trainer_grad_cache_equals_plain_step_with_lora_dropout_on_cuda(tiny_llama, tmp_path):
-    from test_training import _trainer, assert_same, grads, tiny_config
+    from helpers import assert_same, grads, tiny_config, trainer_and_batch
 
-    t, batch = _trainer(tiny_config(tiny_llama, tmp_path, chunk_size=3, device="cuda"))  # LoRA dropout 0.1
+    t, batch = trainer_and_batch(tiny_config(tiny_llama, tmp_path, chunk_size=3, device="cuda"))  # LoRA dropout 0.1
     assert t.acc.device.type == "cuda" and t.unwrapped.device.type == "cuda"
 
     def step(grad_cache, seed):

@@ -118,12 +118,12 @@ def test_unknown_device_is_a_usage_error(tiny_llama, tmp_path):
 
 
 def test_trainer_refuses_an_absent_device_and_honours_cpu(gpus, tiny_llama, tmp_path):
-    from test_training import _trainer, tiny_config
+    from helpers import tiny_config, trainer_and_batch
 
     with pytest.raises(ValueError, match="CUDA is not available"):
-        _trainer(tiny_config(tiny_llama, tmp_path, device="cuda:0", output_dir=str(tmp_path / "a")))
+        trainer_and_batch(tiny_config(tiny_llama, tmp_path, device="cuda:0", output_dir=str(tmp_path / "a")))
     gpus(1)  # a (mocked) GPU present: device cpu still trains on the CPU
-    t, _ = _trainer(tiny_config(tiny_llama, tmp_path, device="cpu", output_dir=str(tmp_path / "b")))
+    t, _ = trainer_and_batch(tiny_config(tiny_llama, tmp_path, device="cpu", output_dir=str(tmp_path / "b")))
     assert t.acc.device.type == "cpu" and t.unwrapped.device.type == "cpu"
 
 

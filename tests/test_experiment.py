@@ -7,48 +7,11 @@ import yaml
 from poolattn.experiment import Design, ExperimentConfig, run_experiment
 from poolattn.report import write_report
 
-PAIRS = [("a man plays a guitar", "someone is playing music", "a cat sleeps"),
-         ("the dog runs in the park", "a dog is running outside", "the stock market fell"),
-         ("what is the capital of france", "paris is the capital of france", "berlin is in germany"),
-         ("a woman slices an onion", "someone is cutting vegetables", "two men play chess"),
-         ("how do i reset my password", "steps to change your password", "the weather is sunny"),
-         ("the cat sat on the mat", "a cat is sitting on a rug", "a plane takes off")]
-
-
-def mini_pack(data_dir, root, rows=100):
-    """A two-task pack (the first `rows` pairs of BIOSSES and STS13) so the end-to-end test stays fast."""
-    tasks = json.loads((data_dir / "tasks.json").read_text())["tasks"]
-    out = {}
-    for name in ("BIOSSES", "STS13"):
-        entry = tasks[name]
-        (root / entry["path"]).mkdir(parents=True)
-        lines = (data_dir / entry["path"] / "test.jsonl").read_text().splitlines()[:rows]
-        (root / entry["path"] / "test.jsonl").write_text("\n".join(lines) + "\n")
-        out[name] = entry
-    (root / "tasks.json").write_text(json.dumps({"tasks": out, "train": {}}))
-    return root
-
-
-def _config(tmp_path, backbone, data_dir):
-    train_file = tmp_path / "train.jsonl"
-    train_file.write_text("".join(json.dumps({"query": q, "positive": p, "negative": n}) + "\n" for q, p, n in PAIRS * 3))
-    return ExperimentConfig(
-        name="tiny", output_dir=str(tmp_path / "exp"),
-        base={"backbone": backbone, "dtype": "float32", "max_length": 128},  # byte-level tokens: room for
-        # the instruction and the text (at 32 every text was cut to the same instruction prefix)
-        designs=[Design(name="eos-causal", pooling="eos"),
-                 Design(name="multilayer-bi", pooling="multilayer", attention="bidirectional",
-                        pooling_kwargs={"num_latents": 4, "num_heads": 4})],
-        train={"data": [{"path": str(train_file)}], "batch_size": 4, "max_steps": 3, "warmup_steps": 1,
-               "save_every": 2, "progress": False, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
-        eval={"tasks": ["BIOSSES", "STS13"], "data_dir": str(mini_pack(data_dir, tmp_path / "pack")),
-              "batch_size": 64},
-        report={"n_resamples": 200},
-    )
+from helpers import mini_pack, tiny_experiment_config
 
 
 def test_tiny_experiment_end_to_end_and_resume(tiny_llama, data_dir, tmp_path):
-    cfg = _config(tmp_path, tiny_llama, data_dir)
+    cfg = tiny_experiment_config(tmp_path, tiny_llama, data_dir)
     paths = write_report(run_experiment(cfg, progress=False), progress=False)
     exp = tmp_path / "exp"
     for design in ("baseline", "eos-causal", "multilayer-bi"):
@@ -78,7 +41,7 @@ def test_tiny_experiment_end_to_end_and_resume(tiny_llama, data_dir, tmp_path):
 
 
 def test_seeds_replicate_every_design_and_the_report_averages_them(tiny_llama, data_dir, tmp_path):
-    cfg = _config(tmp_path, tiny_llama, data_dir).model_copy(update={
+    cfg = tiny_experiment_config(tmp_path, tiny_llama, data_dir).model_copy(update={
         "designs": [Design(name="eos-causal", pooling="eos")], "seeds": [1, 2], "baseline": None})
     cfg.eval.tasks = ["BIOSSES"]
     paths = write_report(run_experiment(cfg, progress=False), progress=False)

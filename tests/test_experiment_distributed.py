@@ -7,10 +7,11 @@ import sys
 
 import pytest
 import yaml
-from test_experiment import _config
 
 from poolattn.evaluation import evaluate
 from poolattn.experiment import claim, pending, run_experiment
+
+from helpers import tiny_experiment_config
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "POOLATTN_DEBUG": "1"}
 
@@ -21,7 +22,7 @@ def _scores(folder):
 
 @pytest.mark.integration
 def test_two_process_experiment_evaluates_once_sharded_and_writes_one_report(tiny_llama, data_dir, tmp_path):
-    cfg = _config(tmp_path, tiny_llama, data_dir)
+    cfg = tiny_experiment_config(tmp_path, tiny_llama, data_dir)
     cfg = cfg.model_copy(update={"designs": cfg.designs[:1]})  # baseline + eos-causal keep it short
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
@@ -55,7 +56,7 @@ def test_design_jobs_claim_their_designs(tiny_llama, data_dir, tmp_path):
     (run / "claim.json").write_text(json.dumps(held))
     assert claim(run) is None
 
-    cfg = _config(tmp_path, tiny_llama, data_dir)
+    cfg = tiny_experiment_config(tmp_path, tiny_llama, data_dir)
     with pytest.raises(ValueError, match="--design nope: not in this experiment; its designs: baseline, eos-causal"):
         run_experiment(cfg, progress=False, only=["nope"])
 

@@ -78,7 +78,7 @@ def test_inference_load_casts_lora_to_a_bf16_backbone(tiny_llama, tmp_path):
     folder = m.save_pretrained(tmp_path / "model")
     trained = EmbeddingModel.from_pretrained(folder)
     fast = EmbeddingModel.from_pretrained(folder, inference=True)
-    dtypes = lambda mm: {p.dtype for n, p in mm.backbone.named_parameters() if "lora_" in n}  # noqa: E731
+    dtypes = lambda mm: {p.dtype for n, p in mm.backbone.named_parameters() if "lora_" in n}
     assert dtypes(trained) == {torch.float32} and dtypes(fast) == {torch.bfloat16}
     assert fast.fingerprint() == trained.fingerprint()
     cos = (fast.encode(TEXTS) * trained.encode(TEXTS)).sum(1)

@@ -191,7 +191,7 @@ def test_pooler_parameters_at_mistral_7b_match_the_reference():
         multi = build_pooler("multilayer", 4096, 32, preset="tang2024")
         last = build_pooler("latent", 4096, 32, preset="tang2024")
         nv = build_pooler("latent", 4096, 32, preset="nvembed")
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     assert count(multi) == 1_278_406_656
     assert count(last) == 1_278_406_656 - 32 * 4096
     # NV-Embed: 8 heads x 4096 wide (inner 32768), 512 latents

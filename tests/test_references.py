@@ -4,25 +4,15 @@ import json
 
 import pytest
 import yaml
-from synthetic import write_synthetic_experiment
-from test_experiment import _config
 
 from poolattn.experiment import Design, ExperimentConfig, run_experiment
 from poolattn.experiment.peers import peer_name
 from poolattn.report import load_experiment, write_report
 
+from helpers import tiny_experiment_config, tiny_sentence_transformer
+from synthetic import write_synthetic_experiment
+
 A, B, MINILM = "1-eos-causal", "4-latent-bidirectional", "peer-all-MiniLM-L6-v2"
-
-
-def tiny_sentence_transformer(backbone: str, folder) -> str:
-    """A sentence-transformers model folder (modules.json) over the tiny decoder, mean pooling."""
-    from sentence_transformers import SentenceTransformer, models
-
-    word = models.Transformer(backbone, max_seq_length=64)
-    dim = getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension  # renamed in 6.x
-    model = SentenceTransformer(modules=[word, models.Pooling(dim(), "mean")], device="cpu")
-    model.save(str(folder))
-    return str(folder)
 
 
 def test_peer_names_and_config_checks():
@@ -41,7 +31,8 @@ def test_peer_names_and_config_checks():
 
 
 def test_a_misnamed_peer_fails_before_anything_trains(tmp_path, tiny_llama, data_dir):
-    cfg = _config(tmp_path, tiny_llama, data_dir).model_copy(update={"peers": [str(tmp_path / "no-such-model")]})
+    cfg = tiny_experiment_config(tmp_path, tiny_llama, data_dir)
+    cfg = cfg.model_copy(update={"peers": [str(tmp_path / "no-such-model")]})
     with pytest.raises(ValueError, match="no-such-model.*does not exist"):
         run_experiment(cfg, progress=False)
     assert not (tmp_path / "exp" / "runs").exists()
@@ -60,7 +51,7 @@ def test_peers_are_evaluated_once_and_reported_as_reference_rows(tiny_llama, dat
     st = tiny_sentence_transformer(tiny_llama, tmp_path / "st-peer")
     saved = EmbeddingModel(ModelConfig(backbone=tiny_llama, dtype="float32", pooling="eos"))
     saved = str(saved.save_pretrained(tmp_path / "saved-peer"))
-    cfg = _config(tmp_path, tiny_llama, data_dir).model_copy(update={"peers": [st]})
+    cfg = tiny_experiment_config(tmp_path, tiny_llama, data_dir).model_copy(update={"peers": [st]})
     cfg.designs = cfg.designs[:1]
     cfg.eval.tasks = ["BIOSSES"]
     exp = tmp_path / "exp"

@@ -115,7 +115,7 @@ def test_debug_shows_the_traceback(saved_model, texts, tmp_path):
 # ---- 4, 5, 7, 9: training data, run folder, checkpoints -------------------------------------------------------------
 
 def _train_yaml(tiny_llama, tmp_path, data: Path, **extra) -> Path:
-    from tests.test_training import tiny_config
+    from helpers import tiny_config
 
     cfg = tiny_config(tiny_llama, tmp_path).model_dump(mode="json")
     cfg.update(data=[{"path": str(data)}], max_steps=2, save_every=1, **extra)
@@ -125,7 +125,7 @@ def _train_yaml(tiny_llama, tmp_path, data: Path, **extra) -> Path:
 
 
 def test_truncated_training_file_names_the_file_and_leaves_no_folder(tiny_llama, tmp_path):
-    from tests.test_training import write_data
+    from helpers import write_data
 
     write_data(tmp_path / "good")
     raw = (tmp_path / "good" / "nli.jsonl").read_bytes()
@@ -144,7 +144,8 @@ def test_checkpoint_disk_full_says_so_and_resume_skips_incomplete_checkpoints(ti
     import torch
 
     from poolattn.training import checkpoint, list_checkpoints
-    from tests.test_training import tiny_config
+
+    from helpers import tiny_config
 
     cfg = tiny_config(tiny_llama, tmp_path, max_steps=3, save_every=1)
     real_save = torch.save

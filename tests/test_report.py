@@ -5,13 +5,14 @@ import re
 import pytest
 import yaml
 from pydantic import ValidationError
-from synthetic import write_synthetic_experiment
 from typer.testing import CliRunner
 
 from poolattn.cli import app
 from poolattn.environment import collect_environment
 from poolattn.evaluation.items import load_items
 from poolattn.report import load_experiment, write_report
+
+from synthetic import write_synthetic_experiment
 
 A, B, COPY = "1-eos-causal", "4-latent-bidirectional", "1-eos-causal-copy"  # B is clearly better; COPY == A
 

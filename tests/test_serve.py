@@ -9,29 +9,13 @@ import httpx2
 import numpy as np
 import openai
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from poolattn import EmbeddingModel, ModelConfig
 from poolattn.serve import ServeSettings, create_app
 from poolattn.serve.batcher import plan_batches
 
-KEY = "sk-test"
-TEXTS = ["the cat sat on the mat", "a man is playing a guitar", "paris is the capital of france", "x"]
-
-
-@pytest.fixture(scope="module")
-def served_folder(tiny_llama, tmp_path_factory):
-    """A saved design with a trainable pooler, so a fresh random pooler could not pass for it."""
-    torch.manual_seed(0)
-    model = EmbeddingModel(ModelConfig(backbone=tiny_llama, pooling="latent", dtype="float32", max_length=64,
-                                       pooling_kwargs={"num_latents": 4, "num_heads": 4}))
-    return str(model.save_pretrained(tmp_path_factory.mktemp("serve") / "tiny-latent"))
-
-
-@pytest.fixture(scope="module")
-def model(served_folder):
-    return EmbeddingModel.from_pretrained(served_folder, inference=True)
+from helpers import KEY, TEXTS
 
 
 def settings(**kw) -> ServeSettings:
@@ -49,9 +33,9 @@ def run_with_client(app, coro_fn):
     return asyncio.run(main())
 
 
-def test_openai_client_vectors_equal_encode(model):
-    app = create_app(model, settings())
-    ref = model.encode(TEXTS)
+def test_openai_client_vectors_equal_encode(served_model):
+    app = create_app(served_model, settings())
+    ref = served_model.encode(TEXTS)
     instr = "Retrieve semantically similar text."
 
     async def calls(client):
@@ -60,7 +44,7 @@ def test_openai_client_vectors_equal_encode(model):
         single = await client.embeddings.create(model="tiny", input=TEXTS[0], encoding_format="float")
         short = await client.embeddings.create(model="tiny", input=TEXTS, dimensions=16)
         with_instr = await client.embeddings.create(model="tiny", input=TEXTS, extra_body={"instruction": instr})
-        ids = [model.tokenizer(t)["input_ids"] for t in TEXTS]
+        ids = [served_model.tokenizer(t)["input_ids"] for t in TEXTS]
         tokens = await client.embeddings.create(model="tiny", input=ids)
         listed = await client.models.list()
         return default, floats, single, short, with_instr, tokens, listed
@@ -73,9 +57,10 @@ def test_openai_client_vectors_equal_encode(model):
     cut = ref[:, :16] / np.linalg.norm(ref[:, :16], axis=1, keepdims=True)
     got = np.array([d.embedding for d in short.data])
     assert got.shape == (4, 16) and np.abs(got - cut).max() < 1e-5
-    assert np.abs(np.array([d.embedding for d in with_instr.data]) - model.encode(TEXTS, instruction=instr)).max() < 1e-5
-    assert np.abs(model.encode(TEXTS, instruction=instr) - ref).max() > 1e-3  # the instruction did change them
-    n_tokens = sum(len(model.tokenizer(t)["input_ids"]) + 1 for t in TEXTS)
+    instructed = served_model.encode(TEXTS, instruction=instr)
+    assert np.abs(np.array([d.embedding for d in with_instr.data]) - instructed).max() < 1e-5
+    assert np.abs(instructed - ref).max() > 1e-3  # the instruction did change them
+    n_tokens = sum(len(served_model.tokenizer(t)["input_ids"]) + 1 for t in TEXTS)
     assert default.usage.prompt_tokens == n_tokens and default.model == "tiny"
     assert [m.id for m in listed.data] == ["tiny"]
 
@@ -100,8 +85,8 @@ LONG = " ".join(["the quick brown fox jumps over the lazy dog"] * 10)
     ({"model": "tiny", "input": "hi"}, {"authorization": "Bearer nope"}, 401, ["incorrect API key"]),
     ({"model": "tiny", "input": ["a " * 300] * 8}, {}, 413, ["larger than the limit of 4096 bytes"]),
 ])
-def test_bad_requests_get_openai_errors(model, body, headers, status, words):
-    with TestClient(create_app(model, settings(max_input_tokens=32))) as client:
+def test_bad_requests_get_openai_errors(served_model, body, headers, status, words):
+    with TestClient(create_app(served_model, settings(max_input_tokens=32))) as client:
         hdrs = {"authorization": f"Bearer {KEY}", "content-type": "application/json", **headers}
         hdrs = {k: v for k, v in hdrs.items() if v is not None}
         content = body if isinstance(body, str) else json.dumps(body)
@@ -113,17 +98,17 @@ def test_bad_requests_get_openai_errors(model, body, headers, status, words):
         assert w in err["message"], (w, err)
 
 
-def test_truncate_on_request_and_streamed_body_limit(model):
-    with TestClient(create_app(model, settings(max_input_tokens=32))) as client:
+def test_truncate_on_request_and_streamed_body_limit(served_model):
+    with TestClient(create_app(served_model, settings(max_input_tokens=32))) as client:
         auth = {"authorization": f"Bearer {KEY}"}
         r = client.post("/v1/embeddings", json={"model": "tiny", "input": [LONG], "truncate": True,
                                                 "encoding_format": "float"}, headers=auth)
         assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 32
-        model.config.max_length, old = 32, model.config.max_length  # encode's own truncation: same tokens
+        served_model.config.max_length, old = 32, served_model.config.max_length  # encode's own truncation: same tokens
         try:
-            ref = model.encode([LONG])
+            ref = served_model.encode([LONG])
         finally:
-            model.config.max_length = old
+            served_model.config.max_length = old
         assert np.abs(np.array(r.json()["data"][0]["embedding"]) - ref[0]).max() < 1e-5
         big = json.dumps({"model": "tiny", "input": ["a " * 300] * 8}).encode()
         chunks = (big[i:i + 500] for i in range(0, len(big), 500))  # no Content-Length: counted as it streams
@@ -137,8 +122,8 @@ def test_truncate_on_request_and_streamed_body_limit(model):
         assert "poolattn_batch_size_count" in metrics
 
 
-def test_queue_full_gives_429(model):
-    app = create_app(model, settings(max_queue=8, batch_wait_ms=500))  # the worker waits: the first stays queued
+def test_queue_full_gives_429(served_model):
+    app = create_app(served_model, settings(max_queue=8, batch_wait_ms=500))  # the worker waits: the first stays queued
 
     async def calls(client):
         first = asyncio.ensure_future(client.embeddings.create(model="tiny", input=["a"] * 8))
@@ -152,15 +137,15 @@ def test_queue_full_gives_429(model):
 
 
 @pytest.mark.parametrize("n_clients, n_requests", [(10, 5), pytest.param(50, 20, marks=pytest.mark.slow)])
-def test_concurrent_clients_each_get_their_own_vectors(model, n_clients, n_requests):
+def test_concurrent_clients_each_get_their_own_vectors(served_model, n_clients, n_requests):
     """Clients x requests of 1..8 texts, all different: no errors, and no vector lands in another request."""
     rng = np.random.default_rng(0)
     words = "the cat dog park man guitar paris france fox lazy mat runs sat two".split()
     requests = [[[f"c{c} r{r} i{i} " + " ".join(rng.choice(words, rng.integers(1, 12)))
                   for i in range(rng.integers(1, 9))] for r in range(n_requests)] for c in range(n_clients)]
     texts = [t for client in requests for req in client for t in req]
-    ref = dict(zip(texts, model.encode(texts, batch_size=64)))
-    app = create_app(model, settings(max_queue=8192, max_body_bytes=2**20))
+    ref = dict(zip(texts, served_model.encode(texts, batch_size=64)))
+    app = create_app(served_model, settings(max_queue=8192, max_body_bytes=2**20))
 
     async def client_run(client, reqs):
         out = []

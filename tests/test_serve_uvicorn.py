@@ -15,7 +15,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from test_serve import KEY, TEXTS, model, served_folder  # noqa: F401  (fixtures shared with the in-process tests)
+
+from helpers import KEY, TEXTS
 
 
 def _free_port() -> int:
@@ -64,8 +65,8 @@ def server(served_folder, tmp_path_factory):
     srv.stop()
 
 
-def test_openai_client_against_uvicorn(server, model):
-    ref = model.encode(TEXTS)
+def test_openai_client_against_uvicorn(server, served_model):
+    ref = served_model.encode(TEXTS)
     with server.client() as client:
         for fmt in (None, "base64", "float"):  # None: the client asks for base64 and decodes it itself
             resp = client.embeddings.create(model="tiny", input=TEXTS, **({"encoding_format": fmt} if fmt else {}))
@@ -81,7 +82,7 @@ def test_openai_client_against_uvicorn(server, model):
     assert 'poolattn_requests_total{route="/v1/embeddings",status="200"} 3.0' in metrics
 
 
-def test_clients_that_disconnect_mid_request_do_not_stop_the_server(server, model):
+def test_clients_that_disconnect_mid_request_do_not_stop_the_server(server, served_model):
     body = ('{"model": "tiny", "input": [' + ", ".join(f'"text number {i} of a long request"' for i in range(500))
             + "]}").encode()
     head = (f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
@@ -94,11 +95,11 @@ def test_clients_that_disconnect_mid_request_do_not_stop_the_server(server, mode
     assert server.proc.poll() is None, server.log()
     with server.client() as client:
         resp = client.embeddings.create(model="tiny", input=TEXTS[:2], encoding_format="float")
-    assert np.abs(np.array([d.embedding for d in resp.data]) - model.encode(TEXTS[:2])).max() < 1e-5
+    assert np.abs(np.array([d.embedding for d in resp.data]) - served_model.encode(TEXTS[:2])).max() < 1e-5
     assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
 
 
-def test_sigterm_lets_requests_in_flight_finish(served_folder, model, tmp_path):
+def test_sigterm_lets_requests_in_flight_finish(served_folder, served_model, tmp_path):
     srv = Server(served_folder, tmp_path / "serve.log", "--batch-wait-ms", "2000")  # the request waits in the queue
     try:
         result = {}
@@ -119,7 +120,7 @@ def test_sigterm_lets_requests_in_flight_finish(served_folder, model, tmp_path):
         assert srv.proc.wait(30) in (0, -signal.SIGTERM), srv.log()
         assert "resp" in result, srv.log()
         got = np.array([d.embedding for d in result["resp"].data])
-        assert np.abs(got - model.encode(TEXTS)).max() < 1e-5
+        assert np.abs(got - served_model.encode(TEXTS)).max() < 1e-5
         with pytest.raises(httpx.TransportError):  # and it is gone
             httpx.get(f"{srv.url}/health", timeout=2)
     finally:

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_experiment import _config
 
 from poolattn.experiment import Design
 from poolattn.experiment.study import StudySettings, load_study, run_study
 from poolattn.model import EmbeddingModel
 from poolattn.training import TrainConfig, train
+
+from helpers import tiny_experiment_config
 
 TEXTS = ["a man plays a guitar", "the cat sat on the mat", "how do i reset my password"]
 
@@ -59,7 +60,7 @@ def test_shipped_study_config_loads():
 
 
 def test_tiny_study_end_to_end(tiny_llama, data_dir, tmp_path):
-    cfg = _config(tmp_path, tiny_llama, data_dir)
+    cfg = tiny_experiment_config(tmp_path, tiny_llama, data_dir)
     cfg.eval.tasks = ["BIOSSES"]
     cfg = cfg.model_copy(update={"designs": [Design(name="eos-causal", pooling="eos"),
                                              Design(name="mean-bi", pooling="mean", attention="bidirectional")],

@@ -1,6 +1,5 @@
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,6 @@ from poolattn import EmbeddingModel, training
 from poolattn.errors import UserError
 from poolattn.training import (
     TrainConfig,
-    Trainer,
     TrainingDiverged,
     apply_overrides,
     contrastive_backward,
@@ -22,7 +20,7 @@ from poolattn.training import (
     train,
 )
 
-WORDS = "the quick brown fox jumps over a lazy dog cat sat on mat man is playing guitar two dogs run in park".split()
+from helpers import assert_same, grads, tiny_config, trainer_and_batch, write_data
 
 
 @pytest.fixture(autouse=True)
@@ -36,40 +34,6 @@ def one_thread():
 
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-
-
-def write_data(folder: Path) -> list[dict]:
-    """Two small sources, one with hard negatives."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(0)
-    for name, n, neg in (("nli", 60, True), ("pairs", 40, False)):
-        with open(folder / f"{name}.jsonl", "w") as f:
-            for _ in range(n):
-                q = " ".join(rng.choices(WORDS, k=6))
-                row = {"query": q, "positive": q + " " + rng.choice(WORDS)}
-                if neg and rng.random() < 0.7:  # some rows without: processes get different numbers of texts
-                    row["negative"] = " ".join(rng.choices(WORDS, k=5))
-                f.write(json.dumps(row) + "\n")
-    return [{"path": str(folder / "nli.jsonl")}, {"path": str(folder / "pairs.jsonl")}]
-
-
-def tiny_config(backbone: str, tmp_path: Path, **overrides) -> TrainConfig:
-    raw = dict(model=dict(backbone=backbone, pooling="latent", pooling_kwargs={"num_latents": 4, "num_heads": 4},
-                          dtype="float32", max_length=32),
-               data=write_data(tmp_path / "data"), batch_size=8, max_steps=6, save_every=2, warmup_steps=1,
-               lr=1e-3, mixed_precision="no", output_dir=str(tmp_path / "run"), progress=False, seed=0)
-    return TrainConfig.model_validate(apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]))
-
-
-def grads(model) -> dict[str, torch.Tensor]:
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
-
-
-def assert_same(a: dict, b: dict, atol=1e-5):
-    assert a.keys() == b.keys() and a
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst <= atol, worst
-    return worst
 
 
 # ---- config ---------------------------------------------------------------------------------------------------------
@@ -137,15 +101,9 @@ def test_grad_cache_equals_plain_backward():
     assert max((g_other[k] - g_plain[k]).abs().max() for k in g_plain) > 1e-3  # dropout is really active
 
 
-def _trainer(cfg):
-    t = Trainer(cfg)
-    t.setup()
-    return t, t.sampler.next_batch().examples
-
-
 def test_grad_cache_on_tiny_embedding_model(tiny_llama, tmp_path):
     """LoRA (dropout 0) + latent pooler: the GradCache step gives the plain step's loss and gradients."""
-    t, batch = _trainer(tiny_config(tiny_llama, tmp_path, **{"lora.dropout": 0.0}))
+    t, batch = trainer_and_batch(tiny_config(tiny_llama, tmp_path, **{"lora.dropout": 0.0}))
     assert any(e.negative for e in batch) or True
     loss_plain, *_ = t.backward_step(batch)
     g_plain = grads(t.unwrapped)
@@ -180,7 +138,7 @@ def test_training_levers_default_to_the_paper_loss():
 def test_hard_negatives_off_encodes_no_negative_and_scores_pairs_only(tiny_llama, tmp_path, monkeypatch):
     from poolattn.training.losses import info_nce
 
-    t, batch = _trainer(tiny_config(tiny_llama, tmp_path, **{"lora.dropout": 0.0}))
+    t, batch = trainer_and_batch(tiny_config(tiny_llama, tmp_path, **{"lora.dropout": 0.0}))
     while sum(e.negative is not None for e in batch) < 2:  # a batch of the source with hard negatives
         batch = t.sampler.next_batch().examples
     loss_on, texts_on, _ = t.backward_step(batch)
@@ -211,7 +169,7 @@ def test_both_directions_with_grad_cache_equals_plain(tiny_llama, tmp_path, monk
     gives the plain step's loss and gradients (the backward term is a change of the loss only)."""
     import dataclasses
 
-    t, batch = _trainer(tiny_config(tiny_llama, tmp_path, **{"lora.dropout": 0.0}))
+    t, batch = trainer_and_batch(tiny_config(tiny_llama, tmp_path, **{"lora.dropout": 0.0}))
     batch = [dataclasses.replace(e, symmetric=i % 3 != 0) for i, e in enumerate(batch)]
     forward_only, *_ = t.backward_step(batch)
     calls = _spy_info_nce(monkeypatch)
@@ -238,7 +196,7 @@ def test_training_texts_get_instructions_as_evaluation_does(tiny_llama, tmp_path
     data = write_data(tmp_path / "data")
     for src in data:
         src.update(instruction="Retrieve semantically similar text.", symmetric=symmetric)
-    t, batch = _trainer(tiny_config(tiny_llama, tmp_path, data=data, chunk_size=None))
+    t, batch = trainer_and_batch(tiny_config(tiny_llama, tmp_path, data=data, chunk_size=None))
     m = t.unwrapped
     seen = []
     real_tokenize = m.tokenize
@@ -263,7 +221,7 @@ def test_training_texts_get_instructions_as_evaluation_does(tiny_llama, tmp_path
 
 def test_lora_dropout_replayed_and_checkpointing_keeps_gradients(tiny_llama, tmp_path):
     cfg = tiny_config(tiny_llama, tmp_path, chunk_size=3)  # LoRA dropout 0.1
-    t, batch = _trainer(cfg)
+    t, batch = trainer_and_batch(cfg)
 
     def step(grad_cache, seed):
         t.optimizer.zero_grad()
@@ -279,7 +237,7 @@ def test_lora_dropout_replayed_and_checkpointing_keeps_gradients(tiny_llama, tmp
     assert max((g_other[k] - g_cached[k]).abs().max() for k in g_cached if "lora_B" in k) > 1e-4
 
     # Gradient checkpointing (on by default) changes nothing, including under peft and dropout.
-    t2, _ = _trainer(cfg.model_copy(update={"gradient_checkpointing": False, "output_dir": str(tmp_path / "r2")}))
+    t2, _ = trainer_and_batch(cfg.model_copy(update={"gradient_checkpointing": False, "output_dir": str(tmp_path / "r2")}))
     layer = t.unwrapped.backbone.get_base_model().layers[0]
     assert layer.gradient_checkpointing and layer.training  # transformers checkpoints only in train mode
     t2.optimizer.zero_grad()
@@ -434,7 +392,7 @@ def test_two_processes_match_one(tiny_llama, tmp_path):
     got = torch.load(tmp_path / "dist.pt")
     single = cfg.model_copy(update={"output_dir": str(tmp_path / "single")})
     for chunk in (None, 3):
-        t, batch = _trainer(single.model_copy(update={"chunk_size": chunk,
+        t, batch = trainer_and_batch(single.model_copy(update={"chunk_size": chunk,
                                                       "output_dir": str(tmp_path / f"single-{chunk}")}))
         loss, *_ = t.backward_step(batch)
         assert torch.allclose(got[chunk]["loss"], loss, atol=1e-5)
@@ -543,3 +501,76 @@ def test_mixed_precision_no_unquoted_in_yaml_means_no(tmp_path):
     assert TrainConfig.model_validate(apply_overrides({}, ["mixed_precision=no"])).mixed_precision == "no"
     with pytest.raises(ValueError, match="mixed_precision"):
         TrainConfig.model_validate({"mixed_precision": True})  # true is not a precision
+
+
+# ---- report_to (accelerate's trackers) --------------------------------------------------------------------------------
+def _tensorboard_scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_report_to_tensorboard_logs_metrics_jsonl_and_none_writes_nothing(tiny_llama, tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install -e '.[dev]')")
+    cfg = tiny_config(tiny_llama, tmp_path, max_steps=2, report_to="tensorboard")
+    out = Path(cfg.output_dir)
+    train(cfg)
+    metrics = _metrics(out)
+    for key in ("loss", "lr", "grad_norm", "seqs_per_s"):
+        logged = _tensorboard_scalars(out / "tensorboard", f"train/{key}")
+        assert [s for s, _ in logged] == [1, 2]
+        assert [v for _, v in logged] == pytest.approx([m[key] for m in metrics], rel=1e-6)
+    plain = tiny_config(tiny_llama, tmp_path / "plain", max_steps=2)
+    assert plain.report_to == "none"
+    train(plain)
+    assert (Path(plain.output_dir) / "metrics.jsonl").exists() and not (Path(plain.output_dir) / "tensorboard").exists()
+
+
+def test_report_to_tensorboard_continues_on_resume(tiny_llama, tmp_path):
+    """Interrupted after step 3 (checkpoint at 2): the resumed run logs steps 3 and 4 into the same folder, and
+    TensorBoard shows each step once, as metrics.jsonl does."""
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install -e '.[dev]')")
+    cfg = tiny_config(tiny_llama, tmp_path, max_steps=4, save_every=2, report_to="tensorboard")
+
+    def stop_after_3(step, record):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[stop_after_3])
+    out = Path(cfg.output_dir)
+    assert [s for s, _ in _tensorboard_scalars(out / "tensorboard", "train/loss")] == [1, 2, 3]
+    train(cfg)
+    logged = _tensorboard_scalars(out / "tensorboard", "train/loss")
+    assert [s for s, _ in logged] == [1, 2, 3, 4]
+    assert [v for _, v in logged] == pytest.approx([m["loss"] for m in _metrics(out)], rel=1e-6)
+
+
+def test_report_to_names_the_valid_trackers_and_a_missing_package(tiny_llama, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="report_to 'tensorbord'.*valid: none, .*tensorboard.*wandb"):
+        TrainConfig(report_to="tensorbord")
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])  # as without the package
+    cfg = tiny_config(tiny_llama, tmp_path, report_to="wandb")
+    with pytest.raises(ValueError, match="report_to wandb: its package is not installed"):
+        train(cfg)
+    assert not Path(cfg.output_dir).exists()  # refused before anything was written
+
+
+def test_an_experiment_may_start_reporting_to_tensorboard_on_resume(tmp_path):
+    from poolattn.experiment import ExperimentConfig, train_config_for, write_config_once
+
+    cfg = ExperimentConfig(output_dir=str(tmp_path), train={"max_steps": 2})
+    write_config_once(tmp_path, cfg)
+    reporting = cfg.model_copy(update={"train": {"max_steps": 2, "report_to": "tensorboard"}})
+    write_config_once(tmp_path, reporting)  # resumed with curves: allowed
+    assert train_config_for(reporting, reporting.designs[0], tmp_path / "d").report_to == "tensorboard"
+    with pytest.raises(ValueError, match="train.max_steps changed"):
+        write_config_once(tmp_path, cfg.model_copy(update={"train": {"max_steps": 3}}))

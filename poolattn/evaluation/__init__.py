@@ -36,7 +36,7 @@ TASK_CATEGORY: dict[str, str] = _TaskCategory()
 def _fill_task_category() -> None:
     try:
         TASK_CATEGORY.update({n: e["type"].lower() for n, e in pack_tasks().items()})
-    except Exception:  # noqa: BLE001 -- no pack here: lookups still work one by one
+    except Exception:  # no pack here: lookups still work one by one
         pass
 
 

@@ -39,7 +39,7 @@ def _hub_has_modules_json(repo_id: str) -> bool:
 
         hf_hub_download(repo_id, "modules.json")  # from the local cache when offline
         return True
-    except Exception:  # noqa: BLE001 -- not a sentence-transformers repo, or not reachable: not one
+    except Exception:  # not a sentence-transformers repo, or not reachable: not one
         return False
 
 

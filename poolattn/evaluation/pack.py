@@ -355,7 +355,7 @@ def load_task(spec: TaskSpec, languages: Iterable[str] | None = DEFAULT_LANGUAGE
         try:
             for part in (task.tasks if task.is_aggregate else [task]):
                 part.load_data()
-        except Exception as e:  # noqa: BLE001 -- any failure here means the same thing to the user
+        except Exception as e:  # any failure here means the same thing to the user
             raise TaskUnavailable(f"task {spec.name!r} is not in the data pack and could not be loaded from the "
                                   f"Hugging Face hub ({type(e).__name__}: {str(e)[:300]}). Tasks in the pack "
                                   f"{spec.data_dir}: {', '.join(pack_tasks(spec.data_dir)) or 'none'}") from e

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..configdoc import documented
 from ..model import ModelConfig
 from .designs import MEAN_BASELINES, PAPER_DESIGNS, Design, named_design  # the registry (once defined here)
 from .peers import PEER_PREFIX, Peer, peer_rows
@@ -15,53 +16,77 @@ from .peers import PEER_PREFIX, Peer, peer_rows
 BASELINE = "baseline"
 
 
+@documented
 class ReportSettings(BaseModel):
     """`report:` section of experiment.yaml (read by poolattn.report); command-line options override it."""
     model_config = ConfigDict(extra="forbid")
-    reference: str | None = None  # design the per-task differences are drawn against; default: the first design
-    n_resamples: int = Field(1000, ge=50)  # permutations and bootstrap resamples per per-dataset test
-    confidence: float = Field(0.95, gt=0, lt=1)
-    alpha: float = Field(0.05, gt=0, lt=1)
-    seed: int = 0
-    baseline_in_tests: bool = False  # also test every design against the untrained baseline
+    reference: str | None = Field(None, description="the design (or reference row) the per-task differences are "
+                                  "drawn against; None: the first design")
+    n_resamples: int = Field(1000, ge=50, description="permutations and bootstrap resamples per per-dataset test")
+    confidence: float = Field(0.95, gt=0, lt=1, description="the confidence level of the intervals")
+    alpha: float = Field(0.05, gt=0, lt=1, description="the significance level of the tests (Holm-adjusted)")
+    seed: int = Field(0, description="seeds the resampling")
+    baseline_in_tests: bool = Field(False, description="also test every design against the untrained baseline")
 
 
+@documented
 class EvalSettings(BaseModel):
+    """`eval:` section of experiment.yaml: what every design (and reference row) is scored on."""
     model_config = ConfigDict(extra="forbid")
-    tasks: str | list[str] = "lite"
-    data_dir: str | None = None  # the data pack; None: $POOLATTN_DATA, else ../shared/data (poolattn.datadir)
-    batch_size: int = 32
-    instructions: dict[str, str] | None = None
-    languages: list[str] | None = ["eng"]  # subsets of multilingual hub tasks (ISO 639-3); None: every subset
-    all_splits: bool = False  # score every split of each task; default: the main split only (the leaderboard's)
-    dedup: bool = True  # encode each distinct text once per task and side (exact); False: as mteb passes them
+    tasks: str | list[str] = Field("lite", description="task names, suites (lite, full) and categories (sts, "
+                                   "retrieval, ...), a list or comma-separated")
+    data_dir: str | None = Field(None, description="the data pack; None: $POOLATTN_DATA, else ../shared/data "
+                                 "(poolattn.datadir)")
+    batch_size: int = Field(32, description="texts per encoded batch")
+    instructions: dict[str, str] | None = Field(None, description="task -> instruction, replacing the instruction "
+                                                "table's entries for those tasks")
+    languages: list[str] | None = Field(["eng"], description="subsets of multilingual hub tasks (ISO 639-3); None: "
+                                        "every subset")
+    all_splits: bool = Field(False, description="score every split of each task; default: the main split only (the "
+                             "leaderboard's)")
+    dedup: bool = Field(True, description="encode each distinct text once per task and side (exact); false: as mteb "
+                        "passes them")
 
 
+@documented
 class ExperimentConfig(BaseModel):
+    """One experiment.yaml: designs trained alike from a shared base model and training config, evaluated on the
+    same tasks beside reference rows, then reported with paired tests. `poolattn experiment` runs it; the folder
+    keeps it, and a rerun resumes."""
     model_config = ConfigDict(extra="forbid")
-    name: str = "experiment"
-    output_dir: str = "runs/experiment"
-    base: ModelConfig = Field(default_factory=ModelConfig)
-    designs: list[Design] = Field(default_factory=lambda: list(PAPER_DESIGNS))  # a design or a named design
-    include_mean_baselines: bool = False
-    baseline: Design | None = Design(name=BASELINE, pooling="mean", attention="causal")  # untrained reference
-    # Established models evaluated as they are beside the designs (reference rows runs/peer-<slug>, not tested):
-    # names or paths poolattn.evaluation.load_model takes, e.g. all-MiniLM-L6-v2.
-    peers: list[str] = []
-    train: dict[str, Any] = {}  # TrainConfig fields, shared by every design (model and output_dir are set here)
-    eval: EvalSettings = Field(default_factory=EvalSettings)
-    seed: int = 42
-    # Replicates: with two or more seeds every design is trained once per seed (data order and initialisation of
-    # LoRA and pooler change with it) as `<design>-s<seed>`; the report adds the mean and spread over seeds.
-    seeds: list[int] | None = None
-    device: str = "auto"  # where designs train and are evaluated: auto, cpu, cuda:N, mps (may change on resume)
-    # Total minutes for the run on this machine: steps, lr, warmup and number of seeds come from the recipe table
-    # that fits (poolattn.experiment.budget); None: train and seeds as configured (the estimate is printed either way).
-    budget_minutes: float | None = Field(None, gt=0)
+    name: str = Field("experiment", description="the experiment's name (in the report)")
+    output_dir: str = Field("runs/experiment", description="the experiment folder: runs/<design>/{train,eval}, the "
+                            "report")
+    base: ModelConfig = Field(default_factory=ModelConfig, description="model settings every design shares "
+                              "(ModelConfig); a design sets pooling, attention, pooling_kwargs and mask_instruction")
+    designs: list[Design] = Field(default_factory=lambda: list(PAPER_DESIGNS),
+                                  description="named designs (1-eos-causal), named designs with overrides ({name: "
+                                  "..., pooling_kwargs: ...}) or full designs (Design); default: the paper's five")
+    include_mean_baselines: bool = Field(False, description="also train the mean-pooling designs (MEAN_BASELINES)")
+    baseline: Design | None = Field(Design(name=BASELINE, pooling="mean", attention="causal"),
+                                    description="the untrained reference row; None: none")
+    peers: list[str] = Field([], description="established models evaluated as they are beside the designs (reference "
+                             "rows runs/peer-<slug>, not tested): names or paths poolattn.evaluation.load_model "
+                             "takes, e.g. all-MiniLM-L6-v2")
+    train: dict[str, Any] = Field({}, description="TrainConfig fields, shared by every design (model and output_dir "
+                                  "are set here)")
+    eval: EvalSettings = Field(default_factory=EvalSettings, description="what every row is scored on (EvalSettings)")
+    seed: int = Field(42, description="the training seed when `seeds` is not set")
+    seeds: list[int] | None = Field(
+        None, description="replicates: with two or more seeds every design is trained once per seed (data order and "
+        "initialisation of LoRA and pooler change with it) as `<design>-s<seed>`; the report adds the mean and "
+        "spread over seeds")
+    device: str = Field("auto", description="where designs train and are evaluated: auto, cpu, cuda:N, mps (may "
+                        "change on resume)")
+    budget_minutes: float | None = Field(
+        None, gt=0, description="total minutes for the run on this machine: steps, lr, warmup and number of seeds "
+        "come from the recipe table that fits (poolattn.experiment.budget); None: train and seeds as configured (the "
+        "estimate is printed either way)")
     prefix_reuse: bool = Field(
         True, description="in training and evaluation, run the instruction all texts of a batch start with once per "
         "batch where attention is causal (exact up to rounding: may change on resume); false: every text whole")
-    report: ReportSettings = Field(default_factory=ReportSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings, description="the report's statistics "
+                                   "(ReportSettings)")
 
     @field_validator("designs", mode="before")
     @classmethod

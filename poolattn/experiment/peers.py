@@ -76,6 +76,6 @@ def reference_model(config: Any, row: Any) -> Any:
         return EmbeddingModel(config.model_config_for(row), device=config.device)
     try:
         return load_model(row.model, device=config.device)
-    except Exception as err:  # noqa: BLE001 -- anything load_model raises: say which peer it was
+    except Exception as err:  # anything load_model raises: say which peer it was
         raise ValueError(f"peer {row.model!r} (runs/{row.name}): cannot be loaded as a model: "
                          f"{type(err).__name__}: {err}") from err

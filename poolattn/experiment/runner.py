@@ -35,7 +35,8 @@ def write_config_once(folder: Path, config: ExperimentConfig) -> None:
         # Where the run lives and how it is reported may change; what it computes may not.
         # A peer may be added to a finished experiment; prefix_reuse changes speed, not results.
         keep = ("output_dir", "report", "device", "peers", "prefix_reuse")
-        moved = ("eval.data_dir", "train.data_dir")  # where the data lives, not what it is
+        # Where the data lives, not what it is; where training curves go, not what they show.
+        moved = ("eval.data_dir", "train.data_dir", "train.report_to")
         changed = [k for k in changed_fields(before, dumped) if k.split(".")[0] not in keep and k not in moved]
         if changed:
             raise ValueError(f"{path} holds a different experiment config ({', '.join(changed[:5])} changed); "

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..environment import collect_environment  # noqa: F401 -- re-exported for callers of the old module
-from ..evaluation.items import load_items  # noqa: F401 -- re-exported
+from ..environment import collect_environment
+from ..evaluation.items import load_items
 from .analysis import analyse, settings_for
-from .folder import Experiment, load_experiment, load_run_items, training_summary  # noqa: F401
+from .folder import Experiment, load_experiment, load_run_items, training_summary
 from .plots import plot_categories, plot_differences
 from .render import render, to_html
+
+# The public names; collect_environment and load_items are re-exported for callers of the old flat module.
+__all__ = ["Experiment", "collect_environment", "load_experiment", "load_items", "write_report"]
 
 
 def write_report(folder: str | Path, output: str | Path | None = None, progress: bool = True,

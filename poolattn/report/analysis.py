@@ -49,7 +49,7 @@ def analyse(exp: Experiment, settings: ReportSettings, items: dict[tuple[str, st
     cats = [c for c in CATEGORIES if any(exp.task_type(t) == c for t in tasks)]
     cats += sorted({exp.task_type(t) for t in tasks} - set(cats))
     groups = {c: [t for t in tasks if exp.task_type(t) == c] for c in cats} | {ALL: tasks}
-    score = lambda d, t: exp.scores[d][t].main_score if t in exp.scores[d] else None  # noqa: E731
+    score = lambda d, t: exp.scores[d][t].main_score if t in exp.scores[d] else None
 
     notes = [f"{'reference row' if d in exp.labels else 'design'} {d!r} has no results yet "
              f"(runs/{d}/eval/summary.json)" for d in exp.missing] + list(load_notes)

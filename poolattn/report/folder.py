@@ -94,7 +94,7 @@ def design_table(config: dict) -> dict[str, dict]:
     """Every design the config runs (replicated per seed when it lists several), with its settings."""
     try:
         designs = ExperimentConfig.model_validate(config).all_designs()
-    except Exception:  # noqa: BLE001 -- a hand-edited or older config: take its design list as written
+    except Exception:  # a hand-edited or older config: take its design list as written
         return {d["name"]: d for d in config.get("designs") or [] if isinstance(d, dict) and "name" in d}
     return {d.name: d.model_dump() for d in designs}
 

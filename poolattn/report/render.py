@@ -57,7 +57,7 @@ class _Doc:
             elif kind == "ul":
                 out.append("\n".join(f"- {i}" for i in v))
             elif kind == "table":
-                esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+                esc = lambda s: str(s).replace("|", "\\|")
                 header, rows, numeric = v
                 out.append("\n".join(["| " + " | ".join(map(esc, header)) + " |",
                                       "|" + "|".join("---:" if i and numeric else "---" for i in range(len(header)))
@@ -103,7 +103,7 @@ def _bold_best(values: list[float | None], cells: list[str]) -> list[str]:
 
 def render(data: dict, plots: dict[str, Path]) -> _Doc:
     ref, alpha, cols = data["reference"], data["settings"]["alpha"], data["designs"] + data["references"]
-    label = lambda c: data["labels"].get(c, c)  # noqa: E731 -- reference rows: "baseline (untrained)", "x (peer)"
+    label = lambda c: data["labels"].get(c, c)  # reference rows: "baseline (untrained)", "x (peer)"
     n_tests, n_wil = len(data["paired_tests"]), sum(1 for w in data["wilcoxon"] if w["reachable"])
     scope = ("" if data.get("per_run_seed") is None else
              f" These tests compare single trained runs of seed {data['per_run_seed']} only (one run per design); "
@@ -146,7 +146,7 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
                      "untrained" if c not in data["references"] or c == data["baseline"] else "not trained here")
             if "steps" in t and t["steps"] < t["max_steps"]:
                 steps += " (stopped early)"
-            mins = lambda k: f"{t[k] / 60:.1f}" if t.get(k) is not None else "—"  # noqa: E731
+            mins = lambda k: f"{t[k] / 60:.1f}" if t.get(k) is not None else "—"
             loss = (f"{t['loss_first']:.3f} → {t['loss_last']:.3f}" if "loss_first" in t else "—")
             rows.append([label(c), steps, loss, mins("elapsed_s"), mins("eval_seconds")])
         doc.table(["design", "steps", "loss (first 5 → last 5 steps)", "training (min)", "evaluation (min)"], rows)

@@ -320,7 +320,7 @@ def item_bootstrap(a: Items | Sequence[Items], b: Items | Sequence[Items], n_res
     for x, y in zip(pa, pb):
         gold, va, vb = align(x, y)
         kind = _kind(x.metric)
-        out.append(_in_chunks(lambda W: _boot_diffs(kind, gold, va, vb, W),  # noqa: B023 -- called right here
+        out.append(_in_chunks(lambda W: _boot_diffs(kind, gold, va, vb, W),  # called right here: the loop variables are current
                               lambda m: _resample_counts(rng, m, len(va)), n_resamples, len(va)))
     return np.mean(out, 0)
 

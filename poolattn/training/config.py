@@ -7,6 +7,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..configdoc import documented
 from ..errors import UserError
 from ..model import LoraSettings, ModelConfig
 from .data import SourceConfig
@@ -14,57 +15,86 @@ from .distill import DistillSettings
 
 # Fields that may change when a run is resumed: they do not change what the run computes.
 RESUMABLE_FIELDS = {"max_time_minutes", "save_every", "keep_last", "log_every", "output_dir", "data_dir",
-                    "progress", "num_threads", "device", "snapshot_steps", "prefix_reuse"}
+                    "progress", "num_threads", "device", "snapshot_steps", "prefix_reuse", "report_to"}
 
 
+@documented
 class TrainConfig(BaseModel):
+    """Everything `poolattn train` does, in one YAML file (`--set a.b=c` overrides a field); the run folder keeps it,
+    and a resumed run may change only RESUMABLE_FIELDS."""
     model_config = ConfigDict(extra="forbid")
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    lora: LoraSettings | None = Field(default_factory=LoraSettings)  # None: no adapter (pooler only, or full)
-    full_finetune: bool = False  # train every backbone weight (use model.dtype float32 for fp32 master weights)
-    data: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig(path="train")])
-    data_dir: str | None = None  # where relative `data` paths are looked up; None: $POOLATTN_DATA, else ../shared/data
-    batch_size: int = Field(32, ge=1)  # contrastive (global) batch: rows per step over all processes
-    chunk_size: int | None = Field(None, ge=1)  # GradCache chunk (texts per forward); None: no GradCache
-    lr: float = Field(1e-4, gt=0)
-    pooler_lr: float | None = Field(None, gt=0)  # trainable pooler's own lr (it starts random); None: lr
-    warmup_steps: int = Field(100, ge=0)
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    weight_decay: float = 0.01
-    max_grad_norm: float | None = 1.0
-    max_steps: int = Field(1000, ge=1)
-    max_length: int | None = None  # training truncation; None: model.max_length (the saved model keeps model's)
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the design to train (ModelConfig)")
+    lora: LoraSettings | None = Field(default_factory=LoraSettings, description="the LoRA adapter (LoraSettings); "
+                                      "null: no adapter (pooler only, or full_finetune)")
+    full_finetune: bool = Field(False, description="train every backbone weight (with `lora: null`; use "
+                                "model.dtype float32 for fp32 master weights)")
+    data: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig(path="train")],
+                                     description="the training sources (SourceConfig); default: the data pack's "
+                                     "`train` folder")
+    data_dir: str | None = Field(None, description="where relative `data` paths are looked up; None: "
+                                 "$POOLATTN_DATA, else ../shared/data")
+    batch_size: int = Field(32, ge=1, description="the contrastive (global) batch: rows per step over all processes")
+    chunk_size: int | None = Field(None, ge=1, description="GradCache chunk (texts per forward); None: no GradCache")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate (AdamW)")
+    pooler_lr: float | None = Field(None, gt=0, description="a trainable pooler's own lr (it starts random); None: lr")
+    warmup_steps: int = Field(100, ge=0, description="steps of linear warmup from 0 to lr")
+    schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="the lr after warmup: linear or "
+                                                              "cosine decay to 0 at max_steps, or constant")
+    weight_decay: float = Field(0.01, description="AdamW's weight decay (none on biases and norms)")
+    max_grad_norm: float | None = Field(1.0, description="clip the gradient's norm to this; None: no clipping")
+    max_steps: int = Field(1000, ge=1, description="optimizer steps to train")
+    max_length: int | None = Field(None, description="training truncation; None: model.max_length (the saved model "
+                                   "keeps model's)")
     max_length_applies_to: Literal["all", "text"] = Field(
         "all", description="what training's max_length counts: `all` every token (instruction included), `text` "
         "the tokens after the instruction (the text's and EOS), the instruction's tokens coming on top")
     prefix_reuse: bool = Field(
         True, description="run the instruction all texts of a batch start with once per batch, not once per text, "
         "where attention is causal (exact: the same loss and gradients up to rounding); false: every text whole")
-    scale: float = 20.0  # cosine similarity x scale = 1 / temperature
-    # false: rows' `negative` texts are dropped in the step (never encoded): in-batch negatives only, same batches
-    hard_negatives: bool = True
-    # true: rows of `symmetric` sources also score their positive against the batch's queries (the mean of both
-    # directions' InfoNCE, as sentence-transformers' MultipleNegativesSymmetricRankingLoss); others: forward only
-    both_directions: bool = False
-    seed: int = 42
-    gradient_checkpointing: bool = True
-    device: str = "auto"  # auto (this process's GPU, else MPS, else CPU), cpu, cuda:N, mps
-    num_threads: int | None = Field(None, ge=1)  # torch intra-op threads (process-wide); None: torch's default
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 autocast where bf16 is fast
-    save_every: int = Field(100, ge=1)
-    keep_last: int = Field(2, ge=1)
-    # Nodes without a shared file system: each node's first process writes whole checkpoints and the final model
-    # into its own output_dir (accelerate's name for it); false: rank 0 writes, every rank reads (shared storage).
-    save_on_each_node: bool = False
-    # Full model folders (as final/) at these steps, snapshots/step-NNNNNN: with schedule constant the snapshot at
-    # step k is the model a k-step run gives (same data order, same lr), so one run serves several budgets.
-    snapshot_steps: list[int] = Field(default_factory=list)
-    log_every: int = Field(1, ge=1)
-    output_dir: str = "runs/train"
-    max_time_minutes: float | None = None  # stop cleanly (checkpoint + final model) after this much training time
-    progress: bool = True
-    # Distillation from a sentence-transformers teacher beside InfoNCE: OUTSIDE THE PAPER'S PROTOCOL, off by default.
-    distill: DistillSettings | None = None
+    scale: float = Field(20.0, description="cosine similarity x scale = 1 / temperature (20: temperature 0.05)")
+    hard_negatives: bool = Field(True, description="false: rows' `negative` texts are dropped in the step (never "
+                                 "encoded): in-batch negatives only, same batches")
+    both_directions: bool = Field(
+        False, description="true: rows of `symmetric` sources also score their positive against the batch's queries "
+        "(the mean of both directions' InfoNCE, as sentence-transformers' MultipleNegativesSymmetricRankingLoss); "
+        "others: forward only")
+    seed: int = Field(42, description="seeds the data order and the initialisation of LoRA and pooler")
+    gradient_checkpointing: bool = Field(True, description="recompute the backbone's activations in the backward "
+                                         "pass: less memory, more compute")
+    device: str = Field("auto", description="auto (this process's GPU, else MPS, else CPU), cpu, cuda:N, mps")
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads (process-wide); None: torch's "
+                                    "default; 1 on a CPU shared with other jobs")
+    mixed_precision: Literal["auto", "no", "bf16"] = Field("auto", description="auto: bf16 autocast where bf16 is "
+                                                           "fast; no: none; bf16: always")
+    save_every: int = Field(100, ge=1, description="steps between checkpoints (written whole or not at all)")
+    keep_last: int = Field(2, ge=1, description="checkpoints kept; older ones are deleted")
+    save_on_each_node: bool = Field(
+        False, description="nodes without a shared file system: each node's first process writes whole checkpoints "
+        "and the final model into its own output_dir (accelerate's name for it); false: rank 0 writes, every rank "
+        "reads (shared storage)")
+    snapshot_steps: list[int] = Field(
+        default_factory=list, description="full model folders (as final/) at these steps, snapshots/step-NNNNNN: "
+        "with schedule constant the snapshot at step k is the model a k-step run gives (same data order, same lr), "
+        "so one run serves several budgets; default: none")
+    log_every: int = Field(1, ge=1, description="steps between lines of metrics.jsonl")
+    report_to: str = Field(
+        "none", description="also send metrics.jsonl's numbers to an accelerate tracker: `tensorboard` (into "
+        "<output_dir>/tensorboard), another tracker accelerate supports (wandb, mlflow, ...; its package installed), "
+        "or `none`")
+    output_dir: str = Field("runs/train", description="the run folder: config, metrics.jsonl, checkpoints/, final/")
+    max_time_minutes: float | None = Field(None, description="stop cleanly (checkpoint + final model) after this much "
+                                           "training time; None: no limit")
+    progress: bool = Field(True, description="show a progress bar")
+    distill: DistillSettings | None = Field(None, description="distillation from a sentence-transformers teacher "
+                                            "beside InfoNCE (DistillSettings): OUTSIDE THE PAPER'S PROTOCOL, off by "
+                                            "default")
+
+    @field_validator("report_to")
+    @classmethod
+    def _tracker(cls, v: str) -> str:
+        from .tracking import check_name
+
+        return check_name(v)
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

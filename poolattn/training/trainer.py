@@ -6,6 +6,7 @@ A design is only `config.model`; nothing here branches on pooling or attention.
 Run folder (`output_dir`):
     config.yaml, config.json      the config as run
     metrics.jsonl                 one line per step: step, loss, lr, grad_norm, seqs_per_s, tokens_per_s, source
+    tensorboard/                  the same numbers as TensorBoard events, with report_to: tensorboard (tracking)
     checkpoints/step-NNNNNN/      trainable weights, optimizer, scheduler, RNG states, data position (last K kept)
     final/                        EmbeddingModel.save_pretrained folder
     snapshots/step-NNNNNN/        the same at each of `snapshot_steps` (one constant-lr run serves several budgets)
@@ -32,7 +33,7 @@ from ..distributed import close_at_exit, world
 from ..errors import write_failed
 from ..fileio import write_json
 from ..model import EmbeddingModel
-from . import checkpoint, runfolder
+from . import checkpoint, runfolder, tracking
 from .checkpoint import list_checkpoints
 from .config import TrainConfig
 from .data import Example, MixedBatchSampler, load_sources
@@ -82,6 +83,7 @@ class Trainer:
         from ..device import fast_bf16, resolve_device
 
         cfg = self.config
+        tracking.check_installed(cfg.report_to)
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
         # Accelerate does placement, DDP and no_sync; autocast is ours (below): its mixed-precision setting is a
@@ -92,7 +94,9 @@ class Trainer:
         if device.type == "cuda":
             torch.cuda.set_device(device)  # accelerate puts a process on the current CUDA device
         self.acc = acc = Accelerator(cpu=device.type == "cpu",
-                                     kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+                                     kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+                                     log_with=None if cfg.report_to == tracking.NONE else cfg.report_to,
+                                     project_dir=str(self.out))
         if acc.device.type != device.type or (device.type == "cuda" and acc.device.index not in (None, device.index)):
             raise ValueError(f"device {cfg.device!r}: the launcher placed this process on {acc.device}; under "
                              f"torchrun / accelerate launch use device: auto (each process takes its own GPU)")
@@ -309,6 +313,7 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc=f"train {cfg.model.name}", unit="step",
                    disable=not (self.main and cfg.progress), dynamic_ncols=True)
         metrics_file = open(self.out / "metrics.jsonl", "a") if self.writer else None
+        tracking.start(acc, cfg.report_to, self.step, cfg.model_dump(mode="json"))
         try:
             while self.step < cfg.max_steps:
                 if budget is not None and self._elapsed() >= budget:
@@ -344,6 +349,7 @@ class Trainer:
                 if metrics_file and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
+                    tracking.log(acc, record)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", seqs_s=f"{record['seqs_per_s']:.1f}",
                                 refresh=False)
                 bar.update(1)
@@ -368,6 +374,7 @@ class Trainer:
             return final
         finally:
             bar.close()
+            tracking.finish(acc)
             model_log.removeFilter(once)
             if metrics_file:
                 metrics_file.close()
