@@ -1,5 +1,5 @@
 """Experiment report: reading the folder (folder), the analysis (analysis, seeds: a pure function from results to
-a dict), plots (plots), the leading section (holds) and rendering (render: Markdown, HTML through markdown-it-py).
+a dict), plots (plots), the leading section (findings: what holds) and rendering (render: Markdown, HTML through markdown-it-py).
 Written: report.md, report.html, report.json, category_scores.png, task_differences.png."""
 from __future__ import annotations
 
