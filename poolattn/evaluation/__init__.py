@@ -20,7 +20,8 @@ from .pack import (
     resolve_tasks,
     task_spec,
 )
-from .runner import TaskScore, embedding_cache_dir, evaluate
+from .runner import embedding_cache_dir, evaluate
+from .summary import TaskScore, read_summary
 
 
 class _TaskCategory(dict):
@@ -42,7 +43,7 @@ def _fill_task_category() -> None:
 
 _fill_task_category()
 
-__all__ = ["evaluate", "resolve_tasks", "load_model", "TaskScore", "TASK_CATEGORY", "CATEGORIES", "LITE", "SUITES",
+__all__ = ["evaluate", "resolve_tasks", "load_model", "TaskScore", "read_summary", "TASK_CATEGORY", "CATEGORIES", "LITE", "SUITES",
            "INSTRUCTIONS", "instruction_for", "load_overrides", "TaskUnavailable", "TaskSpec", "task_spec", "load_task",
            "pack_tasks", "default_data_dir", "embedding_cache_dir", "PoolattnEncoder", "EncodeRunner", "mteb_encoder",
            "fingerprint"]

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..evaluation.summary import read_summary
 from ..fileio import write_json, write_text
-from ..report.folder import read_summary
 from .config import ExperimentConfig, changed_fields, train_config_for
 from .runner import evaluate_design
 

@@ -8,9 +8,7 @@
       budget.json                            (optional) what the budget chooser measured and picked
       runs/<design>/train/                   training outputs (train_summary.json, metrics.jsonl)
       runs/<design>/timing.json              the runner's wall time of training and evaluation
-      runs/<design>/eval/summary.json        {"tasks": {task: {"type": "STS" | "Retrieval" | "Classification" |
-                                               "Clustering" | "PairClassification" | "Reranking",
-                                               "main_score": float in [0, 1], "seconds": float}}}
+      runs/<design>/eval/summary.json        the main score of every task (poolattn.evaluation.summary)
       runs/<design>/eval/<task>.items.json   per-item scores for the paired tests (poolattn.evaluation.items)
       runs/<baseline>/eval/...               the untrained backbone, same layout: a reference row, not a design
       runs/peer-<slug>/eval/...              a peer model (poolattn.experiment.peers), same layout: a reference row
@@ -30,18 +28,12 @@ import numpy as np
 import yaml
 
 from ..evaluation.items import load_items
+from ..evaluation.summary import TaskScore, read_summary
 from ..experiment import ExperimentConfig
 from ..experiment.peers import PEER_PREFIX, peer_rows
 from ..stats.paired import Items
 
 CATEGORIES = ["Classification", "Clustering", "PairClassification", "Reranking", "Retrieval", "STS"]  # MTEB's order
-
-
-@dataclass
-class TaskScore:
-    type: str
-    main_score: float
-    seconds: float | None = None
 
 
 @dataclass
@@ -76,18 +68,6 @@ class Experiment:
     def items(self, design: str, task: str) -> Items | list[Items] | None:
         path = self.folder / "runs" / design / "eval" / f"{task}.items.json"
         return load_items(path) if path.exists() else None
-
-
-def read_summary(path: Path) -> dict[str, TaskScore]:
-    """summary.json's "tasks": rows with a "task" field (the harness's), or a dict keyed by task."""
-    try:
-        tasks = json.loads(path.read_text())["tasks"]
-        tasks = {row["task"]: row for row in tasks} if isinstance(tasks, list) else tasks
-        return {t: TaskScore(v["type"], float(v["main_score"]), v.get("seconds"))
-                for t, v in tasks.items() if v.get("main_score") is not None}
-    except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: expected {{'tasks': {{task: {{'type', 'main_score', 'seconds'}}}}}} "
-                         f"({type(err).__name__}: {err})") from err
 
 
 def design_table(config: dict) -> dict[str, dict]:
