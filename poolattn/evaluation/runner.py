@@ -14,9 +14,10 @@ from ..distributed import broadcast, world
 from ..fileio import write_json, write_text
 from .encoders import EncodeRunner, fingerprint, load_model, mteb_encoder
 from .instructions import load_overrides
-from .items import Source, query_part, write_part
+from .items import Source, needs_predictions, query_part, write_part
 from .pack import DEFAULT_LANGUAGES, default_data_dir, encode_cost, load_task, main_split, resolve_tasks, task_spec
 from .summary import TaskScore, clock, write_summary
+from .tasktypes import task_type
 
 PROGRESS_FILE = "progress.json"  # in output_dir: the tasks finished so far, read back by a rerun
 
@@ -215,13 +216,14 @@ def _run_one(spec: Any, task: Any, runner: EncodeRunner, encoder: Any, batch_siz
     if hasattr(encoder, "aliases"):
         encoder.aliases[spec.mteb_task] = spec.name
     kind = task.metadata.type
+    queries = task_type(kind).queries
     query_scores: dict = {}
-    if kind in ("Retrieval", "Reranking"):
+    if queries:
         _capture_query_scores(task, query_scores)
     encoded_before = runner.encoded
     t0, c0 = time.monotonic(), time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) if kind in ("STS", "PairClassification", "Classification") else None
+        folder = Path(tmp) if needs_predictions(kind) else None
         with _quiet_superseded():
             res = mteb.evaluate(runner, task, cache=None, overwrite_strategy="always", prediction_folder=folder,
                                 encode_kwargs={"batch_size": batch_size, "show_progress_bar": False},
@@ -237,8 +239,7 @@ def _run_one(spec: Any, task: Any, runner: EncodeRunner, encoder: Any, batch_siz
         result = result.model_copy(update={"task_name": spec.name})
     instruction = None
     if hasattr(encoder, "instruction"):
-        instruction = encoder.instruction(task.metadata, PromptType.query if kind in ("Retrieval", "Reranking")
-                                          else None)
+        instruction = encoder.instruction(task.metadata, PromptType.query if queries else None)
     score = TaskScore(task=spec.name, mteb_task=spec.mteb_task, type=kind, category=spec.category,
                       source=spec.source, main_metric=task.metadata.main_score, main_score=main_score,
                       seconds=round(seconds, 2), cpu_seconds=round(cpu_seconds, 2),

@@ -29,11 +29,10 @@ import yaml
 
 from ..evaluation.items import load_items
 from ..evaluation.summary import TaskScore, read_summary
+from ..evaluation.tasktypes import TASK_TYPES
 from ..experiment import ExperimentConfig
 from ..experiment.peers import PEER_PREFIX, peer_rows
 from ..stats.paired import Items
-
-CATEGORIES = ["Classification", "Clustering", "PairClassification", "Reranking", "Retrieval", "STS"]  # MTEB's order
 
 
 @dataclass
@@ -62,7 +61,7 @@ class Experiment:
     @property
     def tasks(self) -> list[str]:
         names = {t for s in self.scores.values() for t in s}
-        rank = {c: i for i, c in enumerate(CATEGORIES)}
+        rank = {c: i for i, c in enumerate(TASK_TYPES)}  # the table's order (MTEB's); unknown types after it
         return sorted(names, key=lambda t: (rank.get(self.task_type(t), len(rank)), self.task_type(t), t))
 
     def items(self, design: str, task: str) -> Items | list[Items] | None:
