@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 from ..fileio import write_json
+from ..pooling import is_trainable
 from ..stats.seeds import minimum_detectable_effect
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 PROBE_STEPS = 3  # the first step warms up: 2 timed intervals
 EVAL_PROBE_TEXTS = 256
-TRAINABLE_POOLERS = ("latent", "multilayer")
 PLACEHOLDER = ("seed SD is a placeholder (this many steps not yet measured: the 120-step SD of the budget study)")
 
 
@@ -104,15 +104,15 @@ class Measurement:
 
 def _probe_designs(designs: list[Design]) -> dict[str, Design]:
     """The first design, and the first with a trainable pooler if that is another one."""
-    picks = [designs[0]] + [d for d in designs if d.pooling in TRAINABLE_POOLERS][:1]
+    picks = [designs[0]] + [d for d in designs if is_trainable(d.pooling)][:1]
     return {d.name: d for d in picks}
 
 
 def _charged(design: Design, probes: dict[str, Design]) -> str:
     """Which probe's step time a design is charged."""
-    pooled = [n for n, d in probes.items() if d.pooling in TRAINABLE_POOLERS]
-    plain = [n for n, d in probes.items() if d.pooling not in TRAINABLE_POOLERS]
-    return (pooled or plain)[0] if design.pooling in TRAINABLE_POOLERS else (plain or pooled)[0]
+    pooled = [n for n, d in probes.items() if is_trainable(d.pooling)]
+    plain = [n for n, d in probes.items() if not is_trainable(d.pooling)]
+    return (pooled or plain)[0] if is_trainable(design.pooling) else (plain or pooled)[0]
 
 
 def _probe_step(config: ExperimentConfig, design: Design) -> tuple[float, float]:
@@ -193,7 +193,7 @@ def measure(config: ExperimentConfig) -> Measurement:
                                          device=config.device), samples, config.eval.batch_size)
     by_probe = {}
     for name, d in probes.items():  # a pooler's evaluation costs more than the backbone's alone
-        by_probe[name] = plain if d.pooling not in TRAINABLE_POOLERS else _eval_seconds(
+        by_probe[name] = plain if not is_trainable(d.pooling) else _eval_seconds(
             EmbeddingModel(config.model_config_for(d), device=config.device), samples, config.eval.batch_size)
     peers = {}
     for peer in config.peer_rows():
