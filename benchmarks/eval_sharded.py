@@ -28,9 +28,9 @@ def run(cmd: list[str], env: dict) -> float:
 
 
 def scores(folder: Path) -> dict[str, float]:
-    from poolattn.evaluation.summary import read_summary
+    from poolattn.evaluation.summary import SUMMARY_FILE, read_summary
 
-    return {task: s.main_score for task, s in read_summary(folder / "summary.json").items()}
+    return {task: s.main_score for task, s in read_summary(folder / SUMMARY_FILE).items()}
 
 
 def main() -> None:

@@ -83,9 +83,9 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 def score(folder: Path) -> float:
-    from poolattn.evaluation.summary import read_summary
+    from poolattn.evaluation.summary import SUMMARY_FILE, read_summary
 
-    return next(iter(read_summary(folder / "summary.json").values())).main_score
+    return next(iter(read_summary(folder / SUMMARY_FILE).values())).main_score
 
 
 def main() -> None:

@@ -27,6 +27,11 @@ QUERY_METRICS = {"ndcg_at_10": "ndcg_cut_10", "map_at_10": "map_cut_10", "recall
                  "map_at_1000": "map_cut_1000"}
 
 
+def items_path(folder: str | Path, task: str) -> Path:
+    """A task's per-item file in an evaluation's output folder."""
+    return Path(folder) / f"{task}.items.json"
+
+
 def _rows(task: Any, subset: str, split: str) -> Any:
     data = task.dataset
     return data[subset][split] if subset in data else data[split]

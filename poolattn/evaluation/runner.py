@@ -14,7 +14,7 @@ from ..distributed import broadcast, world
 from ..fileio import write_json, write_text
 from .encoders import EncodeRunner, fingerprint, load_model, mteb_encoder
 from .instructions import load_overrides
-from .items import Source, needs_predictions, query_part, write_part
+from .items import Source, items_path, needs_predictions, query_part, write_part
 from .pack import DEFAULT_LANGUAGES, default_data_dir, encode_cost, load_task, main_split, resolve_tasks, task_spec
 from .summary import TaskScore, clock, write_summary
 from .tasktypes import task_type
@@ -80,7 +80,7 @@ def _finished(output: Path, settings: dict[str, Any]) -> dict[str, TaskScore]:
     except (FileNotFoundError, ValueError, KeyError, TypeError):  # none yet, unreadable, another version's: rescore
         return {}
     return {n: s for n, s in done.items()
-            if (output / f"{n}.json").exists() and (output / f"{n}.items.json").exists()}
+            if (output / f"{n}.json").exists() and items_path(output, n).exists()}
 
 
 def _record(output: Path, settings: dict[str, Any], scores: Mapping[str, TaskScore]) -> None:
@@ -247,7 +247,7 @@ def _run_one(spec: Any, task: Any, runner: EncodeRunner, encoder: Any, batch_siz
                       splits=list(task.eval_splits))
     if output is not None:
         score.result_file = str(output / f"{spec.name}.json")
-        score.items_file = str(output / f"{spec.name}.items.json")
+        score.items_file = str(items_path(output, spec.name))
         result.to_disk(Path(score.result_file))
         parts = (_aggregate_items(task, query_scores) if task.is_aggregate
                  else _items(task, predictions, query_scores, result))

@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..fileio import write_text
 
+SUMMARY_FILE = "summary.json"  # in an evaluation's output folder
+
 
 class TaskScore(BaseModel):
     """One task's result: a row of summary.json and of progress.json (the evaluation runner's record of finished
@@ -82,7 +84,7 @@ def write_summary(scores: Mapping[str, TaskScore], output_dir: Path, header: dic
         header: model, revision, mteb_version, data_dir, splits ("main" | "all"), seconds (the whole run's).
     """
     rows = [{**s.model_dump(), "main_score_x100": s.main_score_x100} for s in scores.values()]
-    write_text(output_dir / "summary.json", json.dumps({**header, "tasks": rows}, indent=2))
+    write_text(output_dir / SUMMARY_FILE, json.dumps({**header, "tasks": rows}, indent=2))
     lines = [f"# {header['model']}", "",
              f"revision `{header['revision']}`, mteb {header['mteb_version']}, data {header['data_dir']}, "
              f"{header.get('splits', 'all')} split(s), total {clock(header['seconds'])}", "",

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict
 from ..fileio import write_json
 from ..pooling import is_trainable
 from ..stats.seeds import minimum_detectable_effect
+from .layout import ExperimentLayout
 
 if TYPE_CHECKING:
     from .config import ExperimentConfig
@@ -240,7 +241,7 @@ def apply_choice(config: ExperimentConfig, choice: dict) -> ExperimentConfig:
 def plan(config: ExperimentConfig, folder: Path, measure_fn=None) -> tuple[ExperimentConfig, dict]:
     """Read `budget.json` (resume: same choice, nothing measured) or measure, estimate and choose, then write it.
     Returns the config to run (the choice applied when there is one) and the budget record."""
-    path = folder / "budget.json"
+    path = ExperimentLayout(folder).budget
     if path.exists():
         record = json.loads(path.read_text())
         return (apply_choice(config, record["choice"]) if record.get("choice") else config), record

@@ -53,7 +53,7 @@ def analyse(exp: Experiment, settings: ReportSettings, items: dict[tuple[str, st
     score = lambda d, t: exp.scores[d][t].main_score if t in exp.scores[d] else None  # noqa: E731
 
     notes = [f"{'reference row' if d in exp.labels else 'design'} {d!r} has no results yet "
-             f"(runs/{d}/eval/summary.json)" for d in exp.missing] + list(load_notes)
+             f"({exp.layout.summary(d).relative_to(exp.folder)})" for d in exp.missing] + list(load_notes)
     for (d, t), it in items.items():
         if it is not None and score(d, t) is not None and abs(score_of(it) - score(d, t)) > 0.005:
             metric = it.metric if isinstance(it, Items) else it[0].metric
