@@ -11,7 +11,6 @@ cores used two ways; on a GPU node each rank takes its own GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -29,7 +28,9 @@ def run(cmd: list[str], env: dict) -> float:
 
 
 def scores(folder: Path) -> dict[str, float]:
-    return {r["task"]: r["main_score"] for r in json.loads((folder / "summary.json").read_text())["tasks"]}
+    from poolattn.evaluation.summary import SUMMARY_FILE, read_summary
+
+    return {task: s.main_score for task, s in read_summary(folder / SUMMARY_FILE).items()}
 
 
 def main() -> None:

@@ -49,12 +49,15 @@ def main() -> None:
 
     from poolattn import EmbeddingModel
     from poolattn.evaluation.instructions import INSTRUCTIONS
+    from poolattn.experiment import ExperimentLayout
     from poolattn.export import export_model
     from poolattn.export.check import encode_without_poolattn
 
-    models = args.models or sorted(str(p) for p in (ROOT / "runs" / "default" / "runs").glob("*/train/final"))
+    default = ExperimentLayout(ROOT / "runs" / "default")  # the default experiment's folder
+    models = args.models or sorted(str(default.final(p.name)) for p in default.runs.glob("*")
+                                   if default.final(p.name).is_dir())
     if not models:
-        sys.exit("no model folders given and none under runs/default/runs/*/train/final")
+        sys.exit(f"no model folders given and none under {default.final('*')}")
     texts, instruction = texts_from_pack(args.texts), INSTRUCTIONS[args.task]
     rows = []
     for folder in models:

@@ -64,7 +64,7 @@ def load_model_for_cli(model: str, attention: str | None, pooling: str | None, d
         m = EmbeddingModel.from_pretrained(model, inference=True, device=device, **overrides)  # inference only
     else:
         m = EmbeddingModel(ModelConfig(backbone=model, **overrides), device=device)
-        if any(True for _ in m.pooler.parameters()):
+        if m.pooler.trainable:
             Console(stderr=True).print(f"[yellow]warning[/yellow]: {m.config.pooling} pooling on the plain backbone "
                                        f"{model}: its pooler is untrained (random weights), so the embeddings are "
                                        f"not meaningful; train the design first (poolattn train)", soft_wrap=True)

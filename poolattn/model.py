@@ -27,7 +27,7 @@ from .backbone import DEFAULT_BACKBONE, load_backbone, load_tokenizer
 from .configdoc import documented
 from .errors import UserError
 from .fileio import atomic_dir, check_weights, read_json
-from .pooling import build_pooler, check_pooling_name
+from .pooling import build_pooler, check_pooling_name, is_trainable
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -445,7 +445,7 @@ def _legacy_pooler(pooling: str, options: dict[str, Any]):
     """Folders saved before pooler presets existed (poolattn 0.1): their `latent` was NV-Embed-style latent attention
     and their `multilayer` had no latent residual; both map onto the `poolattn0` preset exactly (updates `options`
     in place). Returns the renaming of saved weight names (the latent block's weights now sit under `block.`)."""
-    if pooling not in ("latent", "multilayer") or "preset" in options:
+    if not is_trainable(pooling) or "preset" in options:  # the trainable poolers are the ones with presets
         return lambda k: k
     options["preset"] = "poolattn0"
     if pooling == "latent":

@@ -39,6 +39,7 @@ class Pooler(nn.Module):
     """
     name: str = ""
     needs_all_layers = False  # True: forward needs every layer's hidden states
+    trainable = False  # True: the pooler has weights (trained with the design; random until then)
 
     def __init__(self, hidden_size: int, num_layers: int, **options: Any):
         super().__init__()
@@ -243,6 +244,7 @@ class LatentBlock(nn.Module):
 
 class TrainablePooler(Pooler):
     """Shared option handling of the two trainable poolers: a preset, then any option overridden by name."""
+    trainable = True
     defaults: dict[str, Any] = {}
 
     def __init__(self, hidden_size: int, num_layers: int, preset: str = "tang2024", **options: Any):
@@ -364,6 +366,11 @@ def check_pooling_name(name: str) -> str:
     if name not in POOLERS:
         raise ValueError(f"unknown pooling {name!r}; valid: {', '.join(POOLERS)}")
     return name
+
+
+def is_trainable(name: str) -> bool:
+    """Whether the registered pooling `name` has weights to train (its class's `trainable`)."""
+    return POOLERS[check_pooling_name(name)].trainable
 
 
 def build_pooler(name: str, hidden_size: int, num_layers: int, **options: Any) -> Pooler:

@@ -83,7 +83,9 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 def score(folder: Path) -> float:
-    return json.loads((folder / "summary.json").read_text())["tasks"][0]["main_score"]
+    from poolattn.evaluation.summary import SUMMARY_FILE, read_summary
+
+    return next(iter(read_summary(folder / SUMMARY_FILE).values())).main_score
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from poolattn.experiment import Design, ExperimentConfig, run_experiment
+from poolattn.experiment import Design, ExperimentConfig, ExperimentLayout, run_experiment
 from poolattn.report import write_report
 
 from helpers import mini_pack, tiny_experiment_config
@@ -28,6 +28,19 @@ def test_tiny_experiment_end_to_end_and_resume(tiny_llama, data_dir, tmp_path):
     assert "| multilayer-bi | 3 / 3 |" in report and "baseline (untrained) | untrained" in report
     pinned = yaml.safe_load((exp / "experiment.yaml").read_text())
     assert [d["name"] for d in pinned["designs"]] == ["eos-causal", "multilayer-bi"]
+    # ExperimentLayout names what the runner wrote, and everything it wrote
+    layout = ExperimentLayout(exp)
+    assert layout.evaluated() == ["baseline", "eos-causal", "multilayer-bi"]
+    named = {layout.config, layout.environment, *(layout.report(e) for e in ("md", "html", "json"))}
+    for row in layout.evaluated():
+        named |= {layout.summary(row), layout.timing(row), *(layout.items(row, t) for t in ("BIOSSES", "STS13"))}
+        assert layout.summary(row) == exp / "runs" / row / "eval" / "summary.json"
+    for design in ("eos-causal", "multilayer-bi"):
+        assert (layout.final(design) / "poolattn_config.json").exists()
+        named |= {p for p in layout.train(design).rglob("*") if p.is_file()}
+    assert all(p.exists() for p in named)
+    unnamed = {p for p in exp.rglob("*") if p.is_file()} - named
+    assert all(p.parent in {exp, *(layout.eval(r) for r in layout.evaluated())} for p in unnamed), unnamed
 
     # A second run finds everything done: nothing is retrained or re-evaluated.
     stamp = (exp / "runs" / "eos-causal" / "eval" / "summary.json").stat().st_mtime_ns

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from poolattn.pooling import POOLERS, build_pooler, last_token_index, select_layers
+from poolattn.pooling import POOLERS, build_pooler, is_trainable, last_token_index, select_layers
 
 
 def _states(B=2, T=5, D=16, L=3, seed=0):
@@ -34,6 +34,19 @@ def test_weighted_mean_same_under_left_padding():
     shifted = tuple(torch.roll(h, 2, dims=1) for h in hs)
     pool = build_pooler("weighted_mean", 16, 3)
     assert torch.allclose(pool(hs, right), pool(shifted, left), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(POOLERS))
+def test_trainable_says_whether_the_pooler_has_weights(name):
+    pool = build_pooler(name, 16, 3)
+    assert pool.trainable is is_trainable(name) is POOLERS[name].trainable
+    assert pool.trainable == any(True for _ in pool.parameters())
+
+
+def test_is_trainable_names_an_unknown_pooling():
+    assert [n for n in POOLERS if is_trainable(n)] == ["latent", "multilayer"]
+    with pytest.raises(ValueError, match="unknown pooling 'lattent'; valid: eos"):
+        is_trainable("lattent")
 
 
 @pytest.mark.parametrize("name", ["latent", "multilayer"])

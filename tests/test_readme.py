@@ -372,9 +372,9 @@ def project_folder(root: Path, data_dir: Path) -> Path:
 
 
 # --- paths and links the docs name --------------------------------------------------------------------------------
-# Modules the docs already name that parallel work (issue 27) is adding now: allowed to be missing. Remove each one
-# from this set once it lands, so that from then on a move or rename of it fails like any other path.
-PENDING_PATHS = {"poolattn/evaluation/summary.py", "poolattn/evaluation/tasktypes.py", "poolattn/experiment/layout.py"}
+# Modules the docs name ahead of their landing (parallel work): allowed to be missing until they land; remove each
+# once it does, so that from then on a move or rename of it fails like any other path. Empty: everything named exists.
+PENDING_PATHS: set[str] = set()
 _PATH = re.compile(r"(?<![\w./~$-])((?:poolattn|tests|benchmarks|configs|scripts)/[\w./*-]*)(?:::(\w+))?")
 _DOTTED = re.compile(r"(?<![\w./~$-])poolattn(?:\.[A-Za-z_]\w*)+")
 _LINK = re.compile(r"\]\(([^)\s]+)\)")

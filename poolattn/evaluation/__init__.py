@@ -9,7 +9,6 @@ from __future__ import annotations
 from .encoders import EncodeRunner, PoolattnEncoder, fingerprint, load_model, mteb_encoder
 from .instructions import INSTRUCTIONS, instruction_for, load_overrides
 from .pack import (
-    CATEGORIES,
     LITE,
     SUITES,
     TaskSpec,
@@ -20,7 +19,9 @@ from .pack import (
     resolve_tasks,
     task_spec,
 )
-from .runner import TaskScore, embedding_cache_dir, evaluate
+from .runner import embedding_cache_dir, evaluate
+from .summary import TaskScore, read_summary
+from .tasktypes import CATEGORY_TYPES, TASK_TYPES, TaskType
 
 
 class _TaskCategory(dict):
@@ -35,14 +36,16 @@ TASK_CATEGORY: dict[str, str] = _TaskCategory()
 
 def _fill_task_category() -> None:
     try:
-        TASK_CATEGORY.update({n: e["type"].lower() for n, e in pack_tasks().items()})
+        TASK_CATEGORY.update({n: TASK_TYPES[e["type"]].category for n, e in pack_tasks().items()
+                              if e.get("type") in TASK_TYPES})  # any other: task_spec names the problem
     except Exception:  # no pack here: lookups still work one by one
         pass
 
 
 _fill_task_category()
 
-__all__ = ["evaluate", "resolve_tasks", "load_model", "TaskScore", "TASK_CATEGORY", "CATEGORIES", "LITE", "SUITES",
+__all__ = ["evaluate", "resolve_tasks", "load_model", "TaskScore", "read_summary", "TASK_CATEGORY", "TASK_TYPES",
+           "CATEGORY_TYPES", "TaskType", "LITE", "SUITES",
            "INSTRUCTIONS", "instruction_for", "load_overrides", "TaskUnavailable", "TaskSpec", "task_spec", "load_task",
            "pack_tasks", "default_data_dir", "embedding_cache_dir", "PoolattnEncoder", "EncodeRunner", "mteb_encoder",
            "fingerprint"]

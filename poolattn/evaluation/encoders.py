@@ -19,6 +19,7 @@ from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
 from .instructions import instruction_for
+from .tasktypes import TASK_TYPES
 
 # The embedding cache is saved (atomically) after a chunk once this many seconds passed since the last save, and at
 # the end of every encode call: a kill loses at most this much encoding plus one chunk.
@@ -217,9 +218,10 @@ def _numpy_cache_class() -> type:
 
 
 # Task types whose evaluators encode overlapping texts in several calls (STS and pair sentences on both sides,
-# classification's training set once per evaluated split): vectors are kept for the task's later calls. Retrieval
-# corpora are encoded in chunks that may not fit in memory together, and rarely repeat a text across calls.
-_MEMO_TYPES = ("STS", "PairClassification", "Classification", "Clustering")
+# classification's training set once per evaluated split; every type but the query ones): vectors are kept for the
+# task's later calls. Retrieval corpora are encoded in chunks that may not fit in memory together, and rarely repeat
+# a text across calls.
+_MEMO_TYPES = tuple(t.name for t in TASK_TYPES.values() if not t.queries)
 
 
 class EncodeRunner:

@@ -1,13 +1,13 @@
-"""Per-item results, one registry entry per MTEB task type: each entry both writes a part of `<task>.items.json`
-(the evaluation harness calls `write_part`) and reads it back as stats.Items (the report calls `load_items`), so
-the two cannot drift apart.
+"""Per-item results, one format per unit of a task type (poolattn.evaluation.tasktypes): each format both writes
+a part of `<task>.items.json` (the evaluation harness calls `write_part`) and reads it back as stats.Items (the report
+calls `load_items`), so the two cannot drift apart.
 
 A file is {"task", "type", "main_metric", "parts": [{"split", "subset", "unit", ...}]}, one part per mteb
-subset/split:
-  STS / PairClassification  "similarity" (cosine per pair), "gold"       -> Spearman / average precision
-  Classification            "gold", "predictions" (one list per mteb experiment), "correct_rate" (per example)
-  Clustering                "v_measure": {level: [one per k-means run]}
-  Retrieval / Reranking     "query_ids" + per-query "<metric>" for each of QUERY_METRICS
+subset/split; by unit:
+  pair     (STS, PairClassification)  "similarity" (cosine per pair), "gold"  -> the type's item metric (Spearman / AP)
+  example  (Classification)           "gold", "predictions" (one list per mteb experiment), "correct_rate"
+  run      (Clustering)               "v_measure": {level: [one per k-means run]}
+  query    (Retrieval, Reranking)     "query_ids" + per-query "<metric>" for each of QUERY_METRICS
 A flat {"metric", "gold"/"pred" | "scores", "ids"} file (stats.Items fields) is read as one part.
 """
 from __future__ import annotations
@@ -20,10 +20,16 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..stats.paired import Items
+from .tasktypes import task_type
 
 # per-query metrics kept for retrieval/reranking: our name -> pytrec_eval's
 QUERY_METRICS = {"ndcg_at_10": "ndcg_cut_10", "map_at_10": "map_cut_10", "recall_at_10": "recall_10",
                  "map_at_1000": "map_cut_1000"}
+
+
+def items_path(folder: str | Path, task: str) -> Path:
+    """A task's per-item file in an evaluation's output folder."""
+    return Path(folder) / f"{task}.items.json"
 
 
 def _rows(task: Any, subset: str, split: str) -> Any:
@@ -43,7 +49,7 @@ class Source(NamedTuple):
 
 class ItemFormat(NamedTuple):
     write: Callable[[Source], dict]
-    read: Callable[[dict, str | None], Items]
+    read: Callable[[dict, str, str | None], Items]  # (part, the type's item metric, the task's main metric)
 
 
 def _write_pairs(src: Source) -> dict:
@@ -52,9 +58,8 @@ def _write_pairs(src: Source) -> dict:
             "gold": list(_rows(src.task, src.subset, src.split)[label])}
 
 
-def _read_pairs(metric: str) -> Callable[[dict, str | None], Items]:
-    return lambda part, _main: Items(metric, gold=np.asarray(part["gold"], float),
-                                     pred=np.asarray(part["similarity"], float))
+def _read_pairs(part: dict, metric: str, _main: str | None) -> Items:
+    return Items(metric, gold=np.asarray(part["gold"], float), pred=np.asarray(part["similarity"], float))
 
 
 def _write_classification(src: Source) -> dict:
@@ -66,18 +71,18 @@ def _write_classification(src: Source) -> dict:
             "correct_rate": [sum(p[i] == g for p in pred) / len(pred) for i, g in enumerate(gold)]}
 
 
-def _read_classification(part: dict, _main: str | None) -> Items:
+def _read_classification(part: dict, metric: str, _main: str | None) -> Items:
     rate = part.get("correct_rate")
     if rate is None:  # per-example share of mteb's experiments that got it right
         gold = np.asarray(part["gold"])
         rate = np.mean([np.asarray(p) == gold for p in part["predictions"]], axis=0)
-    return Items("mean_accuracy", scores=np.asarray(rate, float))
+    return Items(metric, scores=np.asarray(rate, float))
 
 
-def _read_clustering(part: dict, _main: str | None) -> Items:
+def _read_clustering(part: dict, metric: str, _main: str | None) -> Items:
     runs = part["v_measure"]
     runs = [v for k in sorted(runs) for v in runs[k]] if isinstance(runs, dict) else runs
-    return Items("v_measure", scores=np.asarray(runs, float))
+    return Items(metric, scores=np.asarray(runs, float))
 
 
 def query_part(per_query: dict) -> dict:
@@ -90,35 +95,34 @@ def query_part(per_query: dict) -> dict:
     return part
 
 
-def _read_queries(part: dict, main_metric: str | None) -> Items:
-    metric = main_metric if main_metric in part else "ndcg_at_10"
+def _read_queries(part: dict, metric: str, main_metric: str | None) -> Items:
+    metric = main_metric if main_metric in part else metric
     return Items(metric, ids=list(part["query_ids"]), scores=np.asarray(part[metric], float))
 
 
-_QUERIES = ItemFormat(lambda src: query_part(src.query_scores), _read_queries)
-REGISTRY: dict[str, ItemFormat] = {
-    "STS": ItemFormat(_write_pairs, _read_pairs("spearman")),
-    "PairClassification": ItemFormat(_write_pairs, _read_pairs("ap")),
-    "Classification": ItemFormat(_write_classification, _read_classification),
-    "Clustering": ItemFormat(lambda src: {"unit": "run", "v_measure": src.scores["v_measures"]}, _read_clustering),
-    "Retrieval": _QUERIES,
-    "Reranking": _QUERIES,
+# unit (TaskType.unit) -> its format
+FORMATS: dict[str, ItemFormat] = {
+    "pair": ItemFormat(_write_pairs, _read_pairs),
+    "example": ItemFormat(_write_classification, _read_classification),
+    "run": ItemFormat(lambda src: {"unit": "run", "v_measure": src.scores["v_measures"]}, _read_clustering),
+    "query": ItemFormat(lambda src: query_part(src.query_scores), _read_queries),
 }
 
 
-def _format(kind: str) -> ItemFormat:
-    if kind not in REGISTRY:
-        raise ValueError(f"task type {kind!r} has no per-item scores; known: {', '.join(REGISTRY)}")
-    return REGISTRY[kind]
+def needs_predictions(kind: str) -> bool:
+    """Whether the parts of this task type are written from mteb's saved predictions (Source.predictions: the
+    harness asks mteb for its prediction folder)."""
+    return task_type(kind).unit in ("pair", "example")
 
 
 def write_part(kind: str, src: Source) -> dict:
     """One part of a per-item file, as the report reads it back."""
-    return {"split": src.split, "subset": src.subset, **_format(kind).write(src)}
+    return {"split": src.split, "subset": src.subset, **FORMATS[task_type(kind).unit].write(src)}
 
 
 def read_part(kind: str, main_metric: str | None, part: dict) -> Items:
-    return _format(kind).read(part, main_metric)
+    row = task_type(kind)
+    return FORMATS[row.unit].read(part, row.item_metric, main_metric)
 
 
 def load_items(path: str | Path) -> Items | list[Items]:

@@ -16,10 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..datadir import default_data_dir
-
-SUPPORTED_TYPES = ("STS", "Classification", "Clustering", "PairClassification", "Retrieval", "Reranking")
-# category name (what --tasks accepts) -> mteb task type
-CATEGORIES: dict[str, str] = {t.lower(): t for t in SUPPORTED_TYPES}
+from .tasktypes import CATEGORY_TYPES, TASK_TYPES
 
 # One or more tasks of every category the paper discusses, cheap to encode (measured: docs/results.md#evaluation;
 # EmotionClassification is the largest part: mteb fits 10 logistic regressions). Several lite runs make up the
@@ -94,13 +91,13 @@ class TaskSpec:
 
     @property
     def category(self) -> str:
-        return self.type.lower()
+        return TASK_TYPES[self.type].category
 
 
 def _unknown(name: str, data_dir: Path, pack: dict[str, Any], hint: str) -> ValueError:
     listed = ", ".join(pack) if pack else f"(no tasks.json in {data_dir})"
     return ValueError(f"unknown task {name!r} ({hint}). Tasks in the data pack {data_dir}: {listed}. Suites: "
-                      f"{', '.join(SUITES)}. Categories: {', '.join(CATEGORIES)}. Any other MTEB task name is loaded "
+                      f"{', '.join(SUITES)}. Categories: {', '.join(CATEGORY_TYPES)}. Any other MTEB task name is loaded "
                       f"from the Hugging Face hub.")
 
 
@@ -115,9 +112,9 @@ def task_spec(name: str, data_dir: str | Path | None = None) -> TaskSpec:
         name = alias[0] if alias else name
     if name in pack:
         entry = pack[name]
-        if entry.get("type") not in SUPPORTED_TYPES:
+        if entry.get("type") not in TASK_TYPES:
             raise ValueError(f"{data_dir / 'tasks.json'}: task {name!r} has type {entry.get('type')!r}; "
-                             f"supported: {', '.join(SUPPORTED_TYPES)}")
+                             f"supported: {', '.join(TASK_TYPES)}")
         target = mteb_name(name, entry)
         try:
             mteb.get_task(target)
@@ -129,8 +126,8 @@ def task_spec(name: str, data_dir: str | Path | None = None) -> TaskSpec:
         task = mteb.get_task(name)
     except KeyError as e:
         raise _unknown(name, data_dir, pack, str(e).strip("'\"").removeprefix("KeyError: ")) from None
-    if task.metadata.type not in SUPPORTED_TYPES:
-        raise ValueError(f"task {name!r} is of type {task.metadata.type}; supported: {', '.join(SUPPORTED_TYPES)}")
+    if task.metadata.type not in TASK_TYPES:
+        raise ValueError(f"task {name!r} is of type {task.metadata.type}; supported: {', '.join(TASK_TYPES)}")
     return TaskSpec(name, name, task.metadata.type, data_dir, None)
 
 
@@ -153,10 +150,10 @@ def resolve_tasks(spec: str | Iterable[str], data_dir: str | Path | None = None)
             names = list(pack)
         elif key == "lite":
             names = list(LITE)
-        elif key in CATEGORIES:
-            names = [n for n, e in pack.items() if e.get("type") == CATEGORIES[key]]
+        elif key in CATEGORY_TYPES:
+            names = [n for n, e in pack.items() if e.get("type") == CATEGORY_TYPES[key]]
             if not names:
-                raise ValueError(f"the data pack {data_dir} has no {CATEGORIES[key]} task; name MTEB tasks to load "
+                raise ValueError(f"the data pack {data_dir} has no {CATEGORY_TYPES[key]} task; name MTEB tasks to load "
                                  f"from the hub instead (e.g. SciDocsRR, AskUbuntuDupQuestions for reranking)")
         else:
             names = [task_spec(token, data_dir).name]
@@ -228,7 +225,7 @@ def _split_data(task: Any, spec: TaskSpec, split: str, files: Any) -> Any:
         rows = _jsonl(path, ("text", "label"))
         return Dataset.from_dict({task.input_column_name: _column(rows, "text", path),
                                   task.label_column_name: _column(rows, "label", path)})
-    if spec.type in ("Retrieval", "Reranking"):
+    if TASK_TYPES[spec.type].queries:
         return _retrieval_split(root, split, files)
     raise AssertionError(spec.type)
 
@@ -376,7 +373,7 @@ def load_task(spec: TaskSpec, languages: Iterable[str] | None = DEFAULT_LANGUAGE
         needed.append(task.train_split)
     data = {s: _split_data(task, spec, s, splits[s]) for s in needed}
     subset = _pick_subset(task, spec)
-    if spec.type in ("Retrieval", "Reranking"):
+    if TASK_TYPES[spec.type].queries:
         task.dataset = {subset: data}
     else:
         data = DatasetDict(data)
@@ -399,7 +396,7 @@ def encode_cost(task: Any) -> float:
         for split in task.eval_splits:
             part = data[split]
             kind = task.metadata.type
-            if kind in ("Retrieval", "Reranking"):
+            if TASK_TYPES[kind].queries:
                 total += chars(part["queries"]["text"]) + chars(part["corpus"]["text"]) + chars(part["corpus"]["title"])
             elif kind == "STS":
                 total += sum(chars(part[c]) for c in task.column_names)

@@ -7,7 +7,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,32 +14,10 @@ from ..distributed import broadcast, world
 from ..fileio import write_json, write_text
 from .encoders import EncodeRunner, fingerprint, load_model, mteb_encoder
 from .instructions import load_overrides
-from .items import Source, query_part, write_part
+from .items import Source, items_path, needs_predictions, query_part, write_part
 from .pack import DEFAULT_LANGUAGES, default_data_dir, encode_cost, load_task, main_split, resolve_tasks, task_spec
-
-
-@dataclass
-class TaskScore:
-    task: str            # our name (the pack's, e.g. SciFactNano)
-    mteb_task: str       # the mteb task that scored it
-    type: str            # mteb task type
-    category: str
-    source: str          # "pack" or "hub"
-    main_metric: str
-    main_score: float    # as mteb reports it (0-1), on main_split (the leaderboard's split; others in result_file)
-    seconds: float       # wall time, encoding included
-    cpu_seconds: float   # CPU time of this process (all threads): wall time / threads when the CPU is not shared
-    encoded: int         # texts run through the model (the rest came from the embedding cache)
-    instruction: str | None
-    result_file: str | None = None
-    items_file: str | None = None
-    main_split: str | None = None
-    splits: list[str] | None = None  # the splits scored: the main split, or every one with all_splits
-
-    @property
-    def main_score_x100(self) -> float:
-        return round(100 * self.main_score, 2)
-
+from .summary import TaskScore, clock, write_summary
+from .tasktypes import task_type
 
 PROGRESS_FILE = "progress.json"  # in output_dir: the tasks finished so far, read back by a rerun
 
@@ -90,11 +67,6 @@ def _items(task: Any, predictions: dict, query_scores: dict, result: Any) -> lis
     return parts
 
 
-def _fmt_seconds(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
 def _finished(output: Path, settings: dict[str, Any]) -> dict[str, TaskScore]:
     """Tasks a previous run into `output` finished with these settings (model fingerprint, instructions, languages,
     data, mteb version), whose result and items files are still there: a rerun reuses them instead of scoring them
@@ -104,33 +76,15 @@ def _finished(output: Path, settings: dict[str, Any]) -> dict[str, TaskScore]:
         record = json.loads(path.read_text())
         if record.get("settings") != settings:
             return {}
-        done = {name: TaskScore(**row) for name, row in record["tasks"].items()}
+        done = {name: TaskScore.model_validate(row) for name, row in record["tasks"].items()}
     except (FileNotFoundError, ValueError, KeyError, TypeError):  # none yet, unreadable, another version's: rescore
         return {}
     return {n: s for n, s in done.items()
-            if (output / f"{n}.json").exists() and (output / f"{n}.items.json").exists()}
+            if (output / f"{n}.json").exists() and items_path(output, n).exists()}
 
 
 def _record(output: Path, settings: dict[str, Any], scores: Mapping[str, TaskScore]) -> None:
-    write_json(output / PROGRESS_FILE, {"settings": settings, "tasks": {n: asdict(s) for n, s in scores.items()}})
-
-
-def write_summary(scores: Mapping[str, TaskScore], output_dir: Path, header: dict[str, Any]) -> None:
-    rows = [{**asdict(s), "main_score_x100": s.main_score_x100} for s in scores.values()]
-    write_text(output_dir / "summary.json", json.dumps({**header, "tasks": rows}, indent=2))
-    lines = [f"# {header['model']}", "",
-             f"revision `{header['revision']}`, mteb {header['mteb_version']}, data {header['data_dir']}, "
-             f"{header.get('splits', 'all')} split(s), total {_fmt_seconds(header['seconds'])}", "",
-             "| task | type | metric | score x100 | splits scored | seconds | CPU seconds | source |",
-             "|---|---|---|---:|---|---:|---:|---|"]
-    lines += [f"| {s.task} | {s.type} | {s.main_metric} | {s.main_score_x100:.2f} | {', '.join(s.splits or [])} | "
-              f"{s.seconds:.1f} | {s.cpu_seconds:.1f} | {s.source} |" for s in scores.values()]
-    by_cat: dict[str, list[float]] = {}
-    for s in scores.values():
-        by_cat.setdefault(s.category, []).append(s.main_score_x100)
-    lines += ["", "| category | tasks | mean x100 |", "|---|---:|---:|"]
-    lines += [f"| {c} | {len(v)} | {sum(v) / len(v):.2f} |" for c, v in by_cat.items()]
-    write_text(output_dir / "summary.md", "\n".join(lines) + "\n")
+    write_json(output / PROGRESS_FILE, {"settings": settings, "tasks": {n: s.model_dump() for n, s in scores.items()}})
 
 
 def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None = None,
@@ -205,7 +159,7 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
             for k, ((spec, task, _), cost) in enumerate(zip(loaded, costs), 1):
                 eta = ""
                 if done_cost:
-                    eta = f"  ETA {_fmt_seconds((time.monotonic() - start) / done_cost * (left - done_cost))}"
+                    eta = f"  ETA {clock((time.monotonic() - start) / done_cost * (left - done_cost))}"
                 bars.update(overall, description=f"[{k}/{len(loaded)}] {spec.name}{eta}")
                 if spec.name in finished:
                     results[spec.name] = s = finished[spec.name]
@@ -262,13 +216,14 @@ def _run_one(spec: Any, task: Any, runner: EncodeRunner, encoder: Any, batch_siz
     if hasattr(encoder, "aliases"):
         encoder.aliases[spec.mteb_task] = spec.name
     kind = task.metadata.type
+    queries = task_type(kind).queries
     query_scores: dict = {}
-    if kind in ("Retrieval", "Reranking"):
+    if queries:
         _capture_query_scores(task, query_scores)
     encoded_before = runner.encoded
     t0, c0 = time.monotonic(), time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) if kind in ("STS", "PairClassification", "Classification") else None
+        folder = Path(tmp) if needs_predictions(kind) else None
         with _quiet_superseded():
             res = mteb.evaluate(runner, task, cache=None, overwrite_strategy="always", prediction_folder=folder,
                                 encode_kwargs={"batch_size": batch_size, "show_progress_bar": False},
@@ -284,8 +239,7 @@ def _run_one(spec: Any, task: Any, runner: EncodeRunner, encoder: Any, batch_siz
         result = result.model_copy(update={"task_name": spec.name})
     instruction = None
     if hasattr(encoder, "instruction"):
-        instruction = encoder.instruction(task.metadata, PromptType.query if kind in ("Retrieval", "Reranking")
-                                          else None)
+        instruction = encoder.instruction(task.metadata, PromptType.query if queries else None)
     score = TaskScore(task=spec.name, mteb_task=spec.mteb_task, type=kind, category=spec.category,
                       source=spec.source, main_metric=task.metadata.main_score, main_score=main_score,
                       seconds=round(seconds, 2), cpu_seconds=round(cpu_seconds, 2),
@@ -293,7 +247,7 @@ def _run_one(spec: Any, task: Any, runner: EncodeRunner, encoder: Any, batch_siz
                       splits=list(task.eval_splits))
     if output is not None:
         score.result_file = str(output / f"{spec.name}.json")
-        score.items_file = str(output / f"{spec.name}.items.json")
+        score.items_file = str(items_path(output, spec.name))
         result.to_disk(Path(score.result_file))
         parts = (_aggregate_items(task, query_scores) if task.is_aggregate
                  else _items(task, predictions, query_scores, result))

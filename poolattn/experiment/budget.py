@@ -36,7 +36,9 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 from ..fileio import write_json
+from ..pooling import is_trainable
 from ..stats.seeds import minimum_detectable_effect
+from .layout import ExperimentLayout
 
 if TYPE_CHECKING:
     from .config import ExperimentConfig
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
 
 PROBE_STEPS = 3  # the first step warms up: 2 timed intervals
 EVAL_PROBE_TEXTS = 256
-TRAINABLE_POOLERS = ("latent", "multilayer")
 PLACEHOLDER = ("seed SD is a placeholder (this many steps not yet measured: the 120-step SD of the budget study)")
 
 
@@ -104,15 +105,15 @@ class Measurement:
 
 def _probe_designs(designs: list[Design]) -> dict[str, Design]:
     """The first design, and the first with a trainable pooler if that is another one."""
-    picks = [designs[0]] + [d for d in designs if d.pooling in TRAINABLE_POOLERS][:1]
+    picks = [designs[0]] + [d for d in designs if is_trainable(d.pooling)][:1]
     return {d.name: d for d in picks}
 
 
 def _charged(design: Design, probes: dict[str, Design]) -> str:
     """Which probe's step time a design is charged."""
-    pooled = [n for n, d in probes.items() if d.pooling in TRAINABLE_POOLERS]
-    plain = [n for n, d in probes.items() if d.pooling not in TRAINABLE_POOLERS]
-    return (pooled or plain)[0] if design.pooling in TRAINABLE_POOLERS else (plain or pooled)[0]
+    pooled = [n for n, d in probes.items() if is_trainable(d.pooling)]
+    plain = [n for n, d in probes.items() if not is_trainable(d.pooling)]
+    return (pooled or plain)[0] if is_trainable(design.pooling) else (plain or pooled)[0]
 
 
 def _probe_step(config: ExperimentConfig, design: Design) -> tuple[float, float]:
@@ -193,7 +194,7 @@ def measure(config: ExperimentConfig) -> Measurement:
                                          device=config.device), samples, config.eval.batch_size)
     by_probe = {}
     for name, d in probes.items():  # a pooler's evaluation costs more than the backbone's alone
-        by_probe[name] = plain if d.pooling not in TRAINABLE_POOLERS else _eval_seconds(
+        by_probe[name] = plain if not is_trainable(d.pooling) else _eval_seconds(
             EmbeddingModel(config.model_config_for(d), device=config.device), samples, config.eval.batch_size)
     peers = {}
     for peer in config.peer_rows():
@@ -240,7 +241,7 @@ def apply_choice(config: ExperimentConfig, choice: dict) -> ExperimentConfig:
 def plan(config: ExperimentConfig, folder: Path, measure_fn=None) -> tuple[ExperimentConfig, dict]:
     """Read `budget.json` (resume: same choice, nothing measured) or measure, estimate and choose, then write it.
     Returns the config to run (the choice applied when there is one) and the budget record."""
-    path = folder / "budget.json"
+    path = ExperimentLayout(folder).budget
     if path.exists():
         record = json.loads(path.read_text())
         return (apply_choice(config, record["choice"]) if record.get("choice") else config), record

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..configdoc import documented
 from ..model import ModelConfig
 from .designs import MEAN_BASELINES, PAPER_DESIGNS, Design, named_design  # the registry (once defined here)
+from .layout import ExperimentLayout
 from .peers import PEER_PREFIX, Peer, peer_rows
 
 BASELINE = "baseline"
@@ -211,7 +212,7 @@ def train_config_for(config: ExperimentConfig, design: Design, run_dir: Path):
     from ..training import TrainConfig
 
     raw = {**merge_train(config.train, design.train), "model": config.model_config_for(design).model_dump(),
-           "output_dir": str(run_dir / "train"), "seed": config.seed_for(design)}
+           "output_dir": str(ExperimentLayout.train_in(run_dir)), "seed": config.seed_for(design)}
     raw.setdefault("data_dir", config.eval.data_dir)
     raw.setdefault("device", config.device)
     raw.setdefault("prefix_reuse", config.prefix_reuse)

@@ -2,14 +2,9 @@
 tasks, with the untrained backbone and any peer models (poolattn.experiment.peers) as reference rows; then statistics
 and a report.
 
-One folder holds everything and is the unit of resumption: a design whose `runs/<name>/eval/summary.json` exists
-is done; one with a checkpoint resumes from it; `experiment.yaml` pins the config the folder was started with.
-
-    EXPERIMENT/experiment.yaml   config as run          EXPERIMENT/environment.json
-    EXPERIMENT/runs/<design>/train/   trainer's run folder (checkpoints, metrics.jsonl, final model)
-    EXPERIMENT/runs/<design>/eval/    evaluation results (summary.json, <task>.json, <task>.items.json)
-    EXPERIMENT/runs/<baseline>/eval/, runs/peer-<slug>/eval/   reference rows: evaluated, never trained
-    EXPERIMENT/report.{md,html,json}, *.png
+One folder holds everything and is the unit of resumption (its layout: poolattn.experiment.layout): a design whose
+summary.json exists is done; one with a checkpoint resumes from it; `experiment.yaml` pins the config the folder was
+started with.
 """
 from __future__ import annotations
 
@@ -21,13 +16,14 @@ import yaml
 
 from ..fileio import write_json, write_text
 from .config import ExperimentConfig, changed_fields, train_config_for
+from .layout import ExperimentLayout
 
 log = logging.getLogger(__name__)
 
 
 def write_config_once(folder: Path, config: ExperimentConfig) -> None:
     """Pin the config a folder was started with; a resumed run must not silently change the experiment."""
-    path = folder / "experiment.yaml"
+    path = ExperimentLayout(folder).config
     dumped = config.model_dump(mode="json")
     if path.exists():
         # Validated again so fields added since the folder was started compare at their defaults.
@@ -58,8 +54,9 @@ def _plan_budget(config: ExperimentConfig, folder: Path, console) -> ExperimentC
     from ..distributed import is_main, world
     from .budget import plan, print_estimate
 
-    planned = (folder / "budget.json").exists()
-    left = any(not (folder / "runs" / d.name / "eval" / "summary.json").exists() for d in config.steps())
+    layout = ExperimentLayout(folder)
+    planned = layout.budget.exists()
+    left = any(not layout.done(d.name) for d in config.steps())
     if not planned and world()[1] > 1:
         if config.budget_minutes is not None:
             raise ValueError("budget_minutes needs this machine measured on one process first (start the "
@@ -75,9 +72,9 @@ def _plan_budget(config: ExperimentConfig, folder: Path, console) -> ExperimentC
 
 def pending(folder: str | Path) -> list[str]:
     """The designs (and reference rows) of the experiment pinned in `folder` whose evaluation is not written yet."""
-    folder = Path(folder)
-    config = ExperimentConfig.model_validate(yaml.safe_load((folder / "experiment.yaml").read_text()))
-    return [d.name for d in config.steps() if not (folder / "runs" / d.name / "eval" / "summary.json").exists()]
+    layout = ExperimentLayout(folder)
+    config = ExperimentConfig.model_validate(yaml.safe_load(layout.config.read_text()))
+    return [d.name for d in config.steps() if not layout.done(d.name)]
 
 
 def claim(run_dir: Path) -> str | None:
@@ -142,6 +139,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
     config.check_data()
     folder = Path(config.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    layout = ExperimentLayout(folder)
     ensure_group(resolve_device(config.device).type)
     steps = config.steps()
     if only:
@@ -151,20 +149,19 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
             raise ValueError(f"--design {', '.join(unknown)}: not in this experiment; its designs: "
                              f"{', '.join(d.name for d in steps)}" + (" (peers: every peer)" if config.peers else ""))
     for peer in config.peer_rows():  # a misnamed local path fails now, not after hours of training
-        if (not only or peer.name in only) and not (folder / "runs" / peer.name / "eval" / "summary.json").exists():
+        if (not only or peer.name in only) and not layout.done(peer.name):
             check_peer(peer)
     config = _plan_budget(config, folder, console)
     if is_main():  # launchers set RANK before any process group exists
         write_config_once(folder, config)
-        write_json(folder / "environment.json", collect_environment())
+        write_json(layout.environment, collect_environment())
     started = time.time()
     steps, references = config.steps(), {r.name for r in config.reference_rows()}
     for k, design in enumerate(steps, 1):
-        run_dir = folder / "runs" / design.name
-        eval_dir = run_dir / "eval"
+        run_dir = layout.run(design.name)
         if only and design.name not in only:
             continue
-        if broadcast((eval_dir / "summary.json").exists()):  # rank 0's files decide (nodes may not share them)
+        if broadcast(layout.done(design.name)):  # rank 0's files decide (nodes may not share them)
             console.print(f"[dim]({k}/{len(steps)}) {design.name}: done, skipped[/dim]")
             continue
         if only:
@@ -183,10 +180,10 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
             reference_model(config, design))
         if isinstance(model, EmbeddingModel):  # not a peer loaded by sentence-transformers
             model.prefix_reuse = config.prefix_reuse
-        evaluate_design(model, config, eval_dir, cache)
+        evaluate_design(model, config, layout.eval(design.name), cache)
         del model
         if is_main():  # wall time of this invocation's work (a resumed training counts only its resumed part)
-            write_json(run_dir / "timing.json",
+            write_json(layout.timing(design.name),
                        {"train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.time() - t1, 1)})
         if world()[1] > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()

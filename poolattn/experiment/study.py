@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..evaluation.summary import read_summary
 from ..fileio import write_json, write_text
-from ..report.folder import read_summary
 from .config import ExperimentConfig, changed_fields, train_config_for
+from .layout import ExperimentLayout
 from .runner import evaluate_design
 
 
@@ -103,16 +104,19 @@ def _train_run(config: ExperimentConfig, study: StudySettings, lr: float, seed: 
 def _write_folder(cfg: ExperimentConfig) -> None:
     import yaml
 
-    path = Path(cfg.output_dir) / "experiment.yaml"
+    path = ExperimentLayout(cfg.output_dir).config
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
-def _evaluate_snapshot(cfg: ExperimentConfig, run: Path, steps: int, eval_dir: Path, console) -> None:
+def _evaluate_snapshot(cfg: ExperimentConfig, run: Path, steps: int, name: str, console) -> None:
+    """Evaluate the run's snapshot at `steps` as row `name` of the experiment folder cfg.output_dir (unless done)."""
     from ..model import EmbeddingModel
 
-    if (eval_dir / "summary.json").exists():
+    layout = ExperimentLayout(cfg.output_dir)
+    if layout.done(name):
         return
+    eval_dir = layout.eval(name)
     console.print(f"[dim]evaluate {run.name} at {steps} steps -> {eval_dir}[/dim]")
     model = EmbeddingModel.from_pretrained(run / "snapshots" / f"step-{steps:06d}", inference=True,
                                            device=cfg.device)
@@ -121,7 +125,8 @@ def _evaluate_snapshot(cfg: ExperimentConfig, run: Path, steps: int, eval_dir: P
 
 def _mean_score(folder: Path) -> float:
     """Mean main score over every task of every run in an experiment folder."""
-    scores = [v.main_score for p in folder.glob("runs/*/eval/summary.json") for v in read_summary(p).values()]
+    layout = ExperimentLayout(folder)
+    scores = [v.main_score for name in layout.evaluated() for v in read_summary(layout.summary(name)).values()]
     return float(np.mean(scores)) if scores else float("nan")
 
 
@@ -150,8 +155,7 @@ def run_study(config: ExperimentConfig, study: StudySettings, console=None) -> P
             cfg = folder_config(config, study, lr, k, [first], out / "sweep" / f"lr{_lr(lr)}-steps{k}")
             _write_folder(cfg)
             for design in designs:
-                _evaluate_snapshot(cfg, runs[lr, first, design.name], k,
-                                   Path(cfg.output_dir) / "runs" / design.name / "eval", console)
+                _evaluate_snapshot(cfg, runs[lr, first, design.name], k, design.name, console)
     # 2. pick the lr
     last = max(sweep_budgets)
     if decided:
@@ -174,13 +178,12 @@ def run_study(config: ExperimentConfig, study: StudySettings, console=None) -> P
         cfg = folder_config(config, study, picked, k, study.seeds, out / f"lr{_lr(picked)}-steps{k}")
         _write_folder(cfg)
         folders.append(Path(cfg.output_dir))
+        layout, sweep = ExperimentLayout(cfg.output_dir), ExperimentLayout(out / "sweep" / f"lr{_lr(picked)}-steps{k}")
         for d in cfg.all_designs():
-            eval_dir = Path(cfg.output_dir) / "runs" / d.name / "eval"
-            seed = cfg.seed_for(d)
-            sweep_eval = out / "sweep" / f"lr{_lr(picked)}-steps{k}" / "runs" / (d.replicate_of or d.name) / "eval"
-            if seed == first and (sweep_eval / "summary.json").exists() and not eval_dir.exists():
-                shutil.copytree(sweep_eval, eval_dir)  # the same model, already evaluated in the sweep
-            _evaluate_snapshot(cfg, runs[picked, seed, d.replicate_of or d.name], k, eval_dir, console)
+            seed, base = cfg.seed_for(d), d.replicate_of or d.name
+            if seed == first and sweep.done(base) and not layout.eval(d.name).exists():
+                shutil.copytree(sweep.eval(base), layout.eval(d.name))  # the same model, already evaluated in the sweep
+            _evaluate_snapshot(cfg, runs[picked, seed, base], k, d.name, console)
     # 4. reports and the study table
     for folder in folders + sorted((out / "sweep").glob("lr*-steps*")):
         write_report(folder, progress=False)  # again each time: designs may have been added
@@ -251,8 +254,9 @@ def summarise(out: Path, study: StudySettings, picked: float, runs: dict,
     table when designs name what they are a lever of)."""
     sweep = []
     for folder in sorted((out / "sweep").glob("lr*-steps*")):
-        for p in sorted(folder.glob("runs/*/eval/summary.json")):
-            sweep.append({"folder": folder.name, "design": p.parent.parent.name, **_category_scores(p)})
+        layout = ExperimentLayout(folder)
+        for name in layout.evaluated():
+            sweep.append({"folder": folder.name, "design": name, **_category_scores(layout.summary(name))})
     seconds = {key: _step_seconds(run) for key, run in runs.items()}  # each run's metrics.jsonl read once
     picked_step_s: dict[str, list[float]] = {}
     for (lr, _, name), s in seconds.items():
@@ -262,11 +266,11 @@ def summarise(out: Path, study: StudySettings, picked: float, runs: dict,
     for k in study.budgets:
         folder = out / f"lr{_lr(picked)}-steps{k}"
         per_design: dict[str, dict[str, list[float]]] = {}
-        for p in sorted(folder.glob("runs/*/eval/summary.json")):
-            name = p.parent.parent.name.rsplit("-s", 1)[0]
-            for c, v in _category_scores(p).items():
-                per_design.setdefault(name, {}).setdefault(c, []).append(v)
-        report = json.loads((folder / "report.json").read_text())
+        layout = ExperimentLayout(folder)
+        for run in layout.evaluated():
+            for c, v in _category_scores(layout.summary(run)).items():
+                per_design.setdefault(run.rsplit("-s", 1)[0], {}).setdefault(c, []).append(v)
+        report = json.loads(layout.report("json").read_text())
         pairs = [{k2: r.get(k2) for k2 in ("a", "b", "category", "diff", "ci_low", "ci_high", "seed_sd", "item_se",
                                            "mde", "p_value", "p_holm", "n_seeds")}
                  for r in report["seed_level"]["categories"]]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..environment import collect_environment
 from ..evaluation.items import load_items
+from ..experiment.layout import ExperimentLayout
 from .analysis import analyse, settings_for
 from .folder import Experiment, load_experiment, load_run_items, training_summary
 from .plots import plot_categories, plot_differences
@@ -30,7 +31,7 @@ def write_report(folder: str | Path, output: str | Path | None = None, progress:
     plots = {"categories": plot_categories(data, out / "category_scores.png"),
              "differences": plot_differences(data, out / "task_differences.png")}
     markdown = render(data, plots).markdown()
-    paths = {"md": out / "report.md", "html": out / "report.html", "json": out / "report.json", **plots}
+    paths = {ext: ExperimentLayout(out).report(ext) for ext in ("md", "html", "json")} | plots
     paths["md"].write_text(markdown, encoding="utf-8")
     paths["html"].write_text(to_html(markdown, f"Experiment report: {data['experiment']}", out), encoding="utf-8")
     paths["json"].write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")

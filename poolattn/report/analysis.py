@@ -8,10 +8,11 @@ import time
 
 import numpy as np
 
+from ..evaluation.tasktypes import TASK_TYPES
 from ..experiment import ReportSettings
 from ..stats.multiple import WilcoxonResult, holm_adjust, wilcoxon_test, win_tie_loss
 from ..stats.paired import Items, PairedResult, paired_test, score_of
-from .folder import CATEGORIES, Experiment, default_seed, design_table
+from .folder import Experiment, default_seed, design_table
 from .seeds import design_runs, seed_level
 
 ALL = "All tasks"
@@ -46,13 +47,13 @@ def analyse(exp: Experiment, settings: ReportSettings, items: dict[tuple[str, st
     tested = runs + [r for r in exp.references if r == ref or (r == exp.baseline and settings.baseline_in_tests)]
     pairs = list(itertools.combinations(tested, 2))
     tasks = exp.tasks
-    cats = [c for c in CATEGORIES if any(exp.task_type(t) == c for t in tasks)]
+    cats = [c for c in TASK_TYPES if any(exp.task_type(t) == c for t in tasks)]  # MTEB's order, unknown types after
     cats += sorted({exp.task_type(t) for t in tasks} - set(cats))
     groups = {c: [t for t in tasks if exp.task_type(t) == c] for c in cats} | {ALL: tasks}
     score = lambda d, t: exp.scores[d][t].main_score if t in exp.scores[d] else None
 
     notes = [f"{'reference row' if d in exp.labels else 'design'} {d!r} has no results yet "
-             f"(runs/{d}/eval/summary.json)" for d in exp.missing] + list(load_notes)
+             f"({exp.layout.summary(d).relative_to(exp.folder)})" for d in exp.missing] + list(load_notes)
     for (d, t), it in items.items():
         if it is not None and score(d, t) is not None and abs(score_of(it) - score(d, t)) > 0.005:
             metric = it.metric if isinstance(it, Items) else it[0].metric

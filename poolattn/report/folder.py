@@ -1,19 +1,5 @@
-"""Reading an experiment folder: the one reader of its layout (per-item files: poolattn.evaluation.items).
-
-    EXPERIMENT/
-      experiment.yaml                        the experiment config as run: `designs` (list of {name, ...}) gives the
-                                             column order, `baseline.name` and `peers` the reference rows,
-                                             `report:` the settings
-      environment.json                       collect_environment() of the machine that ran it
-      budget.json                            (optional) what the budget chooser measured and picked
-      runs/<design>/train/                   training outputs (train_summary.json, metrics.jsonl)
-      runs/<design>/timing.json              the runner's wall time of training and evaluation
-      runs/<design>/eval/summary.json        {"tasks": {task: {"type": "STS" | "Retrieval" | "Classification" |
-                                               "Clustering" | "PairClassification" | "Reranking",
-                                               "main_score": float in [0, 1], "seconds": float}}}
-      runs/<design>/eval/<task>.items.json   per-item scores for the paired tests (poolattn.evaluation.items)
-      runs/<baseline>/eval/...               the untrained backbone, same layout: a reference row, not a design
-      runs/peer-<slug>/eval/...              a peer model (poolattn.experiment.peers), same layout: a reference row
+"""Reading an experiment folder for the report (its layout: poolattn.experiment.layout; summary.json:
+poolattn.evaluation.summary; per-item files: poolattn.evaluation.items).
 
 Designs are the config's designs in order, then any other run folder with results (but `peer-*`, a peer's); a
 design or reference row without `summary.json` yet is listed as missing, so a report can be made of a running
@@ -30,18 +16,12 @@ import numpy as np
 import yaml
 
 from ..evaluation.items import load_items
+from ..evaluation.summary import TaskScore, read_summary
+from ..evaluation.tasktypes import TASK_TYPES
 from ..experiment import ExperimentConfig
+from ..experiment.layout import ExperimentLayout
 from ..experiment.peers import PEER_PREFIX, peer_rows
 from ..stats.paired import Items
-
-CATEGORIES = ["Classification", "Clustering", "PairClassification", "Reranking", "Retrieval", "STS"]  # MTEB's order
-
-
-@dataclass
-class TaskScore:
-    type: str
-    main_score: float
-    seconds: float | None = None
 
 
 @dataclass
@@ -61,6 +41,10 @@ class Experiment:
     labels: dict[str, str] = field(default_factory=dict)  # reference row (with results or not) -> its column label
 
     @property
+    def layout(self) -> ExperimentLayout:
+        return ExperimentLayout(self.folder)
+
+    @property
     def columns(self) -> list[str]:
         return self.designs + self.references
 
@@ -70,24 +54,12 @@ class Experiment:
     @property
     def tasks(self) -> list[str]:
         names = {t for s in self.scores.values() for t in s}
-        rank = {c: i for i, c in enumerate(CATEGORIES)}
+        rank = {c: i for i, c in enumerate(TASK_TYPES)}  # the table's order (MTEB's); unknown types after it
         return sorted(names, key=lambda t: (rank.get(self.task_type(t), len(rank)), self.task_type(t), t))
 
     def items(self, design: str, task: str) -> Items | list[Items] | None:
-        path = self.folder / "runs" / design / "eval" / f"{task}.items.json"
+        path = self.layout.items(design, task)
         return load_items(path) if path.exists() else None
-
-
-def read_summary(path: Path) -> dict[str, TaskScore]:
-    """summary.json's "tasks": rows with a "task" field (the harness's), or a dict keyed by task."""
-    try:
-        tasks = json.loads(path.read_text())["tasks"]
-        tasks = {row["task"]: row for row in tasks} if isinstance(tasks, list) else tasks
-        return {t: TaskScore(v["type"], float(v["main_score"]), v.get("seconds"))
-                for t, v in tasks.items() if v.get("main_score") is not None}
-    except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: expected {{'tasks': {{task: {{'type', 'main_score', 'seconds'}}}}}} "
-                         f"({type(err).__name__}: {err})") from err
 
 
 def design_table(config: dict) -> dict[str, dict]:
@@ -119,18 +91,18 @@ def load_run_items(exp: Experiment) -> tuple[dict[tuple[str, str], Items | list[
 
 def load_experiment(folder: str | Path) -> Experiment:
     folder = Path(folder)
-    cfg_path = folder / "experiment.yaml"
-    if not (folder / "runs").is_dir():
-        raise FileNotFoundError(f"{folder} is not an experiment folder (no runs/); layout: see poolattn.report.folder")
-    config_text = cfg_path.read_text() if cfg_path.exists() else ""
+    layout = ExperimentLayout(folder)
+    if not layout.runs.is_dir():
+        raise FileNotFoundError(f"{folder} is not an experiment folder (no runs/); layout: see "
+                                f"poolattn.experiment.layout")
+    config_text = layout.config.read_text() if layout.config.exists() else ""
     config = yaml.safe_load(config_text) or {}
-    env_path = folder / "environment.json"
-    environment = json.loads(env_path.read_text()) if env_path.exists() else None
+    environment = json.loads(layout.environment.read_text()) if layout.environment.exists() else None
 
     baseline = (config.get("baseline") or {}).get("name", "baseline")
     configured = list(design_table(config))
-    on_disk = sorted(p.parent.parent.name for p in (folder / "runs").glob("*/eval/summary.json"))
-    scores = {name: read_summary(folder / "runs" / name / "eval" / "summary.json") for name in on_disk}
+    on_disk = layout.evaluated()
+    scores = {name: read_summary(layout.summary(name)) for name in on_disk}
     # Reference rows: the baseline, the configured peers, then peers evaluated before the config dropped them.
     peers = peer_rows(config.get("peers") or [])
     labels = {baseline: f"{baseline} (untrained)"} | {p.name: f"{p.model} (peer)" for p in peers}
@@ -138,9 +110,8 @@ def load_experiment(folder: str | Path) -> Experiment:
     references = [r for r in labels if r in scores]
     designs = [d for d in configured if d in scores] + [d for d in on_disk if d not in configured and d not in labels]
     if not designs:
-        raise ValueError(f"{folder}: no design has results yet (runs/<design>/eval/summary.json)")
-    budget_path = folder / "budget.json"
-    budget = json.loads(budget_path.read_text()) if budget_path.exists() else None
+        raise ValueError(f"{folder}: no design has results yet ({layout.summary('<design>').relative_to(folder)})")
+    budget = json.loads(layout.budget.read_text()) if layout.budget.exists() else None
     expected = configured + ([baseline] if config.get("baseline") else []) + [p.name for p in peers]
     return Experiment(folder, config, config_text, environment, designs,
                       baseline if baseline in scores else None, {d: scores[d] for d in designs + references},
@@ -151,14 +122,13 @@ def training_summary(folder: Path, designs: list[str]) -> dict[str, dict]:
     """Per design: steps trained, time, and the loss at the start and end (mean of the first and last 5 steps),
     from the trainer's train_summary.json / metrics.jsonl and the runner's timing.json. A design trained for fewer
     steps than configured (a time cap) is a confound the reader must see."""
-    out = {}
+    layout, out = ExperimentLayout(folder), {}
     for d in designs:
-        run = folder / "runs" / d
         row: dict[str, Any] = {}
-        for name in ("train/train_summary.json", "timing.json"):
-            if (run / name).exists():
-                row.update(json.loads((run / name).read_text()))
-        metrics = run / "train" / "metrics.jsonl"
+        for path in (layout.train(d) / "train_summary.json", layout.timing(d)):
+            if path.exists():
+                row.update(json.loads(path.read_text()))
+        metrics = layout.train(d) / "metrics.jsonl"
         if metrics.exists():
             losses = [r["loss"] for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]
             if losses:
