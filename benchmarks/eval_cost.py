@@ -78,7 +78,7 @@ def trained_folder(root: Path, name: str) -> Path | None:
     """A trained design's model under --trained: an experiment folder (runs/<name>/train/final), a folder of run
     folders (<name>/train/final) or of model folders (<name>)."""
     from poolattn.experiment import ExperimentLayout
-    from poolattn.model import CONFIG_NAME
+    from poolattn.modelconfig import CONFIG_NAME
 
     for folder in (ExperimentLayout(root).final(name), ExperimentLayout.final_in(root / name), root / name):
         if (folder / CONFIG_NAME).exists():

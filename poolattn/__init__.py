@@ -1,6 +1,7 @@
 """poolattn: decoder LLMs as text-embedding models, and controlled experiments on their pooling and attention."""
 
-from .model import EmbeddingModel, LoraSettings, ModelConfig
+from .model import EmbeddingModel
+from .modelconfig import LoraSettings, ModelConfig
 from .pooling import POOLERS
 from .version import __version__
 

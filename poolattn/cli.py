@@ -84,7 +84,7 @@ def info(folder: str = typer.Argument(..., help="saved poolattn model folder")):
 
     from rich import print as rprint
 
-    from .model import CONFIG_NAME
+    from .modelconfig import CONFIG_NAME
 
     path = Path(folder) / CONFIG_NAME
     if not path.exists():

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from poolattn import EmbeddingModel
 from poolattn.configdoc import documented
 from poolattn.experiment.config import EvalSettings, ExperimentConfig, ReportSettings
-from poolattn.model import LoraSettings, ModelConfig
+from poolattn.modelconfig import LoraSettings, ModelConfig
 from poolattn.pooling import Pooler
 from poolattn.training import TrainConfig
 

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..configdoc import documented
-from ..model import ModelConfig
+from ..modelconfig import ModelConfig
 from .designs import MEAN_BASELINES, PAPER_DESIGNS, Design, named_design  # the registry (once defined here)
 from .layout import ExperimentLayout
 from .peers import PEER_PREFIX, Peer, peer_rows

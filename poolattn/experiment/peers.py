@@ -46,7 +46,7 @@ def check_peer(peer: Peer) -> None:
     """Refuse, before anything trains, a peer that names a local path which cannot be a model (a missing folder, a
     file, a folder with no model files). Hub ids and aliases are resolved when the peer is evaluated."""
     from ..evaluation.encoders import MINILM_ALIASES, minilm_folder
-    from ..model import CONFIG_NAME
+    from ..modelconfig import CONFIG_NAME
 
     model = peer.model
     if model.lower() in MINILM_ALIASES:

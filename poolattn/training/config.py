@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..configdoc import documented
 from ..errors import UserError
-from ..model import LoraSettings, ModelConfig
+from ..modelconfig import LoraSettings, ModelConfig
 from .data import SourceConfig
 from .distill import DistillSettings
 
