@@ -6,8 +6,9 @@ per-item scores for significance tests, an embedding cache and task instructions
 """
 from __future__ import annotations
 
-from .encoders import EncodeRunner, PoolattnEncoder, fingerprint, load_model, mteb_encoder
+from .encoders import EncodeRunner, PoolattnEncoder, mteb_encoder
 from .instructions import INSTRUCTIONS, instruction_for, load_overrides
+from .loading import fingerprint, load_model
 from .pack import (
     LITE,
     SUITES,

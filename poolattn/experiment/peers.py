@@ -45,7 +45,7 @@ def selected(only: list[str], peers: list[Peer]) -> set[str]:
 def check_peer(peer: Peer) -> None:
     """Refuse, before anything trains, a peer that names a local path which cannot be a model (a missing folder, a
     file, a folder with no model files). Hub ids and aliases are resolved when the peer is evaluated."""
-    from ..evaluation.encoders import MINILM_ALIASES, minilm_folder
+    from ..evaluation.loading import MINILM_ALIASES, minilm_folder
     from ..modelconfig import CONFIG_NAME
 
     model = peer.model
@@ -69,7 +69,7 @@ def check_peer(peer: Peer) -> None:
 def reference_model(config: Any, row: Any) -> Any:
     """The model a reference row evaluates: the untrained backbone with the baseline's design, or the peer as
     load_model loads it (an error that names the peer when it cannot be loaded)."""
-    from ..evaluation.encoders import load_model
+    from ..evaluation.loading import load_model
     from ..model import EmbeddingModel
 
     if not isinstance(row, Peer):

@@ -39,7 +39,7 @@ class Teacher:
     """A sentence-transformers model's normalised embeddings of training texts, cached on disk per teacher."""
 
     def __init__(self, settings: DistillSettings, cache_dir: str | Path | None):
-        from ..evaluation.encoders import fingerprint, load_model
+        from ..evaluation.loading import fingerprint, load_model
 
         self.settings = settings
         self.model = load_model(settings.teacher, device="cpu")
