@@ -9,18 +9,9 @@ from __future__ import annotations
 from .encoders import EncodeRunner, PoolattnEncoder, mteb_encoder
 from .instructions import INSTRUCTIONS, instruction_for, load_overrides
 from .loading import fingerprint, load_model
-from .pack import (
-    LITE,
-    SUITES,
-    TaskSpec,
-    TaskUnavailable,
-    default_data_dir,
-    load_task,
-    pack_tasks,
-    resolve_tasks,
-    task_spec,
-)
+from .pack import load_task
 from .runner import embedding_cache_dir, evaluate
+from .selection import LITE, SUITES, TaskSpec, TaskUnavailable, default_data_dir, pack_tasks, resolve_tasks, task_spec
 from .summary import TaskScore, read_summary
 from .tasktypes import CATEGORY_TYPES, TASK_TYPES, TaskType
 

@@ -16,7 +16,8 @@ from .encoders import EncodeRunner, mteb_encoder
 from .instructions import load_overrides
 from .items import Source, items_path, needs_predictions, query_part, write_part
 from .loading import fingerprint, load_model
-from .pack import DEFAULT_LANGUAGES, default_data_dir, encode_cost, load_task, main_split, resolve_tasks, task_spec
+from .pack import encode_cost, load_task, main_split
+from .selection import DEFAULT_LANGUAGES, default_data_dir, resolve_tasks, task_spec
 from .summary import TaskScore, clock, write_summary
 from .tasktypes import task_type
 

@@ -147,7 +147,8 @@ def _suite_samples(config: ExperimentConfig) -> list[tuple[str | None, list[str]
     """Per task of the suite: (its instruction as evaluation applies it, a sample of its texts, the characters the
     whole task encodes)."""
     from ..evaluation.instructions import instruction_for
-    from ..evaluation.pack import encode_cost, load_task, resolve_tasks, task_spec
+    from ..evaluation.pack import encode_cost, load_task
+    from ..evaluation.selection import resolve_tasks, task_spec
 
     tasks = [load_task(task_spec(n, config.eval.data_dir))
              for n in resolve_tasks(config.eval.tasks, config.eval.data_dir)]
