@@ -115,3 +115,31 @@ def tiny_sentence_transformer(backbone: str, folder) -> str:
 # ---- serving --------------------------------------------------------------------------------------------------------
 KEY = "sk-test"
 TEXTS = ["the cat sat on the mat", "a man is playing a guitar", "paris is the capital of france", "x"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now (for a server started by a test)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_health(proc, port: int, log, timeout_s: float = 120) -> None:
+    """Wait until the `poolattn serve` process `proc` answers /health on `port` with 200. Raises AssertionError with
+    `log()` (the server's output) when it exits first or does not answer within `timeout_s`; the caller stops it."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited with {proc.returncode}:\n{log()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError(f"serve did not answer /health in {timeout_s:.0f} s:\n{log()}")

@@ -23,7 +23,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,8 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+
+from helpers import free_port, wait_for_health
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -217,18 +218,12 @@ def coverage(path: Path, tiny: dict[str, str], data_dir: Path) -> tuple[list[tup
 
 
 # --- running -------------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _Server:
     """`poolattn serve` in the background on a free port; `port_map` turns the README's port into it."""
 
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path):
         readme_port = args[args.index("--port") + 1] if "--port" in args else "8000"
-        self.port = _free_port()
+        self.port = free_port()
         self.port_map = (readme_port, str(self.port))
         args = [str(self.port) if i and args[i - 1] == "--port" else a for i, a in enumerate(args)]
         if "--port" not in args:
@@ -236,17 +231,11 @@ class _Server:
         self.log = cwd / "serve.log"
         self.proc = subprocess.Popen([sys.executable, "-m", "poolattn.cli", "serve", *args], cwd=cwd,
                                      env={**os.environ, **env}, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        self.stop()
-        raise AssertionError(f"serve did not answer /health in 120 s:\n{self.tail()}")
+        try:
+            wait_for_health(self.proc, self.port, self.tail)
+        except AssertionError:
+            self.stop()
+            raise
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]

@@ -16,35 +16,23 @@ import numpy as np
 import openai
 import pytest
 
-from helpers import KEY, TEXTS
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import KEY, TEXTS, free_port, wait_for_health
 
 
 class Server:
     def __init__(self, folder: str, log_path, *args: str):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         cmd = [sys.executable, "-m", "poolattn.cli", "serve", folder, "--port", str(self.port),
                "--served-model-name", "tiny", "--api-key", KEY, "--log-level", "warning", *args]
         self.proc = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
                                      env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        self.stop()
-        pytest.fail(f"server did not come up in 120 s:\n{self.log()}")
+        try:
+            wait_for_health(self.proc, self.port, self.log)
+        except AssertionError as err:
+            self.stop()
+            pytest.fail(str(err))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
