@@ -6,13 +6,16 @@ and the training step time of designs 1 and 5, each with every saving on and wit
     on                everything on (the defaults)
     no-prefix-reuse   shared instruction prefixes encoded again for every text (model.prefix_reuse = False)
     all-splits        every split of each task scored, not only the main split
-    no-dedup          every text encoded as mteb passes it, repeats included
-    all-off           all three off: what evaluation cost before the savings
+    no-dedup          every text encoded as mteb passes it, repeats included (and not sorted by length across
+                      the call, only within each chunk of 256, as before)
+    no-fused-lora     a trained model's LoRA linears run through peft, unfused (from_pretrained(fuse_lora=False))
+    all-off           all of them off: what evaluation cost before the savings
 
-plus the largest main-score difference (x100) between each run and the `on` run of the same model. Training has one
-saving (prefix reuse); its rows give the median seconds per step over --steps steps through the real trainer (the
-first step, warm-up, left out) and the largest loss difference per step. Evaluation runs without the embedding cache.
-A saving the installed poolattn does not have yet prints n/a.
+plus the largest main-score difference (x100) between each run and the `on` run of the same model. Training has two
+savings (prefix reuse; on a CPU, fast LoRA dropout masks): its rows (on, each off, all off) give the median seconds
+per step over --steps steps through the real trainer (the first step, warm-up, left out) and the largest loss
+difference per step against `on`. Evaluation runs without the embedding cache. A saving the installed poolattn does
+not have yet prints n/a.
 
     python benchmarks/eval_cost.py                                  # default experiment's designs, untrained
     python benchmarks/eval_cost.py --trained runs/default           # its trained designs 1 and 5
@@ -24,6 +27,7 @@ pooler at its random initialisation): the timings hold, their scores mean nothin
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -38,11 +42,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, dict[str, bool]] = {
-    "on": {"prefix_reuse": True, "all_splits": False, "dedup": True},
-    "no-prefix-reuse": {"prefix_reuse": False, "all_splits": False, "dedup": True},
-    "all-splits": {"prefix_reuse": True, "all_splits": True, "dedup": True},
-    "no-dedup": {"prefix_reuse": True, "all_splits": False, "dedup": False},
-    "all-off": {"prefix_reuse": False, "all_splits": True, "dedup": False},
+    "on": {"prefix_reuse": True, "all_splits": False, "dedup": True, "fuse_lora": True},
+    "no-prefix-reuse": {"prefix_reuse": False, "all_splits": False, "dedup": True, "fuse_lora": True},
+    "all-splits": {"prefix_reuse": True, "all_splits": True, "dedup": True, "fuse_lora": True},
+    "no-dedup": {"prefix_reuse": True, "all_splits": False, "dedup": False, "fuse_lora": True},
+    "no-fused-lora": {"prefix_reuse": True, "all_splits": False, "dedup": True, "fuse_lora": False},
+    "all-off": {"prefix_reuse": False, "all_splits": True, "dedup": False, "fuse_lora": False},
+}
+TRAIN_VARIANTS: dict[str, dict[str, bool]] = {
+    "on": {"prefix_reuse": True, "fast_dropout": True},
+    "no-prefix-reuse": {"prefix_reuse": False, "fast_dropout": True},
+    "no-fast-dropout": {"prefix_reuse": True, "fast_dropout": False},
+    "all-off": {"prefix_reuse": False, "fast_dropout": False},
 }
 EVAL_ROWS = ("baseline", "1-eos-causal", "5-multilayer-bidirectional")
 TRAIN_ROWS = ("1-eos-causal", "5-multilayer-bidirectional")
@@ -86,12 +97,14 @@ def trained_folder(root: Path, name: str) -> Path | None:
     return None
 
 
-def load(config: Any, design: Any, trained: Path | None, device: str) -> tuple[Any, str]:
+def load(config: Any, design: Any, trained: Path | None, device: str, fuse_lora: bool = True) -> tuple[Any, str]:
     from poolattn import EmbeddingModel
 
     folder = trained_folder(trained, design.name) if trained and design.name != "baseline" else None
     if folder is not None:
-        return EmbeddingModel.from_pretrained(folder, inference=True, device=device), str(folder)
+        kw = {"fuse_lora": fuse_lora} if "fuse_lora" in inspect.signature(EmbeddingModel.from_pretrained).parameters \
+            else {}
+        return EmbeddingModel.from_pretrained(folder, inference=True, device=device, **kw), str(folder)
     return EmbeddingModel(config.model_config_for(design), device=device), "untrained"
 
 
@@ -109,13 +122,20 @@ def evaluate_row(config: Any, design: Any, trained: Path | None, args: argparse.
     evaluation of a process pays for imports and data loading)."""
     from poolattn.evaluation import evaluate
 
-    model, source = load(config, design, trained, args.device)
-    model.encode(["warm-up"] * 4, show_progress_bar=False)
+    models = {}
+    for fuse in dict.fromkeys(VARIANTS[v]["fuse_lora"] for v in args.variants):
+        # an untrained model has no LoRA to fuse: one load serves both (a second would draw another random pooler)
+        models[fuse] = next(iter(models.values())) if models and models[not fuse][1] == "untrained" else (
+            load(config, design, trained, args.device, fuse))
+    model, source = next(iter(models.values()))
+    for m, _ in models.values():
+        m.encode(["warm-up"] * 4, show_progress_bar=False)
     if warm_up:
         evaluate(model, smallest_task(args.tasks, args.data), data_dir=args.data, cache=False, progress=False)
     runs = []
     for variant in args.variants:
         want = VARIANTS[variant]
+        model = models[want["fuse_lora"]][0]
         row = {"model": design.name, "source": source, "variant": variant, **want}
         if not want["prefix_reuse"] and not hasattr(model, "prefix_reuse"):
             runs.append({**row, "skipped": "n/a: this poolattn has no model.prefix_reuse"})
@@ -132,8 +152,6 @@ def evaluate_row(config: Any, design: Any, trained: Path | None, args: argparse.
                             "splits": s.splits} for n, s in scores.items()}
         runs.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "tasks"}), flush=True)
-    if hasattr(model, "prefix_reuse"):
-        setattr(model, "prefix_reuse", True)
     return runs
 
 
@@ -143,16 +161,15 @@ def train_row(config: Any, design: Any, args: argparse.Namespace) -> list[dict]:
     from poolattn.training import TrainConfig, train
 
     runs = []
-    for variant, reuse in (("on", True), ("no-prefix-reuse", False)):
-        row = {"design": design.name, "variant": variant, "prefix_reuse": reuse}
-        if "prefix_reuse" not in TrainConfig.model_fields:
-            if not reuse:
-                runs.append({**row, "skipped": "n/a: this poolattn's TrainConfig has no prefix_reuse"})
-                print(json.dumps(runs[-1]), flush=True)
-                continue
-            extra = {}
-        else:
-            extra = {"prefix_reuse": reuse}
+    for variant in args.train_variants:
+        want = TRAIN_VARIANTS[variant]
+        row = {"design": design.name, "variant": variant, **want}
+        missing = [k for k, v in want.items() if k not in TrainConfig.model_fields]
+        if missing and not all(want[k] for k in missing):
+            runs.append({**row, "skipped": f"n/a: this poolattn's TrainConfig has no {', '.join(missing)}"})
+            print(json.dumps(runs[-1]), flush=True)
+            continue
+        extra = {k: v for k, v in want.items() if k not in missing}
         with tempfile.TemporaryDirectory() as tmp:
             cfg = train_config_for(config, design, Path(tmp))
             cfg = TrainConfig.model_validate({**cfg.model_dump(), **extra, "max_steps": args.steps,
@@ -214,16 +231,21 @@ def report(machine: dict, evals: list[dict], trains: list[dict], diffs: dict, ar
             print(f"{model:<30}" + "".join(f"{per[v]:>17.4f}" if v in per else f"{'n/a':>17}"
                                            for v in variants if v != "on"))
     if trains:
-        print(f"\ntraining, median s/step over steps 2-{args.steps} (same batches)")
-        print(f"{'design':<30}{'on':>10}{'no-prefix-reuse':>17}{'speed-up':>10}{'max |dloss|':>13}")
+        variants = args.train_variants
+        print(f"\ntraining, median s/step over steps 2-{args.steps} (same batches; in brackets: all-off / it)")
+        print(f"{'design':<30}" + "".join(f"{v:>19}" for v in variants) + f"{'max |dloss| vs on':>19}")
         for design in dict.fromkeys(r["design"] for r in trains):
             rows = {r["variant"]: r for r in trains if r["design"] == design}
-            on, off = rows["on"].get("median_step_s"), rows.get("no-prefix-reuse", {}).get("median_step_s")
-            dloss = (max(abs(a - b) for a, b in zip(rows["on"]["loss"], rows["no-prefix-reuse"]["loss"]))
-                     if off is not None else None)
-            print(f"{design:<30}{on if on is not None else 'n/a':>10}{off if off is not None else 'n/a':>17}"
-                  f"{f'{off / on:.2f}x' if on and off else 'n/a':>10}"
-                  f"{f'{dloss:.2e}' if dloss is not None else 'n/a':>13}")
+            base = rows.get("all-off", {}).get("median_step_s")
+            cells = []
+            for v in variants:
+                t = rows.get(v, {}).get("median_step_s")
+                cells.append(f"{'n/a':>19}" if t is None else
+                             f"{t:.3f}{f' ({base / t:.2f}x)' if base else ''}".rjust(19))
+            on = rows.get("on", {}).get("loss")
+            dloss = max((abs(a - b) for r in rows.values() if r.get("loss") and r is not rows.get("on")
+                         for a, b in zip(on, r["loss"])), default=None) if on else None
+            print(f"{design:<30}" + "".join(cells) + (f"{dloss:>19.2e}" if dloss is not None else f"{'n/a':>19}"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -237,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="rows: baseline and design names of the config (evaluated; designs also trained)")
     p.add_argument("--steps", type=int, default=8, help="training steps per run (0: no training rows)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"evaluation variants: {', '.join(VARIANTS)}")
+    p.add_argument("--train-variants", default=",".join(TRAIN_VARIANTS),
+                   help=f"training variants: {', '.join(TRAIN_VARIANTS)}")
     p.add_argument("--no-eval", action="store_true", help="training rows only")
     p.add_argument("--data", help="data pack (default: the config's eval.data_dir)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -253,12 +277,14 @@ def main(argv: list[str] | None = None) -> None:
                                         else config.eval.tasks)
     args.device = args.device or config.device
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in args.variants if v not in VARIANTS]
+    args.train_variants = [v.strip() for v in args.train_variants.split(",") if v.strip()]
+    bad = [v for v in args.variants if v not in VARIANTS] + [v for v in args.train_variants if v not in TRAIN_VARIANTS]
     rows = designs(config)
     names = [n.strip() for n in args.designs.split(",") if n.strip()]
     unknown = [n for n in names if n not in rows]
     if bad or unknown or args.steps == 1:
-        p.error(f"unknown variant(s) {bad}; valid: {', '.join(VARIANTS)}" if bad else
+        p.error(f"unknown variant(s) {bad}; valid: {', '.join(VARIANTS)} (training: {', '.join(TRAIN_VARIANTS)})"
+                if bad else
                 f"unknown design(s) {unknown}; valid: {', '.join(rows)}" if unknown else
                 "--steps must be 0 or at least 2 (the first step is warm-up)")
     trained = Path(args.trained) if args.trained else None

@@ -9,6 +9,7 @@ from .cli_options import (
     DATA_HELP,
     DEVICE_HELP,
     DTYPE_HELP,
+    FUSE_LORA_HELP,
     PREFIX_REUSE_HELP,
     check_device,
     check_dtype,
@@ -54,6 +55,7 @@ def encode(
     dtype: str = typer.Option(None, callback=check_dtype, help=DTYPE_HELP),
     device: str = typer.Option("auto", callback=check_device, help=DEVICE_HELP),
     prefix_reuse: bool = typer.Option(True, "--prefix-reuse/--no-prefix-reuse", help=PREFIX_REUSE_HELP),
+    fuse_lora: bool = typer.Option(True, "--fuse-lora/--no-fuse-lora", help=FUSE_LORA_HELP),
 ):
     """Embed the lines of a text file into a .npy file, written atomically at exactly --output."""
     import numpy as np
@@ -68,7 +70,7 @@ def encode(
     except UnicodeDecodeError as err:
         raise UserError(f"--input {input}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
                         f"{err.start}); save it as UTF-8", 2) from None
-    m = load_model_for_cli(model, attention, pooling, dtype, max_length, device)
+    m = load_model_for_cli(model, attention, pooling, dtype, max_length, device, fuse_lora)
     m.prefix_reuse = prefix_reuse
     emb = m.encode(texts, instruction=instruction, batch_size=batch_size, show_progress_bar=True)
     with atomic_write(output) as f:  # np.save to a file object: no ".npy" appended to the name given
@@ -155,6 +157,7 @@ def eval_(
                                            "hub model run code of its own (only for models you trust; poolattn's own "
                                            "exports load without it)"),
     prefix_reuse: bool = typer.Option(True, "--prefix-reuse/--no-prefix-reuse", help=PREFIX_REUSE_HELP),
+    fuse_lora: bool = typer.Option(True, "--fuse-lora/--no-fuse-lora", help=FUSE_LORA_HELP),
     all_splits: bool = typer.Option(False, "--all-splits", help="score every split of each task (default: only the "
                                     "main split, the leaderboard's: e.g. test, not validation and test)"),
     no_dedup: bool = typer.Option(False, "--no-dedup", help="encode every text as mteb passes it (default: each "
@@ -184,8 +187,8 @@ def eval_(
         raise typer.BadParameter(str(e), param_hint="--tasks") from e
     try:
         with removed_if_failed(output):
-            loaded = load_model(model, device=device, trust_remote_code=trust_remote_code, pooling=pooling,
-                                attention=attention)
+            loaded = load_model(model, device=device, trust_remote_code=trust_remote_code, fuse_lora=fuse_lora,
+                                pooling=pooling, attention=attention)
             if isinstance(loaded, EmbeddingModel):  # not a sentence-transformers model
                 loaded.prefix_reuse = prefix_reuse
             scores = evaluate(loaded, names, data_dir=data_dir, output_dir=output, instructions=instructions,

@@ -26,6 +26,8 @@ DTYPE_HELP = "auto | float32 | bfloat16 | float16"
 DATA_HELP = "data pack folder (default: $POOLATTN_DATA, else ../shared/data)"
 PREFIX_REUSE_HELP = ("run the instruction all texts of a batch share once per batch under causal attention (exact up "
                      "to rounding); --no-prefix-reuse: every text whole")
+FUSE_LORA_HELP = ("run each LoRA linear of a trained model as one matrix product (the same vectors up to rounding); "
+                  "--no-fuse-lora: peft's unfused path")
 
 
 def checked_by(module: str, resolver: str, hint: str):
@@ -49,7 +51,7 @@ check_dtype = checked_by("backbone", "resolve_dtype", "--dtype")
 
 
 def load_model_for_cli(model: str, attention: str | None, pooling: str | None, dtype: str | None, max_length: int | None,
-                device: str = "auto"):
+                device: str = "auto", fuse_lora: bool = True):
     """A saved poolattn folder as saved (options override it), else a fresh design on that backbone: then a
     trainable pooler starts random, and a warning says so. --max-length beyond the model's positions is refused."""
     from pathlib import Path
@@ -61,7 +63,8 @@ def load_model_for_cli(model: str, attention: str | None, pooling: str | None, d
     overrides = {k: v for k, v in dict(attention=attention, pooling=pooling, dtype=dtype,
                                        max_length=max_length).items() if v is not None}
     if (Path(model) / CONFIG_NAME).exists():
-        m = EmbeddingModel.from_pretrained(model, inference=True, device=device, **overrides)  # inference only
+        m = EmbeddingModel.from_pretrained(model, inference=True, device=device, fuse_lora=fuse_lora,
+                                           **overrides)  # inference only
     else:
         m = EmbeddingModel(ModelConfig(backbone=model, **overrides), device=device)
         if m.pooler.trainable:

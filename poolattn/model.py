@@ -62,8 +62,11 @@ class EmbeddingModel(nn.Module):
         prefix_reuse: a runtime switch, not part of the design (on by default, never saved or fingerprinted): where
             attention is causal, the leading tokens all texts of a batch share (their instruction) run once per
             batch instead of once per text (poolattn.prefix); the vectors are the same up to rounding.
+        fuse_lora: a runtime switch read by for_inference() (on by default): each LoRA linear then runs as one
+            matrix product (poolattn.lorafuse), the same vectors up to rounding; off: peft's unfused path.
     """
     prefix_reuse: bool = True
+    fuse_lora: bool = True
 
     def __init__(self, config: ModelConfig | None = None, device: str | torch.device | None = "auto",
                  **overrides: Any):
@@ -97,8 +100,10 @@ class EmbeddingModel(nn.Module):
         self.config = self.config.model_copy(update={"lora": settings})
         return self
 
-    def for_inference(self) -> EmbeddingModel:
-        """Cast the LoRA weights to the backbone's dtype, as training's bf16 autocast ran them.
+    def for_inference(self, fuse_lora: bool | None = None) -> EmbeddingModel:
+        """Prepare a LoRA model for encoding only: each LoRA linear fused into one matrix product in the backbone's
+        dtype (poolattn.lorafuse; `fuse_lora`, default the attribute of that name), else the LoRA weights cast to
+        the backbone's dtype, as training's bf16 autocast ran them.
 
         Left in fp32, every linear layer of a bf16 backbone upcasts its input for an fp32 LoRA path: encoding a
         trained SmolLM2 ran at half speed (42 vs 83 texts/s). Merging the adapter into bf16 weights instead would
@@ -108,10 +113,14 @@ class EmbeddingModel(nn.Module):
         if self.config.lora is None or getattr(self, "_inference_only", False):
             return self
         self._pinned_fingerprint = self.fingerprint()
+        if self.fuse_lora if fuse_lora is None else fuse_lora:
+            from .lorafuse import fuse_lora as fuse
+
+            fuse(self.backbone)  # from the fp32 adapter weights: s B is rounded once
         params = dict(self.backbone.named_parameters())
         dtype = next(p.dtype for n, p in params.items() if "lora_" not in n)
         for name, p in params.items():
-            if "lora_" in name:
+            if "lora_" in name:  # adapters left unfused (or fusion off)
                 p.data = p.data.to(dtype)
         self._inference_only = True
         self.eval()
@@ -235,7 +244,8 @@ class EmbeddingModel(nn.Module):
         position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
         args = (self.backbone, input_ids, attention_mask, position_ids, self.pooler.needs_all_layers)
         shared = prefix.shared_prefix_length(input_ids, attention_mask) if self._can_reuse_prefix() else 0
-        states = prefix.shared_states(*args, shared) if shared else prefix.backbone_states(*args)
+        memo = None if self.training else getattr(self, "_prefix_memo", None)  # encode's, across its batches
+        states = prefix.shared_states(*args, shared, memo) if shared else prefix.backbone_states(*args)
         # Training (GradCache's no-grad pass included) uses the fp32 pooler, so both passes agree exactly.
         pooler = self.pooler if self.training else self._pooler_for(states[-1].dtype)
         emb = pooler(states, attention_mask if pool_mask is None else pool_mask).float()
@@ -258,13 +268,17 @@ class EmbeddingModel(nn.Module):
         out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
         device = self.device
         show = len(texts) > batch_size if show_progress_bar is None else show_progress_bar
-        with tqdm(total=len(texts), desc="encode", unit="text", disable=not show) as bar:
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                batch = self._pad([ids[i] for i in idx], [skip[i] for i in idx])
-                emb = self(**{k: v.to(device) for k, v in batch.items()})
-                out[idx] = emb.float().cpu().numpy()
-                bar.update(len(idx))
+        self._prefix_memo = prefix.PrefixMemo()  # an instruction's prefix pass runs once per call
+        try:
+            with tqdm(total=len(texts), desc="encode", unit="text", disable=not show) as bar:
+                for start in range(0, len(order), batch_size):
+                    idx = order[start:start + batch_size]
+                    batch = self._pad([ids[i] for i in idx], [skip[i] for i in idx])
+                    emb = self(**{k: v.to(device) for k, v in batch.items()})
+                    out[idx] = emb.float().cpu().numpy()
+                    bar.update(len(idx))
+        finally:
+            self._prefix_memo = None
         self.train(was_training)
         return out[0] if single else out
 
@@ -316,9 +330,10 @@ class EmbeddingModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, inference: bool = False,
-                        device: str | torch.device | None = "auto", **overrides: Any) -> EmbeddingModel:
+                        device: str | torch.device | None = "auto", fuse_lora: bool | None = None,
+                        **overrides: Any) -> EmbeddingModel:
         """Load a saved folder; `overrides` (e.g. dtype='float32') change the config before loading;
-        `inference` prepares it for encoding only (faster; see for_inference()). Overrides of FIXED_ON_LOAD fields
+        `inference` prepares it for encoding only (faster; see for_inference(), which takes `fuse_lora`). Overrides of FIXED_ON_LOAD fields
         (pooling, ...) to other values than saved are refused: the folder's weights belong to the saved ones."""
         from pydantic import ValidationError
         from safetensors.torch import load_file
@@ -370,7 +385,7 @@ class EmbeddingModel(nn.Module):
                              f"shape mismatch {shapes}")
         model.pooler.load_state_dict(state)
         model.tokenizer.padding_side = config.padding_side
-        return model.for_inference() if inference else model
+        return model.for_inference(fuse_lora) if inference else model
 
 
 def _legacy_pooler(pooling: str, options: dict[str, Any]):

@@ -130,14 +130,37 @@ def backbone_states(backbone, input_ids: torch.Tensor, attention_mask: torch.Ten
     return tuple(out.hidden_states) if all_layers else (out.last_hidden_state,)
 
 
+class PrefixMemo(dict):
+    """Prefix passes kept across the batches of one encode call (inference only): token ids -> (cache, states).
+
+    Every batch of a call usually starts with the same instruction: its pass is then run once per call, not once per
+    batch. A batch uses the longest kept prefix its own shared tokens start with (the rest of its shared tokens run
+    with each row's own: exact under causal attention), else runs its own prefix and keeps it. The same tokens give
+    the same states, so the vectors are those of a pass per batch exactly."""
+
+    def lookup(self, ids: tuple[int, ...], all_layers: bool):
+        best = max((k for k in self if k[1] == all_layers and ids[:len(k[0])] == k[0]), key=lambda k: len(k[0]),
+                   default=None)
+        return (len(best[0]), *self[best]) if best else None
+
+
 def shared_states(backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                  all_layers: bool, shared: int) -> tuple[torch.Tensor, ...]:
-    """backbone_states of the batch, its first `shared` tokens (the same in every row) run once."""
+                  all_layers: bool, shared: int, memo: PrefixMemo | None = None) -> tuple[torch.Tensor, ...]:
+    """backbone_states of the batch, its first `shared` tokens (the same in every row) run once (or taken from
+    `memo`, no gradients: see PrefixMemo)."""
     batch = input_ids.shape[0]
+    kept = memo.lookup(tuple(input_ids[0, :shared].tolist()), all_layers) if memo is not None else None
+    if kept is not None:
+        shared, cache, head = kept
+        tail = backbone_states(backbone, input_ids[:, shared:], attention_mask, position_ids[:, shared:], all_layers,
+                               cache.for_batch(batch))
+        return tuple(torch.cat([h.expand(batch, -1, -1), t], 1) for h, t in zip(head, tail))
     cache = _cache_class()(_decoder_config(backbone))
     with _checkpointing_keeps_cache(backbone):
         head = backbone_states(backbone, input_ids[:1, :shared], attention_mask[:1, :shared],
                                position_ids[:1, :shared], all_layers, cache)
+        if memo is not None:
+            memo[tuple(input_ids[0, :shared].tolist()), all_layers] = (cache, head)
         # The mask covers prefix + own tokens (the prefix's part is all ones); positions continue after the prefix.
         tail = backbone_states(backbone, input_ids[:, shared:], attention_mask, position_ids[:, shared:], all_layers,
                                cache.for_batch(batch))

@@ -48,12 +48,12 @@ def test_eval_cost_runs_every_row_on_a_tiny_model(tiny_llama, tmp_path, monkeypa
     assert "AVX512-BF16" in printed and "largest main-score difference" in printed
     result = json.loads(out.read_text())
     evals = {(r["model"], r["variant"]): r for r in result["eval"]}
-    assert len(evals) == 15  # baseline, designs 1 and 5, five variants each
+    assert len(evals) == 18  # baseline, designs 1 and 5, six variants each
     for (model, variant), r in evals.items():
         assert "seconds" in r or r["skipped"].startswith("n/a"), (model, variant)
     assert all(d == 0.0 for per in result["max_score_diff_x100"].values() for v, d in per.items()
-               if v in ("all-splits", "no-dedup"))  # exact savings: the same scores (fp32)
+               if v in ("all-splits", "no-dedup", "no-fused-lora"))  # exact savings: the same scores (fp32)
     trains = {(r["design"], r["variant"]): r for r in result["train"]}
     assert set(trains) == {(d, v) for d in ("1-eos-causal", "5-multilayer-bidirectional")
-                           for v in ("on", "no-prefix-reuse")}
+                           for v in ("on", "no-prefix-reuse", "no-fast-dropout", "all-off")}
     assert len(trains["1-eos-causal", "on"]["step_s"]) == 2 and trains["1-eos-causal", "on"]["median_step_s"] > 0

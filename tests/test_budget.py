@@ -138,3 +138,29 @@ def test_recipe_table_is_ordered_and_the_measured_rows_come_from_the_study():
     # more steps, less seed noise (25.6 points at 30 steps, 18.2 at 60, 12.4 at 120)
     sds = [r.seed_sd for r in measured]
     assert sds == sorted(sds, reverse=True) and sds[0] > sds[-1]
+
+
+def test_evaluation_is_probed_per_pooler_kind_and_attention(tiny_llama, tmp_path, monkeypatch):
+    """A bidirectional pooler design is charged its own probe, not the causal one's: a causal design reuses the
+    instruction's prefix pass and a bidirectional one cannot (the default experiment's estimate was 5.9 min for
+    every pooler design against 3.4-6.0 causal and 8.1-8.3 bidirectional measured)."""
+    designs = [Design(name="eos", pooling="eos"), Design(name="lat-c", pooling="latent"),
+               Design(name="ml-c", pooling="multilayer"),
+               Design(name="lat-b", pooling="latent", attention="bidirectional"),
+               Design(name="ml-b", pooling="multilayer", attention="bidirectional")]
+    small = {"num_latents": 4, "num_heads": 4}
+    designs = [d.model_copy(update={"pooling_kwargs": small}) if d.pooling != "eos" else d for d in designs]
+    cfg = ExperimentConfig(output_dir=str(tmp_path / "exp"), designs=designs,
+                           base={"backbone": tiny_llama, "dtype": "float32"}, device="cpu")
+    probed = []
+    speed = {("mean", "causal"): 10.0, ("latent", "causal"): 20.0, ("latent", "bidirectional"): 40.0}
+
+    def seconds(model, samples, batch_size):
+        probed.append((model.config.pooling, model.config.attention))
+        return speed[probed[-1]]
+    monkeypatch.setattr(budget, "_probe_step", lambda config, design: (1.0, 0.0))
+    monkeypatch.setattr(budget, "_suite_samples", lambda config: [(None, ["a text"], 100.0)])
+    monkeypatch.setattr(budget, "_eval_seconds", seconds)
+    m = budget.measure(cfg)
+    assert probed == [("mean", "causal"), ("latent", "causal"), ("latent", "bidirectional")]  # one per kind
+    assert m.eval_seconds_by_design == {"eos": 10.0, "lat-c": 20.0, "ml-c": 20.0, "lat-b": 40.0, "ml-b": 40.0}

@@ -81,6 +81,21 @@ def test_vectors_equal_with_a_lora_adapter(tiny_backbones, arch, spy):
     assert np.abs(m.for_inference().encode(TEXTS, INSTRUCTION, batch_size=8) - plain).max() <= 1e-5
 
 
+def test_prefix_pass_runs_once_per_encode_call(tiny_llama, monkeypatch):
+    """Batches after the first take the kept prefix pass (PrefixMemo), also where a batch's own shared tokens run
+    longer than the kept prefix (texts starting alike) or shorter: the vectors stay those of the plain path."""
+    m = _model(tiny_llama, PAPER_DESIGNS[0])
+    calls = []
+    real = prefix.backbone_states
+    monkeypatch.setattr(prefix, "backbone_states", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    texts = ["the cat sat on the mat", "the cat sat down", "dogs", "a man is playing a guitar", "two dogs run",
+             "what is the capital of france"]  # longest first: the first batch shares "the cat sat" too
+    reused, plain = _both(m, texts, batch_size=2)
+    assert np.abs(reused - plain).max() <= 1e-5
+    heads = [s for s in calls if s[0] == 1]  # prefix passes (batch 1); the rest: 3 batches reused, 3 plain
+    assert len(calls) == 3 + 3 + len(heads) and 1 <= len(heads) <= 2  # without the memo: a prefix pass per batch
+
+
 def test_positions_continue_after_the_prefix(tiny_llama):
     """The equality above depends on the positions: the batch part restarted at 0 gives other vectors."""
     m = _model(tiny_llama, PAPER_DESIGNS[0])

@@ -225,6 +225,10 @@ class EncodeRunner:
             todo, served = broadcast((todo, {i: out[i] for i in first.values() if out[i] is not None}))
             for i, v in served.items():
                 out[i] = v
+        if self.dedup:  # with dedup, also longest first across the whole call, not only within each chunk (the
+            # model sorts each chunk by tokens): chunks hold texts of similar length, batches carry little padding.
+            # The same vectors up to rounding (batch composition), as with dedup itself.
+            todo.sort(key=lambda i: -len(texts[i]))
         every, todo = todo, todo[self.rank::self.size]
         saved = time.monotonic()
         for start in range(0, len(todo), self.chunk_size):

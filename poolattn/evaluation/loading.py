@@ -53,7 +53,8 @@ def _sentence_transformer(folder: Path, device: str, trust_remote_code: bool) ->
     return SentenceTransformer(str(folder), device=device, trust_remote_code=bool(custom))
 
 
-def load_model(spec: Any, device: str | None = None, trust_remote_code: bool = False, **design: Any) -> Any:
+def load_model(spec: Any, device: str | None = None, trust_remote_code: bool = False, fuse_lora: bool | None = None,
+               **design: Any) -> Any:
     """An EmbeddingModel or SentenceTransformer from what the user named.
 
     Objects pass through. A folder with poolattn_config.json is a saved poolattn model; a folder with modules.json
@@ -61,7 +62,8 @@ def load_model(spec: Any, device: str | None = None, trust_remote_code: bool = F
     sentence-transformers model; anything else is a backbone for a fresh EmbeddingModel(ModelConfig(backbone=spec)).
     `design` (e.g. pooling="mean") overrides ModelConfig fields of poolattn models. `device` (auto, cpu, cuda:1, ...;
     default auto) places models loaded by name; objects stay where they are. `trust_remote_code`: let a
-    sentence-transformers folder or hub model run code of its own (poolattn's own exports need not).
+    sentence-transformers folder or hub model run code of its own (poolattn's own exports need not). `fuse_lora`:
+    EmbeddingModel.for_inference's switch for saved poolattn models (default: on).
     """
     from sentence_transformers import SentenceTransformer
 
@@ -80,7 +82,8 @@ def load_model(spec: Any, device: str | None = None, trust_remote_code: bool = F
         name = str(spec)
         folder = Path(name).expanduser()
         if folder.is_dir() and (folder / CONFIG_NAME).exists():
-            return EmbeddingModel.from_pretrained(folder, inference=True, device=device, **design)  # inference only
+            return EmbeddingModel.from_pretrained(folder, inference=True, device=device, fuse_lora=fuse_lora,
+                                                  **design)  # inference only
         if folder.is_dir() and (folder / "modules.json").exists():
             model = _named(_sentence_transformer(folder, device, trust_remote_code), f"local/{folder.resolve().name}")
         elif name.lower() in MINILM_ALIASES and minilm_folder():

@@ -106,7 +106,7 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
     all_splits: evaluate every split of each task; default: only the main split (the leaderboard's, which the main
     score is read from), e.g. AmazonCounterfactualClassification's test and not its validation split.
     dedup: encode each distinct text once per task and side (exact: the vectors are scattered back); False: every
-    text as mteb passes it (to measure what dedup saves).
+    text as mteb passes it (to measure what dedup saves; nor sorted by length across the call).
     """
     import datasets
     import mteb

@@ -8,11 +8,13 @@ Measured (once per experiment folder, in a throwaway folder):
     elapsed time from the first logged step to the last over the steps between (the first step warms up);
     the rest of the probe's wall time (model load, first step, saving) is charged once per design as overhead;
   * evaluation: per task, a sample of its texts (EVAL_PROBE_TEXTS over the suite) encoded with the task's instruction
-    as evaluation applies it, by the untrained model (charged to the baseline and the designs without a trainable
-    pooler) and by the probed pooler design (charged to the designs with one); a task's time = its characters to
-    encode (poolattn.evaluation.pack.encode_cost) / the characters per second of its sample. Without the
-    instructions and the pooler the estimate was half the default experiment's real evaluations
-    (measured: docs/results.md#evaluation).
+    as evaluation applies it, by the untrained baseline model and by the first design of every other (trainable
+    pooler or not, attention) pair, each design charged its pair's speed: a trainable pooler costs more, and a
+    bidirectional design cannot reuse the instruction's prefix pass (a causal design can); a task's time = its
+    characters to encode (poolattn.evaluation.pack.encode_cost) / the characters per second of its sample. Without
+    the instructions and the pooler the estimate was half the default experiment's real evaluations (measured:
+    docs/results.md#evaluation); with one probe for every pooler design, causal and bidirectional, it overstated
+    causal designs' evaluation and understated bidirectional ones'.
   * peers (`peers:`): each one's evaluation, from its own encoding speed over the same sample (a peer encodes as
     it was published: no instruction).
 Estimate = baseline evaluation + every peer's evaluation + for every design x seed: overhead + steps x step time +
@@ -109,6 +111,11 @@ def _probe_designs(designs: list[Design]) -> dict[str, Design]:
     return {d.name: d for d in picks}
 
 
+def _eval_group(design: Design) -> tuple[bool, str]:
+    """What a design's evaluation speed depends on: a trainable pooler or not, and the attention."""
+    return is_trainable(design.pooling), design.attention
+
+
 def _charged(design: Design, probes: dict[str, Design]) -> str:
     """Which probe's step time a design is charged."""
     pooled = [n for n, d in probes.items() if is_trainable(d.pooling)]
@@ -191,18 +198,20 @@ def measure(config: ExperimentConfig) -> Measurement:
     timed = {name: _probe_step(config, d) for name, d in probes.items()}
     samples = _suite_samples(config)
     eval_chars = sum(chars for _, _, chars in samples)
-    plain = _eval_seconds(EmbeddingModel(config.model_config_for(config.baseline or designs[0]),
-                                         device=config.device), samples, config.eval.batch_size)
-    by_probe = {}
-    for name, d in probes.items():  # a pooler's evaluation costs more than the backbone's alone
-        by_probe[name] = plain if not is_trainable(d.pooling) else _eval_seconds(
-            EmbeddingModel(config.model_config_for(d), device=config.device), samples, config.eval.batch_size)
+    baseline = config.baseline or designs[0]
+    plain = _eval_seconds(EmbeddingModel(config.model_config_for(baseline), device=config.device), samples,
+                          config.eval.batch_size)
+    by_group = {_eval_group(baseline): plain}
+    for d in designs:  # a pooler's evaluation costs more than the backbone's alone; bidirectional, no prefix reuse
+        if _eval_group(d) not in by_group:
+            by_group[_eval_group(d)] = _eval_seconds(EmbeddingModel(config.model_config_for(d), device=config.device),
+                                                     samples, config.eval.batch_size)
     peers = {}
     for peer in config.peer_rows():
         peers[peer.name] = _eval_seconds(reference_model(config, peer), samples, config.eval.batch_size)
     return Measurement({d.name: timed[_charged(d, probes)][0] for d in designs},
                        max(o for _, o in timed.values()), eval_chars / max(plain, 1e-6), eval_chars,
-                       {d.name: by_probe[_charged(d, probes)] for d in designs}, peers)
+                       {d.name: by_group[_eval_group(d)] for d in designs}, peers)
 
 
 def estimate(config: ExperimentConfig, m: Measurement, steps: int, seeds: int) -> dict:

@@ -86,6 +86,9 @@ class ExperimentConfig(BaseModel):
     prefix_reuse: bool = Field(
         True, description="in training and evaluation, run the instruction all texts of a batch start with once per "
         "batch where attention is causal (exact up to rounding: may change on resume); false: every text whole")
+    fuse_lora: bool = Field(
+        True, description="in evaluation, run each LoRA linear of a trained design as one matrix product (exact up "
+        "to rounding: may change on resume); false: peft's unfused path")
     report: ReportSettings = Field(default_factory=ReportSettings, description="the report's statistics "
                                    "(ReportSettings)")
 

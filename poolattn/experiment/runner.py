@@ -30,7 +30,7 @@ def write_config_once(folder: Path, config: ExperimentConfig) -> None:
         before = ExperimentConfig.model_validate(yaml.safe_load(path.read_text())).model_dump(mode="json")
         # Where the run lives and how it is reported may change; what it computes may not.
         # A peer may be added to a finished experiment; prefix_reuse changes speed, not results.
-        keep = ("output_dir", "report", "device", "peers", "prefix_reuse")
+        keep = ("output_dir", "report", "device", "peers", "prefix_reuse", "fuse_lora")
         # Where the data lives, not what it is; where training curves go, not what they show.
         moved = ("eval.data_dir", "train.data_dir", "train.report_to")
         changed = [k for k in changed_fields(before, dumped) if k.split(".")[0] not in keep and k not in moved]
@@ -176,7 +176,8 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
         t1 = time.time()
         # Every process trains (DDP) and evaluates (its share of the texts); rank 0 writes. The reference rows (the
         # untrained backbone, the peers) are evaluated as they are: not designs.
-        model = EmbeddingModel.from_pretrained(final, inference=True, device=config.device) if final else (
+        model = EmbeddingModel.from_pretrained(final, inference=True, device=config.device,
+                                               fuse_lora=config.fuse_lora) if final else (
             reference_model(config, design))
         if isinstance(model, EmbeddingModel):  # not a peer loaded by sentence-transformers
             model.prefix_reuse = config.prefix_reuse

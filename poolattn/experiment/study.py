@@ -119,7 +119,7 @@ def _evaluate_snapshot(cfg: ExperimentConfig, run: Path, steps: int, name: str, 
     eval_dir = layout.eval(name)
     console.print(f"[dim]evaluate {run.name} at {steps} steps -> {eval_dir}[/dim]")
     model = EmbeddingModel.from_pretrained(run / "snapshots" / f"step-{steps:06d}", inference=True,
-                                           device=cfg.device)
+                                           device=cfg.device, fuse_lora=cfg.fuse_lora)
     evaluate_design(model, cfg, eval_dir)
 
 
