@@ -190,3 +190,42 @@ def load_backbone(name: str, dtype: str | torch.dtype = "auto", attn_implementat
             return AutoModel.from_pretrained(source, **kwargs)
     except OSError as err:
         raise _not_found(name, err) from err
+
+
+LM_HEAD = "lm_head.weight"
+
+
+def load_lm_head(name: str, backbone) -> torch.Tensor:
+    """The causal-LM head's weight [vocab, hidden] of backbone `name`, which load_backbone loads without its head:
+    the input embeddings where the config ties the head to them (SmolLM2, Gemma), else `lm_head.weight` read from
+    the checkpoint's safetensors files (the local folder, or the hub's cached files), on the backbone's device and
+    in its dtype. Frozen: it is the pretrained head (a peft-wrapped backbone is read through its base model)."""
+    from safetensors import safe_open
+
+    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    embeddings = base.get_input_embeddings().weight
+    if getattr(base.config, "tie_word_embeddings", False):
+        return embeddings
+    source = local_source(name)
+
+    def file(filename: str) -> Path | None:
+        if Path(source).is_dir():
+            return Path(source) / filename if (Path(source) / filename).exists() else None
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            return Path(hf_hub_download(source, filename))
+        except EntryNotFoundError:
+            return None
+
+    index = file("model.safetensors.index.json")
+    shard = json.loads(index.read_text())["weight_map"].get(LM_HEAD) if index else "model.safetensors"
+    path = file(shard) if shard else None
+    if path is not None:
+        with safe_open(str(path), "pt") as f:
+            if LM_HEAD in f.keys():
+                return f.get_tensor(LM_HEAD).to(embeddings.device, embeddings.dtype).requires_grad_(False)
+    raise ValueError(f"backbone {name!r}: its head is not tied to the input embeddings and its files hold no "
+                     f"{LM_HEAD} (a GGUF file's dense cache keeps the base model only); masked next-token "
+                     f"prediction needs the pretrained LM head")

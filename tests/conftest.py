@@ -13,6 +13,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DATA_DIR = Path(os.environ.get("POOLATTN_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU two OpenMP threads can make a
+    millisecond step take seconds: a module uses it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA_DIR / "tasks.json").exists():

@@ -130,7 +130,8 @@ def _probe_step(config: ExperimentConfig, design: Design) -> tuple[float, float]
 
     with tempfile.TemporaryDirectory(prefix="poolattn-probe-") as tmp:
         tc = train_config_for(config, design, Path(tmp)).model_copy(update={
-            "max_steps": PROBE_STEPS, "save_every": PROBE_STEPS, "progress": False, "max_time_minutes": None})
+            "max_steps": PROBE_STEPS, "save_every": PROBE_STEPS, "progress": False, "max_time_minutes": None,
+            "adapt": None})  # contrastive steps only: an adaptation stage is not estimated
         t0 = time.perf_counter()
         train(tc)
         wall = time.perf_counter() - t0

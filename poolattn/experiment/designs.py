@@ -66,6 +66,13 @@ EXTRA_DESIGNS = [
            pooling_kwargs={"preset": "poolattn0", "tokens": "mean"}),
     Design(name="multilayer-meaninit-bidirectional", pooling="multilayer", attention="bidirectional",
            pooling_kwargs={**_TANG, "tokens": "mean", "init": "mean"}),
+    # LLM2Vec (BehnamGhader et al. 2024, arXiv 2404.05961; McGill-NLP/llm2vec @312adcfb): bidirectional attention
+    # adapted by masked next-token prediction before contrastive training, mean pooling over the tokens (its
+    # pooling_mode mean); the stage's settings are poolattn.training.adapt.AdaptConfig's defaults. LLM2Vec's optional
+    # SimCSE step after MNTP has no named design: a run has one adaptation stage (`adapt: {objective: simcse}` alone
+    # is SimCSE without MNTP, not LLM2Vec's recipe).
+    Design(name="llm2vec-mntp-bidirectional", pooling="mean", attention="bidirectional",
+           train={"adapt": {"objective": "mntp"}}),
 ]
 NAMED_DESIGNS = {d.name: d for d in PAPER_DESIGNS + MEAN_BASELINES + EXTRA_DESIGNS}
 

@@ -207,8 +207,9 @@ def _category_scores(summary: Path) -> dict[str, float]:
 
 
 def _step_seconds(run: Path) -> float:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    t = [r["elapsed_s"] for r in rows]
+    from ..training.runfolder import metric_rows
+
+    t = [r["elapsed_s"] for r in metric_rows(run)]  # contrastive training's steps
     return float(np.median(np.diff(t))) if len(t) > 2 else float("nan")
 
 

@@ -22,6 +22,7 @@ from ..experiment import ExperimentConfig
 from ..experiment.layout import ExperimentLayout
 from ..experiment.peers import PEER_PREFIX, peer_rows
 from ..stats.paired import Items
+from ..training.runfolder import metric_rows
 
 
 @dataclass
@@ -128,12 +129,10 @@ def training_summary(folder: Path, designs: list[str]) -> dict[str, dict]:
         for path in (layout.train(d) / "train_summary.json", layout.timing(d)):
             if path.exists():
                 row.update(json.loads(path.read_text()))
-        metrics = layout.train(d) / "metrics.jsonl"
-        if metrics.exists():
-            losses = [r["loss"] for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]
-            if losses:
-                row["loss_first"] = float(np.mean(losses[:5]))
-                row["loss_last"] = float(np.mean(losses[-5:]))
+        losses = [r["loss"] for r in metric_rows(layout.train(d)) if "loss" in r]  # contrastive training's
+        if losses:
+            row["loss_first"] = float(np.mean(losses[:5]))
+            row["loss_last"] = float(np.mean(losses[-5:]))
         if row:
             out[d] = row
     return out

@@ -4,6 +4,7 @@ negatives over the global batch, optional GradCache, DDP through accelerate, ato
     config      TrainConfig (one YAML file) and `--set a.b=c` overrides
     gradcache   RandContext and contrastive_backward (GradCache)
     checkpoint  atomic commit, complete checkpoints, RNG states, trainable weights
+    adapt       the adaptation stage before contrastive training (LLM2Vec's MNTP or SimCSE, `adapt:`)
     trainer     Trainer (setup, step, checkpoints, loop) and train()
 Process rank and world size come from poolattn.distributed.world.
 """

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import write_failed
 from ..fileio import share_modes
 from ..model import EmbeddingModel
 
@@ -135,3 +136,27 @@ def read_state(folder: Path, rank: int, model: EmbeddingModel, optimizer,
     rng = folder / f"rng_state_{rank}.pt"
     # our own file; it holds numpy / python RNG tuples, which weights_only cannot load
     return state, torch.load(rng, weights_only=False) if rng.exists() else None
+
+
+def save(run_dir: Path, step: int, rank: int, writer: bool, model: EmbeddingModel, optimizer, scheduler,
+         trainer_state: dict[str, Any], keep_last: int, barrier) -> Path:
+    """Write <run_dir>/checkpoints/step-NNNNNN whole or not at all (every process writes its RNG states, `writer` the
+    rest) and keep the newest `keep_last`; `barrier` waits for every process (accelerate's wait_for_everyone)."""
+    name = f"step-{step:06d}"
+    final, tmp = run_dir / "checkpoints" / name, run_dir / "checkpoints" / f"{TMP_PREFIX}{name}"
+    if writer:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    try:  # a failed write (full disk: torch says only "iostream error") names the checkpoint and the reason
+        write_state(tmp, rank, model if writer else None, optimizer, scheduler, trainer_state)
+    except (OSError, RuntimeError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failed(tmp, err) from err
+    barrier()
+    if writer:
+        commit(tmp, final)
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            remove(old)
+    barrier()
+    return final

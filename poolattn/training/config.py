@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..configdoc import documented
 from ..errors import UserError
 from ..modelconfig import LoraSettings, ModelConfig
+from .adapt import AdaptConfig
 from .data import SourceConfig
 from .distill import DistillSettings
 
@@ -92,6 +93,10 @@ class TrainConfig(BaseModel):
     distill: DistillSettings | None = Field(None, description="distillation from a sentence-transformers teacher "
                                             "beside InfoNCE (DistillSettings): OUTSIDE THE PAPER'S PROTOCOL, off by "
                                             "default")
+    adapt: AdaptConfig | None = Field(
+        None, description="an adaptation stage before contrastive training (AdaptConfig): LLM2Vec's masked next-token "
+        "prediction or unsupervised SimCSE on the training texts, training the adapter that contrastive training "
+        "continues; None: none (the paper's protocol)")
 
     @field_validator("report_to")
     @classmethod
@@ -113,6 +118,8 @@ class TrainConfig(BaseModel):
             raise ValueError("full_finetune trains every weight: set `lora: null` too")
         if not self.data:
             raise ValueError("data: give at least one training source")
+        if self.adapt is not None and self.lora is None and not self.full_finetune:
+            raise ValueError("adapt trains the backbone: give it a `lora:` adapter (or full_finetune)")
         return self
 
     @classmethod

@@ -52,12 +52,26 @@ def write_config(out: Path, config: TrainConfig) -> None:
     write_text(out / "config.yaml", yaml.safe_dump(dump, sort_keys=False))
 
 
-def truncate_metrics(out: Path, step: int) -> None:
-    """Drop metric lines past the resumed step: those steps are about to be run again."""
+CONTRASTIVE = "contrastive"  # the stage of metrics.jsonl lines without a `stage` marker
+
+
+def metric_rows(out: Path, stage: str = CONTRASTIVE) -> list[dict]:
+    """metrics.jsonl's lines of one stage: contrastive training's (unmarked), or those marked with `stage`
+    (poolattn.training.adapt's `adapt`)."""
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    return [r for r in rows if r.get("stage", CONTRASTIVE) == stage]
+
+
+def truncate_metrics(out: Path, step: int, stage: str = CONTRASTIVE) -> None:
+    """Drop one stage's metric lines past the resumed step: those steps are about to be run again."""
     path = out / "metrics.jsonl"
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    rows = [(ln, json.loads(ln)) for ln in path.read_text().splitlines() if ln.strip()]
+    keep = [ln for ln, r in rows if r.get("stage", CONTRASTIVE) != stage or r["step"] <= step]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(ln + "\n" for ln in keep))
     os.replace(tmp, path)

@@ -6,6 +6,8 @@ A design is only `config.model`; nothing here branches on pooling or attention.
 Run folder (`output_dir`):
     config.yaml, config.json      the config as run
     metrics.jsonl                 one line per step: step, loss, lr, grad_norm, seqs_per_s, tokens_per_s, source
+                                  (and first the adaptation stage's, marked "stage": "adapt", with `adapt:`)
+    adapt/checkpoints/            the adaptation stage's checkpoints (poolattn.training.adapt), with `adapt:`
     tensorboard/                  the same numbers as TensorBoard events, with report_to: tensorboard (tracking)
     checkpoints/step-NNNNNN/      trainable weights, optimizer, scheduler, RNG states, data position (last K kept)
     final/                        EmbeddingModel.save_pretrained folder
@@ -19,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import sys
 import time
 import warnings
@@ -30,10 +31,10 @@ import torch
 
 from ..datadir import resolve_data_dir
 from ..distributed import close_at_exit, world
-from ..errors import write_failed
 from ..fileio import write_json
 from ..model import EmbeddingModel
 from . import checkpoint, runfolder, tracking
+from .adapt import Adaptation
 from .checkpoint import list_checkpoints
 from .config import TrainConfig
 from .data import Example, MixedBatchSampler, load_sources
@@ -67,7 +68,6 @@ class Trainer:
         self.config = config
         self.callbacks = list(callbacks)
         self.out = Path(config.output_dir)
-        self.ckpt_dir = self.out / "checkpoints"
         self.acc = None
 
     # -- run folder -------------------------------------------------------------------------------------------
@@ -202,28 +202,12 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        acc, name = self.acc, f"step-{self.step:06d}"
-        final, tmp = self.ckpt_dir / name, self.ckpt_dir / f"{checkpoint.TMP_PREFIX}{name}"
-        if self.writer:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        try:  # a failed write (full disk: torch says only "iostream error") names the checkpoint and the reason
-            checkpoint.write_state(tmp, self.rank, self.unwrapped if self.writer else None, self.optimizer,
-                                   self.scheduler, {"step": self.step, "elapsed_s": self._elapsed(),
-                                                    "world_size": self.world, "sampler": self.sampler.state_dict()})
-        except (OSError, RuntimeError) as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise write_failed(tmp, err) from err
         if self.teacher is not None and self.writer:
             self.teacher.save()  # teacher vectors are deterministic: a lost cache costs time, never results
-        acc.wait_for_everyone()
-        if self.writer:
-            checkpoint.commit(tmp, final)
-            for old in list_checkpoints(self.out)[:-self.config.keep_last]:
-                checkpoint.remove(old)
-        acc.wait_for_everyone()
-        return final
+        state = {"step": self.step, "elapsed_s": self._elapsed(), "world_size": self.world,
+                 "sampler": self.sampler.state_dict()}
+        return checkpoint.save(self.out, self.step, self.rank, self.writer, self.unwrapped, self.optimizer,
+                               self.scheduler, state, self.config.keep_last, self.acc.wait_for_everyone)
 
     def load_checkpoint(self, path: Path) -> None:
         state, rng = checkpoint.read_state(path, self.rank, self.unwrapped, self.optimizer, self.scheduler)
@@ -301,18 +285,26 @@ class Trainer:
 
     # -- loop ---------------------------------------------------------------------------------------------------
     def run(self) -> Path:
+        """The adaptation stage (`adapt`, unless contrastive training has begun: poolattn.training.adapt), then
+        contrastive training; the final model folder."""
+        if self.acc is None:
+            self.setup()
+        model_log, once = logging.getLogger("poolattn.model"), _FirstOnly()
+        model_log.addFilter(once)
+        try:
+            if self.config.adapt is not None and not list_checkpoints(self.out):
+                Adaptation(self).run()
+            return self._train()
+        finally:
+            model_log.removeFilter(once)
+
+    def _train(self) -> Path:
         from tqdm.auto import tqdm
 
         cfg, acc = self.config, self.acc
-        if acc is None:
-            self.setup()
-            acc = self.acc
         self._t0 = time.perf_counter()
         budget = cfg.max_time_minutes * 60 if cfg.max_time_minutes is not None else None
         status, last_saved = "completed", self.step if list_checkpoints(self.out) else -1
-        model_log = logging.getLogger("poolattn.model")
-        once = _FirstOnly()
-        model_log.addFilter(once)
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc=f"train {cfg.model.name}", unit="step",
                    disable=not (self.main and cfg.progress), dynamic_ncols=True)
         metrics_file = open(self.out / "metrics.jsonl", "a") if self.writer else None
@@ -378,7 +370,6 @@ class Trainer:
         finally:
             bar.close()
             tracking.finish(acc)
-            model_log.removeFilter(once)
             if metrics_file:
                 metrics_file.close()
 
