@@ -45,13 +45,14 @@ def evaluate_design(model, config: ExperimentConfig, out: Path, cache: bool = Tr
     `out`'s summary.json, written last, marks the row done."""
     from ..evaluation import evaluate
 
-    e = config.eval
-    width = model.embedding_dim if hasattr(model, "embedding_dim") else model.get_embedding_dimension()
-    skipped = [d for d in e.dimensions or [] if d > width]
-    if skipped:
-        log.warning("%s: eval.dimensions %s are above its %d dimensions: not evaluated at them", out.parent.name,
-                    skipped, width)
-    for dims in [d for d in e.dimensions or [] if d <= width] + [None]:
+    e, widths = config.eval, []
+    if e.dimensions:  # `model` is then loaded (an EmbeddingModel or a sentence-transformers model)
+        full = model.embedding_dim if hasattr(model, "embedding_dim") else model.get_embedding_dimension()
+        widths = [d for d in e.dimensions if d <= full]
+        if len(widths) < len(e.dimensions):
+            log.warning("%s: eval.dimensions %s are above its %d dimensions: not evaluated at them", out.parent.name,
+                        [d for d in e.dimensions if d > full], full)
+    for dims in widths + [None]:
         evaluate(model, e.tasks, data_dir=e.data_dir, output_dir=out if dims is None else ExperimentLayout.at_width(
                  out, dims), instructions=e.instructions, batch_size=e.batch_size, cache=cache,
                  languages=e.languages, all_splits=e.all_splits, dedup=e.dedup, dimensions=dims)
