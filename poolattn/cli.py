@@ -98,7 +98,8 @@ def info(folder: str = typer.Argument(..., help="saved poolattn model folder")):
     rprint(f"  design     pooling={cfg['pooling']}  attention={cfg['attention']}  normalize={cfg['normalize']}")
     rprint(f"  pooler     {meta['pooler']}")
     rprint(f"  lora       {cfg['lora'] or 'none'}{'  (full fine-tune)' if cfg.get('full_finetune') else ''}")
-    rprint(f"  dim        {meta['embedding_dim']}")
+    widths = cfg.get("matryoshka_dims")
+    rprint(f"  dim        {meta['embedding_dim']}" + (f"  (Matryoshka-trained widths {widths})" if widths else ""))
     rprint(f"  files      {', '.join(sorted(p.name for p in Path(folder).iterdir()))}")
 
 
@@ -162,6 +163,9 @@ def eval_(
                                     "main split, the leaderboard's: e.g. test, not validation and test)"),
     no_dedup: bool = typer.Option(False, "--no-dedup", help="encode every text as mteb passes it (default: each "
                                   "distinct text once per task and side; exact)"),
+    dimensions: int = typer.Option(None, min=1, help="score the vectors cut to their first N components and "
+                                   "renormalised (a Matryoshka width; the summary says whether the model was trained "
+                                   "at it); the embedding cache keeps full vectors; default: the full width"),
 ):
     """Score a model on MTEB tasks (mteb's evaluators) from the data pack or the hub; per-item scores included."""
     from pathlib import Path
@@ -193,7 +197,7 @@ def eval_(
                 loaded.prefix_reuse = prefix_reuse
             scores = evaluate(loaded, names, data_dir=data_dir, output_dir=output, instructions=instructions,
                               batch_size=batch_size, cache=not no_cache, resume=resume, all_splits=all_splits,
-                              dedup=not no_dedup, languages=None if languages.strip() == "all"
+                              dedup=not no_dedup, dimensions=dimensions, languages=None if languages.strip() == "all"
                               else [x.strip() for x in languages.split(",")])
     except TaskUnavailable as e:
         rprint(f"[red]{e}[/red]")

@@ -298,7 +298,10 @@ class EmbeddingModel(nn.Module):
         if getattr(self, "_pinned_fingerprint", None):
             return self._pinned_fingerprint
         # pooling_kwargs is left out: the pooler's full config (defaults included) stands for it.
-        h = hashlib.sha256(self.config.model_dump_json(exclude={"pooling_kwargs", "attn_implementation"}).encode())
+        # matryoshka_dims only where set: models without trained widths keep the fingerprints (and caches) they had.
+        skip = {"pooling_kwargs", "attn_implementation"} | ({"matryoshka_dims"} if not self.config.matryoshka_dims
+                                                            else set())
+        h = hashlib.sha256(self.config.model_dump_json(exclude=skip).encode())
         h.update(json.dumps(self.pooler.get_config(), sort_keys=True).encode())
         for k, v in sorted(self.trainable_state_dict().items()):
             h.update(k.encode())

@@ -19,9 +19,9 @@ POOLER_NAME = "pooler.safetensors"
 # and the adapter (or backbone) was trained through it, so another pooling would pool with weights that are not its
 # own, or with none: from_pretrained refuses to change these. Attention may change: the weights load unchanged, and
 # a model trained causal scored bidirectional (or the reverse) is a user's experiment (the paper's question), so it
-# is allowed with a warning. dtype, max_length, attn_implementation, normalize and the instruction settings change how
-# the model is run, not what its weights mean.
-FIXED_ON_LOAD = ("backbone", "pooling", "pooling_kwargs", "lora", "full_finetune")
+# is allowed with a warning. matryoshka_dims records the widths the weights were trained at. dtype, max_length,
+# attn_implementation, normalize and the instruction settings change how the model is run, not what its weights mean.
+FIXED_ON_LOAD = ("backbone", "pooling", "pooling_kwargs", "lora", "full_finetune", "matryoshka_dims")
 
 
 @documented
@@ -66,11 +66,22 @@ class ModelConfig(BaseModel):
     lora: LoraSettings | None = Field(None, description="the trained adapter's settings, set by add_lora(); the saved "
                                       "adapter then must exist (training takes its own `lora:`)")
     full_finetune: bool = Field(False, description="every backbone weight was trained: the saved folder holds them")
+    matryoshka_dims: list[int] | None = Field(
+        None, description="the widths the model was trained to be truncated to (Matryoshka: the loss summed over the "
+        "embedding cut to each width and renormalised), increasing, the full width last; set by the trainer from "
+        "the training's `matryoshka_dims`; None: trained at the full width only")
 
     @field_validator("pooling")
     @classmethod
     def _known_pooling(cls, v: str) -> str:
         return check_pooling_name(v)
+
+    @field_validator("matryoshka_dims")
+    @classmethod
+    def _widths(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or v[0] < 1 or any(b <= a for a, b in zip(v, v[1:]))):
+            raise ValueError(f"matryoshka_dims must be positive and increasing; got {v}")
+        return v
 
     @property
     def name(self) -> str:

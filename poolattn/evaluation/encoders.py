@@ -17,6 +17,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
+from ..matryoshka import truncate_dims
 from .instructions import instruction_for
 from .loading import fingerprint
 from .tasktypes import TASK_TYPES
@@ -133,6 +134,8 @@ class EncodeRunner:
         on_progress: (done, total) texts of the current encode call.
         dedup: encode each distinct (text, key) once per task: once per call, and for _MEMO_TYPES once across the
             task's calls; vectors are scattered back to every position. False: every text as mteb passes it.
+        dimensions: cut every vector returned to its first `dimensions` components and renormalise (a Matryoshka
+            width); the cache and the task memo hold the full vectors, so every width shares them. None: full width.
 
     Cache: mteb's NumpyCache backend, one store per (model fingerprint, key), keyed by the text's hash, so
     every task that embeds the same text with the same instruction shares it. mteb's CachedEmbeddingWrapper does not
@@ -145,7 +148,8 @@ class EncodeRunner:
     """
 
     def __init__(self, encoder: Any, cache_dir: Path | None, key: Callable[[Any, PromptType | None], str],
-                 chunk_size: int = 256, on_progress: Callable[[int, int], None] | None = None, dedup: bool = True):
+                 chunk_size: int = 256, on_progress: Callable[[int, int], None] | None = None, dedup: bool = True,
+                 dimensions: int | None = None):
         from ..distributed import world
 
         self.encoder = encoder
@@ -157,6 +161,7 @@ class EncodeRunner:
         self.chunk_size = chunk_size
         self.on_progress = on_progress  # (done, total) texts of the current encode call
         self.dedup = dedup
+        self.dimensions = dimensions
         self._memo: dict[tuple[str, str], np.ndarray] = {}  # (key, text) -> vector, of the current task
         self._memo_task: str | None = None
         self._stores: dict[str, Any] = {}
@@ -164,7 +169,8 @@ class EncodeRunner:
 
     @property
     def mteb_model_meta(self) -> ModelMeta:
-        return self.encoder.mteb_model_meta
+        meta = self.encoder.mteb_model_meta
+        return meta if self.dimensions is None else meta.model_copy(update={"embed_dim": self.dimensions})
 
     def similarity(self, e1: Any, e2: Any) -> Any:
         return self.encoder.similarity(e1, e2)
@@ -274,7 +280,7 @@ class EncodeRunner:
             memo.update({(key, texts[i]): out[i] for i in first.values()})
         if not texts:
             return np.zeros((0, self.mteb_model_meta.embed_dim or 0), dtype=np.float32)
-        return np.stack(out)
+        return truncate_dims(np.stack(out), self.dimensions)
 
     def _task_memo(self, task_metadata: Any) -> dict[tuple[str, str], np.ndarray] | None:
         """The vectors kept for the rest of this task (None: not kept); emptied when another task begins."""

@@ -93,7 +93,7 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
              output_dir: str | Path | None = None, instructions: Mapping[str, str | None] | str | Path | None = None,
              batch_size: int = 32, cache: bool = True, progress: bool = True,
              languages: Iterable[str] | None = DEFAULT_LANGUAGES, resume: bool = True, all_splits: bool = False,
-             dedup: bool = True) -> dict[str, TaskScore]:
+             dedup: bool = True, dimensions: int | None = None) -> dict[str, TaskScore]:
     """Score a model on tasks with mteb's evaluators; returns {task name: TaskScore} in task order.
 
     model: EmbeddingModel, SentenceTransformer, or anything `load_model` takes. tasks: names, suites, categories
@@ -107,6 +107,9 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
     score is read from), e.g. AmazonCounterfactualClassification's test and not its validation split.
     dedup: encode each distinct text once per task and side (exact: the vectors are scattered back); False: every
     text as mteb passes it (to measure what dedup saves; nor sorted by length across the call).
+    dimensions: score the vectors cut to their first `dimensions` components and renormalised (a Matryoshka width;
+    summary.json records it and whether the model was trained at it); the embedding cache keeps full vectors, so
+    every width reuses them. None: the full width.
     """
     import datasets
     import mteb
@@ -118,6 +121,7 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
     model = load_model(model)
     overrides = load_overrides(instructions)
     encoder, key = mteb_encoder(model, overrides)
+    width_note = _check_dimensions(model, encoder.mteb_model_meta.embed_dim, dimensions)
     output = Path(output_dir) if output_dir is not None else None
     if world()[0] != 0:  # under a process group every rank encodes its share; rank 0 writes and reports
         output, progress = None, False
@@ -132,11 +136,14 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
                                       "languages": None if languages is None else sorted(languages),
                                       "splits": "all" if all_splits else "main",
                                       "mteb_version": mteb.__version__}, default=str))
+    if dimensions is not None:  # only then: progress.json of full-width runs reads as before
+        settings["dimensions"] = dimensions
     earlier = _finished(output, settings) if output is not None and resume else {}  # kept in progress.json
     finished = broadcast({n: s for n, s in earlier.items() if n in names})  # every rank skips the same tasks
     runner = EncodeRunner(encoder, embedding_cache_dir() / model_id if cache else None, key,
                           on_progress=lambda done, total: bars.update(enc_bar, completed=done, total=total,
-                                                                      visible=True), dedup=dedup)
+                                                                      visible=True), dedup=dedup,
+                          dimensions=dimensions)
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     results: dict[str, TaskScore] = {}
@@ -144,6 +151,8 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
     try:
         with bars:
             console.log(f"loading {len(names)} task(s) from {data_dir}")
+            if width_note:
+                console.log(width_note)
             loaded = []
             for name in names:
                 spec = task_spec(name, data_dir)
@@ -183,10 +192,37 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
             datasets.enable_progress_bars()
     if output is not None:
         meta = encoder.mteb_model_meta
+        width = {} if dimensions is None else {"dimensions": dimensions, "trained_width": _trained(model, dimensions)}
         write_summary(results, output, {"model": meta.name, "revision": meta.revision, "mteb_version": mteb.__version__,
                                         "data_dir": str(data_dir), "splits": settings["splits"],
-                                        "seconds": round(time.monotonic() - start, 1)})
+                                        "seconds": round(time.monotonic() - start, 1), **width})
     return results
+
+
+def _trained(model: Any, dimensions: int) -> bool | None:
+    """Whether the model was trained at this width: a poolattn model's recorded Matryoshka widths, or the
+    `matryoshka_dimensions` a sentence-transformers model's config.json declares (vLLM's key; poolattn's exports
+    write it); None: not recorded."""
+    from ..matryoshka import is_trained_width
+
+    config = getattr(model, "config", None)  # ModelConfig; a sentence-transformers model's transformers config
+    if hasattr(config, "matryoshka_dims"):
+        return is_trained_width(config, model.embedding_dim, dimensions)
+    declared = getattr(config, "matryoshka_dimensions", None)
+    return dimensions in declared if declared else None
+
+
+def _check_dimensions(model: Any, width: int | None, dimensions: int | None) -> str | None:
+    """ValueError for a width the model cannot give; else the console's line on it (None: the full width)."""
+    if dimensions is None:
+        return None
+    if dimensions < 1 or (width is not None and dimensions > width):
+        raise ValueError(f"dimensions {dimensions}: give a width between 1 and the model's embedding width "
+                         f"{width or '(unknown)'}")
+    trained = _trained(model, dimensions)
+    how = {True: "a width the model was trained at", False: "not a width the model was trained at (plain "
+           "truncation)", None: "whether the model was trained at it is not recorded"}[trained]
+    return f"scoring the first {dimensions} of {width} dimensions, renormalised: {how}"
 
 
 @contextlib.contextmanager

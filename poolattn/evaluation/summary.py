@@ -2,7 +2,7 @@
 evaluation runner calls `write_summary`) and its one reader (`read_summary`: the report, the study, benchmarks) live
 here with the one row class, so the two cannot drift apart (per-item scores: poolattn.evaluation.items).
 
-    {"model", "revision", "mteb_version", "data_dir", "splits", "seconds",
+    {"model", "revision", "mteb_version", "data_dir", "splits", "seconds", ["dimensions", "trained_width",]
      "tasks": [{"task", "mteb_task", "type", "category", "source", "main_metric", "main_score", "seconds", ...,
                 "main_score_x100"}, ...]}   one row per task, in task order (TaskScore's fields)
 
@@ -81,13 +81,15 @@ def write_summary(scores: Mapping[str, TaskScore], output_dir: Path, header: dic
     Args:
         scores: task name -> its score, in task order.
         output_dir: the evaluation's folder.
-        header: model, revision, mteb_version, data_dir, splits ("main" | "all"), seconds (the whole run's).
+        header: model, revision, mteb_version, data_dir, splits ("main" | "all"), seconds (the whole run's);
+            with a width, dimensions and trained_width (True, False, or None: not recorded).
     """
     rows = [{**s.model_dump(), "main_score_x100": s.main_score_x100} for s in scores.values()]
     write_text(output_dir / SUMMARY_FILE, json.dumps({**header, "tasks": rows}, indent=2))
     lines = [f"# {header['model']}", "",
              f"revision `{header['revision']}`, mteb {header['mteb_version']}, data {header['data_dir']}, "
-             f"{header.get('splits', 'all')} split(s), total {clock(header['seconds'])}", "",
+             f"{header.get('splits', 'all')} split(s), total {clock(header['seconds'])}"
+             + (f", vectors cut to {header['dimensions']} dimensions" if header.get("dimensions") else ""), "",
              "| task | type | metric | score x100 | splits scored | seconds | CPU seconds | source |",
              "|---|---|---|---:|---|---:|---:|---|"]
     lines += [f"| {s.task} | {s.type} | {s.main_metric} | {s.main_score_x100:.2f} | {', '.join(s.splits or [])} | "

@@ -47,6 +47,20 @@ class EvalSettings(BaseModel):
                              "leaderboard's)")
     dedup: bool = Field(True, description="encode each distinct text once per task and side (exact); false: as mteb "
                         "passes them")
+    dimensions: list[int] | None = Field(
+        None, description="also score every row at each of these widths, e.g. [64, 128, 256] (vectors cut to the "
+        "first N components, renormalised; the full vectors' embedding cache is shared), each into its own folder "
+        "runs/<row>/eval-d<N>/ beside eval/; a width above a row's own is skipped with a warning; None: full width "
+        "only")
+
+    @field_validator("dimensions")
+    @classmethod
+    def _widths(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            from ..matryoshka import check_widths
+
+            check_widths(v, what="eval.dimensions")
+        return v
 
 
 @documented
@@ -125,6 +139,13 @@ class ExperimentConfig(BaseModel):
             if d.lever_of is not None and (d.lever_of not in configured or d.lever_of == d.name):
                 raise ValueError(f"design {d.name!r}: lever_of {d.lever_of!r} must name another configured design "
                                  f"({', '.join(n for n in configured if n != d.name)})")
+        return self
+
+    @model_validator(mode="after")
+    def _base_widths(self):
+        if self.base.matryoshka_dims is not None:
+            raise ValueError("base.matryoshka_dims records a trained model's widths: train them with "
+                             "train.matryoshka_dims (or a design's train: {matryoshka_dims: [...]})")
         return self
 
     @model_validator(mode="after")

@@ -13,6 +13,7 @@ and benchmarks read them).
       runs/<design>/eval/                    evaluation results: summary.json (poolattn.evaluation.summary),
                                              <task>.json (mteb's), <task>.items.json (per-item scores for the paired
                                              tests: poolattn.evaluation.items)
+      runs/<design>/eval-d<N>/               the same at width N (eval.dimensions: vectors cut to N, renormalised)
       runs/<design>/timing.json              the runner's wall time of training and evaluation
       runs/<design>/claim.json               the job that runs the design (`--design`: several jobs on one folder;
                                              poolattn.experiment.runner.claim)
@@ -85,6 +86,12 @@ class ExperimentLayout:
 
     def eval(self, name: str) -> Path:
         return self.run(name) / "eval"
+
+    @staticmethod
+    def at_width(eval_dir: str | Path, dimensions: int) -> Path:
+        """The evaluation at a Matryoshka width beside a full-width one: runs/<name>/eval-d<N>/ beside eval/."""
+        eval_dir = Path(eval_dir)
+        return eval_dir.with_name(f"{eval_dir.name}-d{dimensions}")
 
     def summary(self, name: str) -> Path:
         return self.eval(name) / SUMMARY_FILE

@@ -41,11 +41,21 @@ def write_config_once(folder: Path, config: ExperimentConfig) -> None:
 
 
 def evaluate_design(model, config: ExperimentConfig, out: Path, cache: bool = True) -> None:
+    """Evaluate into `out`, after each of eval.dimensions' widths into its own folder (ExperimentLayout.at_width):
+    `out`'s summary.json, written last, marks the row done."""
     from ..evaluation import evaluate
 
-    evaluate(model, config.eval.tasks, data_dir=config.eval.data_dir, output_dir=out,
-             instructions=config.eval.instructions, batch_size=config.eval.batch_size, cache=cache,
-             languages=config.eval.languages, all_splits=config.eval.all_splits, dedup=config.eval.dedup)
+    e, widths = config.eval, []
+    if e.dimensions:  # `model` is then loaded (an EmbeddingModel or a sentence-transformers model)
+        full = model.embedding_dim if hasattr(model, "embedding_dim") else model.get_embedding_dimension()
+        widths = [d for d in e.dimensions if d <= full]
+        if len(widths) < len(e.dimensions):
+            log.warning("%s: eval.dimensions %s are above its %d dimensions: not evaluated at them", out.parent.name,
+                        [d for d in e.dimensions if d > full], full)
+    for dims in widths + [None]:
+        evaluate(model, e.tasks, data_dir=e.data_dir, output_dir=out if dims is None else ExperimentLayout.at_width(
+                 out, dims), instructions=e.instructions, batch_size=e.batch_size, cache=cache,
+                 languages=e.languages, all_splits=e.all_splits, dedup=e.dedup, dimensions=dims)
 
 
 def _plan_budget(config: ExperimentConfig, folder: Path, console) -> ExperimentConfig:

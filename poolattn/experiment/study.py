@@ -182,7 +182,10 @@ def run_study(config: ExperimentConfig, study: StudySettings, console=None) -> P
         for d in cfg.all_designs():
             seed, base = cfg.seed_for(d), d.replicate_of or d.name
             if seed == first and sweep.done(base) and not layout.eval(d.name).exists():
-                shutil.copytree(sweep.eval(base), layout.eval(d.name))  # the same model, already evaluated in the sweep
+                done = sweep.eval(base)  # the same model, already evaluated in the sweep (at each width too)
+                for src in [done] + [sweep.at_width(done, n) for n in cfg.eval.dimensions or []]:
+                    if src.exists():
+                        shutil.copytree(src, layout.run(d.name) / src.name)
             _evaluate_snapshot(cfg, runs[picked, seed, base], k, d.name, console)
     # 4. reports and the study table
     for folder in folders + sorted((out / "sweep").glob("lr*-steps*")):

@@ -6,7 +6,8 @@ eos/mean/weighted_mean designs and, for latent/multilayer ones, `poolattn_pooler
 torch, safetensors and sentence-transformers imported: loads with trust_remote_code=True, without poolattn), the
 task instructions as ST prompts, Normalize. hf: the merged backbone and tokenizer only, for servers with built-in
 mean or last-token pooling (text-embeddings-inference, vLLM). Both carry a model card and an mteb ModelMeta-style
-model_meta.json. Both tokenizers truncate at the model's max_length, as poolattn does. The folder is written whole or
+model_meta.json. Both tokenizers truncate at the model's max_length, as poolattn does. A Matryoshka-trained model's
+widths go into config.json as `matryoshka_dimensions` (vLLM's key) and into the model card. The folder is written whole or
 not at all. `is_own_export` tells poolattn's own sentence-transformers exports from foreign code.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_dir
+from ..matryoshka import trained_widths
 from .card import model_card, model_meta
 
 log = logging.getLogger(__name__)
@@ -189,6 +191,9 @@ def export_model(folder: str | Path, out: str | Path, fmt: Literal["sentence-tra
                          f"use --format sentence-transformers")
     backbone, cos = _merged(model)
     backbone.config.output_hidden_states = bool(model.pooler.needs_all_layers)
+    widths = trained_widths(model.config, model.embedding_dim)
+    if widths:  # vLLM's key (its `dimensions` then accepts exactly these); the model card names them too
+        backbone.config.matryoshka_dimensions = widths
     backbone = backbone.to(getattr(torch, dtype))
     with atomic_dir(out) as tmp:
         backbone.save_pretrained(tmp)

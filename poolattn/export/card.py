@@ -5,6 +5,8 @@ import datetime
 import json
 from pathlib import Path
 
+from ..matryoshka import trained_widths
+
 
 def _train_summary(folder: Path) -> dict | None:
     """train_summary.json of the run that produced `folder` (the final model sits in the run folder or below it)."""
@@ -43,6 +45,13 @@ def model_card(model, folder: Path, fmt: str, meta: dict, merge_cos: float | Non
     if cfg.lora is not None:
         lines.append(f"- LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha}, merged into the weights"
                      + (f" (merged vs unmerged min cosine {merge_cos:.7f}, fp32)" if merge_cos is not None else ""))
+    widths = trained_widths(cfg, model.embedding_dim)
+    if widths:
+        lines += ["", "## Dimensions", "",
+                  f"Matryoshka-trained: the first {', '.join(map(str, widths[:-1]))} or all {widths[-1]} components "
+                  "(renormalised) are trained widths; any other width is a plain truncation, untrained. "
+                  "sentence-transformers: `SentenceTransformer(..., truncate_dim=" + str(widths[0]) + ")`; "
+                  "`matryoshka_dimensions` in config.json lets vLLM serve these `dimensions`."]
     summary = _train_summary(folder)
     if summary:
         lines += ["", "## Training", "", "```json", json.dumps(summary, indent=2, default=str), "```"]

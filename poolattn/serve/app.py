@@ -24,8 +24,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
+from ..matryoshka import describe, is_trained_width, trained_widths, truncate_dims
 from .batcher import Batcher, QueueFull
-from .engine import Engine, InputTooLong, truncate_dims
+from .engine import Engine, InputTooLong
 from .metrics import Metrics
 from .schemas import (
     Embedding,
@@ -41,6 +42,7 @@ from .schemas import (
 
 log = logging.getLogger(__name__)
 _ROUTES = {"/v1/embeddings", "/v1/models", "/health", "/metrics"}
+DIMENSIONS_HEADER = "x-poolattn-dimensions"  # on responses to a request with `dimensions`: trained | untrained
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
           413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
           503: "server_error"}
@@ -155,6 +157,7 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
     engine = Engine(model, settings.max_input_tokens)
     metrics = Metrics()
     created = int(time.time())
+    untrained_seen: set[int] = set()  # widths asked for that the model was not trained at (each logged once)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -165,6 +168,7 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
         if settings.gil_switch_ms is not None:
             sys.setswitchinterval(settings.gil_switch_ms / 1000)
         batch_tokens, max_batch_size = settings.batch_limits(torch.device(engine.model.device).type)
+        log.info("serving %r: %s", settings.model_name, describe(engine.model.config, engine.dim))
         app.state.batcher = Batcher(engine.encode, engine.dim, batch_tokens=batch_tokens,
                                     max_batch_size=max_batch_size, max_queue=settings.max_queue,
                                     wait_s=settings.batch_wait_ms / 1000, metrics=metrics).start()
@@ -232,6 +236,16 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
         if vectors is None:
             return Response(status_code=499)  # nobody is listening; counted in the metrics only
         vectors = truncate_dims(vectors, req.dimensions)
+        headers = {}
+        if req.dimensions is not None:  # a trained width, or a plain truncation: said on every such response
+            trained = is_trained_width(engine.model.config, engine.dim, req.dimensions)
+            headers[DIMENSIONS_HEADER] = "trained" if trained else "untrained"
+            if not trained and req.dimensions not in untrained_seen:
+                untrained_seen.add(req.dimensions)
+                log.warning("dimensions=%d is not a width %r was trained at (%s): answered by plain truncation; "
+                            "response header %s: untrained", req.dimensions, settings.model_name,
+                            ", ".join(map(str, trained_widths(engine.model.config, engine.dim) or [engine.dim])),
+                            DIMENSIONS_HEADER)
         n_tokens = sum(len(x) for x, _ in ids)
         data = [Embedding(index=i, embedding=e) for i, e in enumerate(_encode_vectors(vectors, req.encoding_format))]
         body = EmbeddingResponse(data=data, model=settings.model_name,
@@ -239,11 +253,12 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
         # Serialised by pydantic-core (Rust) straight to bytes: FastAPI's own path (validate against
         # response_model again, jsonable_encoder, json.dumps) holds the GIL for milliseconds per response, and
         # every millisecond the event loop holds it the inference thread waits between two torch ops.
-        return Response(body.model_dump_json(), media_type="application/json")
+        return Response(body.model_dump_json(), media_type="application/json", headers=headers)
 
     @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(check_key)])
     async def models():
-        return ModelList(data=[ModelCard(id=settings.model_name, created=created)])
+        return ModelList(data=[ModelCard(id=settings.model_name, created=created, dimensions=engine.dim,
+                                         matryoshka_dimensions=trained_widths(engine.model.config, engine.dim))])
 
     @app.get("/health")
     async def health():

@@ -59,11 +59,3 @@ class Engine:
         device = self.model.device
         return self.model(**{k: v.to(device) for k, v in batch.items()}).float().cpu().numpy()
 
-
-def truncate_dims(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
-    """The first `dimensions` components, L2-renormalised (the model is not Matryoshka-trained: a shortened
-    vector is a plain projection, usable but weaker than the full one)."""
-    if dimensions is None or dimensions == vectors.shape[1]:
-        return vectors
-    cut = vectors[:, :dimensions]
-    return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)

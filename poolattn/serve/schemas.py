@@ -50,8 +50,9 @@ class EmbeddingRequest(BaseModel):
         ..., description="a text, a list of texts, or token ids (tokenizer(text)['input_ids']; EOS is appended)")
     model: str
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, description="keep the first N components and renormalise (the models "
-                                                     "are not Matryoshka-trained: a plain truncation)")
+    dimensions: int | None = Field(None, description="keep the first N components and renormalise: a width the "
+                                   "model was Matryoshka-trained at (GET /v1/models: matryoshka_dimensions), else a "
+                                   "plain truncation (response header x-poolattn-dimensions: untrained)")
     user: str | None = None
     instruction: str | None = Field(None, description="extension: the task instruction for these inputs "
                                                       "(\"\" for none); default: the server's")
@@ -81,6 +82,10 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "poolattn"
+    dimensions: int | None = Field(None, description="extension: the model's full embedding width")
+    matryoshka_dimensions: list[int] | None = Field(
+        None, description="extension: the widths the model was Matryoshka-trained to be truncated to, the full width "
+        "last (vLLM's config key); None: only the full width was trained, a shorter `dimensions` is a plain truncation")
 
 
 class ModelList(BaseModel):

@@ -63,6 +63,13 @@ class TrainConfig(BaseModel):
         False, description="true: rows of `symmetric` sources also score their positive against the batch's queries "
         "(the mean of both directions' InfoNCE, as sentence-transformers' MultipleNegativesSymmetricRankingLoss); "
         "others: forward only")
+    matryoshka_dims: list[int] | None = Field(
+        None, description="Matryoshka representation learning (sentence-transformers' MatryoshkaLoss): the loss is the "
+        "weighted sum of the loss (InfoNCE, and distillation if set) on the embeddings cut to each of these widths "
+        "and renormalised, e.g. [64, 128, 256] (increasing, at most the model's width; the full width is always "
+        "trained: added with weight 1 when not listed); the saved model records the widths; None: full width only")
+    matryoshka_weights: list[float] | None = Field(
+        None, description="one weight per matryoshka_dims entry; None: 1 each (as sentence-transformers)")
     seed: int = Field(42, description="seeds the data order and the initialisation of LoRA and pooler")
     gradient_checkpointing: bool = Field(True, description="recompute the backbone's activations in the backward "
                                          "pass: less memory, more compute")
@@ -120,7 +127,30 @@ class TrainConfig(BaseModel):
             raise ValueError("data: give at least one training source")
         if self.adapt is not None and self.lora is None and not self.full_finetune:
             raise ValueError("adapt trains the backbone: give it a `lora:` adapter (or full_finetune)")
+        if self.model.matryoshka_dims is not None:
+            raise ValueError("set the widths to train as `matryoshka_dims:`, not `model.matryoshka_dims` (that field "
+                             "records a trained model's widths)")
+        if self.matryoshka_dims is not None:  # the model's width is checked when the trainer has built it
+            from ..matryoshka import check_widths
+
+            check_widths(self.matryoshka_dims)
+        weights = self.matryoshka_weights
+        if weights is not None and (self.matryoshka_dims is None or len(weights) != len(self.matryoshka_dims)
+                                    or any(not w > 0 for w in weights)):
+            raise ValueError(f"matryoshka_weights {weights}: give one positive weight per matryoshka_dims entry "
+                             f"({self.matryoshka_dims})")
         return self
+
+    def matryoshka(self, width: int) -> tuple[list[int], list[float]] | None:
+        """(widths, weights) the loss is summed over for a model of embedding width `width`: matryoshka_dims (checked
+        against `width`) with the full width added at weight 1 when not listed; None without matryoshka_dims."""
+        if self.matryoshka_dims is None:
+            return None
+        from ..matryoshka import check_widths
+
+        check_widths(self.matryoshka_dims, width)
+        dims, weights = list(self.matryoshka_dims), list(self.matryoshka_weights or [1.0] * len(self.matryoshka_dims))
+        return (dims, weights) if dims[-1] == width else (dims + [width], weights + [1.0])
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:

@@ -1,4 +1,5 @@
-"""InfoNCE with in-batch and hard negatives, scored against the global batch of every process.
+"""InfoNCE with in-batch and hard negatives, scored against the global batch of every process; Matryoshka's sum of
+a loss over truncated widths.
 
 Embeddings are all-gathered *with* their gradient (torch.distributed.nn's all_gather, whose backward sums the
 gradient every process computed for each slice and returns it to its owner), so N processes with b rows each
@@ -7,6 +8,7 @@ give exactly the loss and gradients of one process with N*b rows.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -89,3 +91,31 @@ def info_nce(query: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor
     queries = gather_with_grad(q) if size > 1 else q
     backward = F.cross_entropy(scale * p @ queries.T, labels, reduction="none")
     return 0.5 * forward + 0.5 * torch.where(sym, backward, 0.0).sum() * size / count
+
+
+def shrink(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """The first `dim` components of each row, L2-renormalised (sentence-transformers' matryoshka `shrink`: half
+    precision normalised in float32 and cast back)."""
+    t = t[..., :dim]
+    dtype = t.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    return F.normalize(t, p=2, dim=-1).to(dtype)
+
+
+def matryoshka_loss(loss_fn: Callable[[list[torch.Tensor | None]], torch.Tensor], dims: Sequence[int],
+                    weights: Sequence[float] | None = None) -> Callable[[list[torch.Tensor | None]], torch.Tensor]:
+    """Matryoshka representation learning as sentence-transformers' MatryoshkaLoss computes it: `loss_fn` (of the
+    query, positive, negative embeddings) applied to the embeddings truncated to each width of `dims` and
+    renormalised, the results summed with `weights` (default 1 each). Faithful to MatryoshkaLoss with all widths every
+    step (n_dims_per_step=-1); its ForwardDecorator / CachedLossDecorator only avoid encoding the batch once per width,
+    which here never happens: `loss_fn` already receives the embeddings (under GradCache the cached ones, so the loss
+    on them is computed per width and one backward returns the summed gradient to each chunk). `dims` holds every
+    width trained, the full one included (MatryoshkaLoss only warns when it is left out; the trainer adds it)."""
+    weights = [1.0] * len(dims) if weights is None else list(weights)
+    if len(weights) != len(dims):
+        raise ValueError(f"{len(weights)} matryoshka weights for {len(dims)} widths {list(dims)}")
+
+    def loss(reps: list[torch.Tensor | None]) -> torch.Tensor:
+        return sum(w * loss_fn([None if r is None else shrink(r, d) for r in reps]) for d, w in zip(dims, weights))
+    return loss

@@ -1,5 +1,6 @@
 """One contrastive trainer for every design: LoRA (peft) + fully trained pooler, InfoNCE with in-batch and hard
-negatives over the global batch, optional GradCache, DDP through accelerate, atomic checkpoints and exact resume.
+negatives over the global batch (optionally over Matryoshka widths), optional GradCache, DDP through accelerate,
+atomic checkpoints and exact resume.
 
 A design is only `config.model`; nothing here branches on pooling or attention.
 
@@ -41,7 +42,7 @@ from .data import Example, MixedBatchSampler, load_sources
 from .distill import distill_loss
 from .fastdropout import use_fast_dropout
 from .gradcache import contrastive_backward
-from .losses import info_nce
+from .losses import info_nce, matryoshka_loss
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,8 @@ class Trainer:
         self.saved_max_length = model.config.max_length
         if cfg.max_length is not None:
             model.config = model.config.model_copy(update={"max_length": cfg.max_length})
+        self.matryoshka = cfg.matryoshka(model.embedding_dim)  # (widths, weights) or None; the saved model records
+        model.config = model.config.model_copy(update={"matryoshka_dims": self.matryoshka and self.matryoshka[0]})
         if cfg.lora is not None:
             with warnings.catch_warnings():  # peft asks transformers a deprecated question; not ours to fix
                 warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
@@ -272,6 +275,8 @@ class Trainer:
                                                       scale=cfg.scale, teacher_scale=d.teacher_scale)
             return loss
 
+        if self.matryoshka is not None:  # the loss above per width, on embeddings cut and renormalised (weighted sum)
+            loss_fn = matryoshka_loss(loss_fn, *self.matryoshka)
         loss = contrastive_backward(self._embed(self.model), groups, loss_fn, backward=self.acc.backward,
                                     grad_cache=cfg.chunk_size is not None if grad_cache is None else grad_cache,
                                     no_sync=lambda: self.acc.no_sync(self.model),
