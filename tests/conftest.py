@@ -20,6 +20,18 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU two OpenMP threads can make a
+    millisecond step take seconds (modules opt in: pytestmark = pytest.mark.usefixtures("one_thread"))."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_backbones(tmp_path_factory):
     """arch -> folder of a tiny random decoder; built once per test session."""

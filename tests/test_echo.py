@@ -19,18 +19,13 @@ from poolattn.export.check import encode_without_poolattn
 from poolattn.serve import ServeSettings, create_app
 from poolattn.training import train
 
-from helpers import KEY, tiny_config
+from helpers import KEY, tiny_config, with_lora_effect
 
 INSTRUCTION = "Retrieve semantically similar text."
 TEXTS = ["the cat sat on the mat", "a man is playing a guitar", "x", "paris is the capital of france " * 3]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(backbone, **kw):
@@ -138,13 +133,7 @@ def test_save_load_fingerprint_and_training(tiny_llama, tmp_path, caplog):
 
 def _trained(backbone, pooling, kwargs=None):
     torch.manual_seed(0)
-    model = _model(backbone, pooling=pooling, max_length=64, pooling_kwargs=kwargs or {})
-    model.add_lora(r=4, alpha=8, dropout=0.0)
-    with torch.no_grad():
-        for name, p in model.backbone.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    return model
+    return with_lora_effect(_model(backbone, pooling=pooling, max_length=64, pooling_kwargs=kwargs or {}))
 
 
 def test_sentence_transformers_export_equals_poolattn(tiny_llama, tmp_path):

@@ -20,12 +20,7 @@ CAUSAL = [d for d in PAPER_DESIGNS + MEAN_BASELINES if d.attention == "causal"] 
 BIDIRECTIONAL = [d for d in PAPER_DESIGNS + MEAN_BASELINES if d.attention == "bidirectional"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

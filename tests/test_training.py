@@ -22,15 +22,7 @@ from poolattn.training import (
 
 from helpers import assert_same, grads, tiny_config, trainer_and_batch, write_data
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU two OpenMP threads can make a
-    millisecond step take seconds; subprocesses get OMP_NUM_THREADS=1 (ENV) for the same reason."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest; subprocesses get OMP_NUM_THREADS=1 (ENV)
 
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
