@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from poolattn import EmbeddingModel, ModelConfig
+from poolattn.cli import app
 from poolattn.echo import DOCUMENT, QUERY_AGAIN
 from poolattn.errors import UserError
 from poolattn.evaluation.instructions import INSTRUCTIONS
@@ -123,6 +125,8 @@ def test_save_load_fingerprint_and_training(tiny_llama, tmp_path, caplog):
     loaded = EmbeddingModel.from_pretrained(folder, device="cpu")
     assert loaded.config.echo and np.abs(loaded.encode(TEXTS) - m.encode(TEXTS)).max() < 1e-6
     assert m.fingerprint() != _model(tiny_llama, pooling="eos", echo=False).fingerprint()
+    info = CliRunner().invoke(app, ["info", str(folder)], env={"COLUMNS": "200"})
+    assert info.exit_code == 0 and "echo=True" in info.output
     off = EmbeddingModel.from_pretrained(folder, device="cpu", echo=False)  # an experiment: allowed, with a warning
     assert not off.config.echo and "trained with echo=True; running it with echo=False" in caplog.text
     cfg = tiny_config(tiny_llama, tmp_path, **{"model.echo": True, "model.max_length": 64, "max_steps": 2,
