@@ -95,7 +95,8 @@ def info(folder: str = typer.Argument(..., help="saved poolattn model folder")):
     cfg = meta["config"]
     rprint(f"[bold]{folder}[/bold]  poolattn {meta.get('poolattn_version')}")
     rprint(f"  backbone   {cfg['backbone']}  ({cfg['dtype']}, max_length {cfg['max_length']})")
-    rprint(f"  design     pooling={cfg['pooling']}  attention={cfg['attention']}  normalize={cfg['normalize']}")
+    rprint(f"  design     pooling={cfg['pooling']}  attention={cfg['attention']}  normalize={cfg['normalize']}"
+           + ("  echo=True (the text twice, the second copy pooled)" if cfg.get("echo") else ""))
     rprint(f"  pooler     {meta['pooler']}")
     rprint(f"  lora       {cfg['lora'] or 'none'}{'  (full fine-tune)' if cfg.get('full_finetune') else ''}")
     widths = cfg.get("matryoshka_dims")

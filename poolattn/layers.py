@@ -56,16 +56,19 @@ class LayerCache:
             return
         m = self.model
         m.eval()
-        ids, _ = m._token_ids(todo, instruction)  # every real token: the analysis pools layers itself
+        # Every real token (the analysis pools layers itself), but under echo only the second copy's, as it pools.
+        ids, skip = m._token_ids(todo, instruction)
+        skip = skip if m.config.echo else None
         order = np.argsort([-len(x) for x in ids], kind="stable")
         for start in tqdm(range(0, len(order), self.batch_size), desc="layers", disable=not show_progress_bar,
                           unit="batch"):
             idx = order[start:start + self.batch_size]
-            batch = {k: v.to(m.device) for k, v in m._pad([ids[i] for i in idx]).items()}
+            batch = m._pad([ids[i] for i in idx], [skip[i] for i in idx] if skip else None)
+            batch = {k: v.to(m.device) for k, v in batch.items()}
+            mask = batch.pop("pool_mask", batch["attention_mask"])
             position_ids = (batch["attention_mask"].cumsum(1) - 1).clamp(min=0)
             states = m.backbone(**batch, position_ids=position_ids, output_hidden_states=True,
                                 use_cache=False).hidden_states[1:]
-            mask = batch["attention_mask"]
             last = last_token_index(mask)
             rows = torch.arange(mask.shape[0], device=mask.device)
             eos = torch.stack([h[rows, last].float() for h in states], 1)

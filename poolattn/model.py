@@ -22,6 +22,7 @@ from torch import nn
 from . import prefix
 from .attention import set_attention
 from .backbone import load_backbone, load_tokenizer
+from .echo import echo_tokens
 from .errors import UserError
 from .fileio import atomic_dir, check_weights, read_json
 from .modelconfig import CONFIG_NAME, FIXED_ON_LOAD, POOLER_NAME, Instruction, LoraSettings, MaxLengthScope, ModelConfig
@@ -152,15 +153,19 @@ class EmbeddingModel(nn.Module):
                              "needs an instruction_template that ends with {text}")
         return out
 
-    def _token_ids(self, texts: list[str], instruction: Instruction,
-                   max_length_applies_to: MaxLengthScope = "all") -> tuple[list[list[int]], list[int]]:
+    def _token_ids(self, texts: list[str], instruction: Instruction, max_length_applies_to: MaxLengthScope = "all",
+                   max_length: int | None = None) -> tuple[list[list[int]], list[int]]:
         """Token ids ending in exactly one EOS (appended as the paper does, unless the tokenizer already added
-        it), truncated to max_length with one warning; and per text the number of leading tokens that belong to
-        the instruction (0 unless mask_instruction). max_length_applies_to "text": max_length counts the tokens
-        after the instruction only (the text's and EOS), the instruction's (those mask_instruction leaves out of
-        pooling, BOS included) come on top."""
+        it), truncated to max_length (default: the config's) with one warning; and per text the number of leading
+        tokens left out of pooling: the instruction's under mask_instruction, all but the second copy's under echo
+        (_echo_ids), else 0. max_length_applies_to "text": max_length counts the tokens after the instruction only
+        (the text's and EOS), the instruction's (those mask_instruction leaves out of pooling, BOS included) come
+        on top."""
         if max_length_applies_to not in ("all", "text"):
             raise ValueError(f"max_length_applies_to must be 'all' or 'text', got {max_length_applies_to!r}")
+        max_length = max_length or self.config.max_length
+        if self.config.echo:
+            return self._echo_ids(texts, instruction, max_length_applies_to, max_length)
         tok = self.tokenizer
         counted = self.config.mask_instruction or max_length_applies_to == "text"
         chars = self._prefix_chars(texts, instruction) if counted else [0] * len(texts)
@@ -172,15 +177,29 @@ class EmbeddingModel(nn.Module):
         head = [sum(1 for _, end in offsets if end <= p) if p else 0
                 for offsets, p in zip(enc["offset_mapping"], chars)] if any(chars) else chars
         on_top = head if max_length_applies_to == "text" else [0] * len(texts)
-        limits = [self.config.max_length - 1 + n for n in on_top]
+        limits = [max_length - 1 + n for n in on_top]
         eos = tok.eos_token_id
         ids = [x[:-1] if x and x[-1] == eos else x for x in ids]
         truncated = sum(len(x) > limit for x, limit in zip(ids, limits))
         if truncated:
             log.warning("%d of %d texts are longer than max_length=%d tokens%s and were truncated", truncated,
-                        len(ids), self.config.max_length, " after the instruction" if any(on_top) else "")
+                        len(ids), max_length, " after the instruction" if any(on_top) else "")
         skip = head if self.config.mask_instruction else [0] * len(texts)
         return [x[:limit] + [eos] for x, limit in zip(ids, limits)], [min(s, limit) for s, limit in zip(skip, limits)]
+
+    def _echo_ids(self, texts: list[str], instruction: Instruction, max_length_applies_to: MaxLengthScope,
+                  max_length: int) -> tuple[list[list[int]], list[int]]:
+        """_token_ids under echo (poolattn.echo.echo_tokens, as the sentence-transformers export runs it): all but
+        the second copy's tokens and EOS left out of pooling (mask_instruction adds nothing); a long text cut to
+        the same tokens in both copies; max_length_applies_to "text": the tokens before the first copy on top."""
+        prefix = self.config.instruction_template[:-len("{text}")]  # the config ensures it ends with {text}
+        out = [echo_tokens(self.tokenizer, t, prefix.format(instruction=i) if i else None, max_length,
+                           max_length_applies_to == "text") for t, i in zip(texts, _per_text(instruction, len(texts)))]
+        truncated = sum(cut for *_, cut in out)
+        if truncated:
+            log.warning("%d of %d texts are too long to echo within max_length=%d tokens and were cut (the same "
+                        "tokens in both copies)", truncated, len(out), max_length)
+        return [ids for ids, _, _ in out], [skip for _, skip, _ in out]
 
     def _pad(self, ids: list[list[int]], skip: list[int] | None = None) -> dict[str, torch.Tensor]:
         width = max(len(x) for x in ids)
@@ -203,7 +222,8 @@ class EmbeddingModel(nn.Module):
 
     def tokenize(self, texts: list[str], instruction: Instruction = None,
                  max_length_applies_to: MaxLengthScope = "all") -> dict[str, torch.Tensor]:
-        """input_ids and attention_mask (and pool_mask when instruction tokens are masked out of pooling).
+        """input_ids and attention_mask (and pool_mask when tokens are left out of pooling: the instruction's under
+        mask_instruction, all but the second copy's under echo).
 
         Args:
             texts: the texts.
@@ -357,11 +377,15 @@ class EmbeddingModel(nn.Module):
             if key in overrides and overrides[key] != saved[key]:
                 raise UserError(f"{folder} was trained with {key} {saved[key]!r}; --{key.replace('_', '-')} cannot "
                                 f"change it (its weights belong to that {key})", 2)
-        if overrides.get("attention", saved["attention"]) != saved["attention"]:
-            log.warning("%s was trained with %s attention; running it with %s attention as asked", folder,
-                        saved["attention"], overrides["attention"])
+        for key in ("attention", "echo"):
+            if overrides.get(key, saved[key]) != saved[key]:
+                log.warning("%s was trained with %s=%s; running it with %s=%s as asked", folder, key, saved[key],
+                            key, overrides[key])
         check_weights(folder)  # a truncated pooler, adapter or backbone file is named before anything loads
-        config = ModelConfig.model_validate({**meta["config"], **overrides})
+        try:
+            config = ModelConfig.model_validate({**meta["config"], **overrides})
+        except ValidationError as err:  # e.g. bidirectional attention asked of an echo model
+            raise UserError(f"{folder}: {err.errors()[0]['msg'].removeprefix('Value error, ')}", 2) from err
         lora, full = config.lora, config.full_finetune
         rename = _legacy_pooler(config.pooling, options)
         base_config = config.model_copy(update={"lora": None, "pooling_kwargs": options})

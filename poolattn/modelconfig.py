@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .backbone import DEFAULT_BACKBONE
 from .configdoc import documented
@@ -21,6 +21,8 @@ POOLER_NAME = "pooler.safetensors"
 # a model trained causal scored bidirectional (or the reverse) is a user's experiment (the paper's question), so it
 # is allowed with a warning. matryoshka_dims records the widths the weights were trained at. dtype, max_length,
 # attn_implementation, normalize and the instruction settings change how the model is run, not what its weights mean.
+# echo, like attention, may change with a warning: the weights load unchanged, and echo on a model trained without it
+# (or the reverse) is a user's experiment (echo's zero-shot claim).
 FIXED_ON_LOAD = ("backbone", "pooling", "pooling_kwargs", "lora", "full_finetune", "matryoshka_dims")
 
 
@@ -63,6 +65,12 @@ class ModelConfig(BaseModel):
         False, description="leave the instruction's tokens out of the pooled tokens (NV-Embed's pool mask): the "
         "backbone still reads them, but mean-type poolers average, and token-context poolers attend over, the text's "
         "own tokens (+ EOS) only")
+    echo: bool = Field(
+        False, description="echo embeddings (Springer et al. 2024, poolattn.echo): a causal backbone reads the text "
+        "twice (`Instruct: {instruction}\\nQuery: {text}\\nQuery again: {text}`, without an instruction `Document: "
+        "{text}\\nDocument again: {text}`) and pools the second copy's tokens and EOS only, each of which has seen the "
+        "whole text; about 2x the tokens. max_length counts the whole echoed input: a longer text is cut to the same "
+        "tokens in both copies")
     lora: LoraSettings | None = Field(None, description="the trained adapter's settings, set by add_lora(); the saved "
                                       "adapter then must exist (training takes its own `lora:`)")
     full_finetune: bool = Field(False, description="every backbone weight was trained: the saved folder holds them")
@@ -82,6 +90,17 @@ class ModelConfig(BaseModel):
         if v is not None and (not v or v[0] < 1 or any(b <= a for a, b in zip(v, v[1:]))):
             raise ValueError(f"matryoshka_dims must be positive and increasing; got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _echo_needs_causal(self) -> ModelConfig:
+        if self.echo and self.attention != "causal":
+            raise ValueError("echo: true needs attention: causal (echo repeats the text so that a causal model's "
+                             "pooled tokens see all of it; under bidirectional attention every token already does)")
+        if self.echo and not (self.instruction_template.endswith("{text}")
+                              and self.instruction_template.count("{text}") == 1):
+            raise ValueError("echo: true needs an instruction_template that ends with {text} (once): the text's "
+                             "second copy follows it")
+        return self
 
     @property
     def name(self) -> str:

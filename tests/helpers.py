@@ -51,6 +51,17 @@ def grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
 
 
+def with_lora_effect(model, std: float = 0.05):
+    """`model` with a LoRA (r 4, alpha 8, no dropout) whose update is not zero, as after training (lora_B starts
+    at zero)."""
+    model.add_lora(r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for name, p in model.backbone.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, std)
+    return model
+
+
 def assert_same(a: dict, b: dict, atol=1e-5):
     """Same keys, every tensor within atol; returns the worst difference."""
     assert a.keys() == b.keys() and a

@@ -15,6 +15,8 @@ from poolattn.evaluation.instructions import INSTRUCTIONS
 from poolattn.export import export_model
 from poolattn.export.check import encode_without_poolattn
 
+from helpers import with_lora_effect
+
 TEXTS = ["the cat sat on the mat", "a man is playing a guitar", "x", "paris is the capital of france " * 3]
 DESIGNS = {  # name: (pooling, attention, pooling_kwargs)
     "eos": ("eos", "causal", {}),
@@ -33,14 +35,9 @@ DESIGNS = {  # name: (pooling, attention, pooling_kwargs)
 def _trained(backbone: str, pooling: str, attention: str, kwargs: dict, seed: int = 0) -> EmbeddingModel:
     """A design with a LoRA whose update is not zero (as after training)."""
     torch.manual_seed(seed)
-    model = EmbeddingModel(ModelConfig(backbone=backbone, pooling=pooling, attention=attention, dtype="float32",
-                                       max_length=64, pooling_kwargs=kwargs), device="cpu")
-    model.add_lora(r=4, alpha=8, dropout=0.0)
-    with torch.no_grad():
-        for name, p in model.backbone.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    return model
+    return with_lora_effect(EmbeddingModel(ModelConfig(backbone=backbone, pooling=pooling, attention=attention,
+                                                       dtype="float32", max_length=64, pooling_kwargs=kwargs),
+                                           device="cpu"))
 
 
 def _cos(a, b) -> np.ndarray:

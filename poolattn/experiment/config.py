@@ -73,7 +73,7 @@ class ExperimentConfig(BaseModel):
     output_dir: str = Field("runs/experiment", description="the experiment folder: runs/<design>/{train,eval}, the "
                             "report")
     base: ModelConfig = Field(default_factory=ModelConfig, description="model settings every design shares "
-                              "(ModelConfig); a design sets pooling, attention, pooling_kwargs and mask_instruction")
+                              "(ModelConfig); a design sets pooling, attention, pooling_kwargs, mask_instruction and echo")
     designs: list[Design] = Field(default_factory=lambda: list(PAPER_DESIGNS),
                                   description="named designs (1-eos-causal), named designs with overrides ({name: "
                                   "..., pooling_kwargs: ...}) or full designs (Design); default: the paper's five")
@@ -162,6 +162,16 @@ class ExperimentConfig(BaseModel):
                              f"config; valid: {names} (or leave it unset: the first design)")
 
     @model_validator(mode="after")
+    def _echo_causal(self):
+        if self.base.echo:
+            rows = self.base_designs() + ([self.baseline] if self.baseline else [])
+            bad = [d.name for d in rows if d.attention != "causal"]
+            if bad:
+                raise ValueError(f"base.echo: true needs causal attention, but {bad} are bidirectional: set echo on "
+                                 f"the causal designs instead (echo-eos-causal, echo-mean-causal or `echo: true`)")
+        return self
+
+    @model_validator(mode="after")
     def _seeds(self):
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
@@ -203,7 +213,8 @@ class ExperimentConfig(BaseModel):
     def model_config_for(self, design: Design) -> ModelConfig:
         return self.base.model_copy(update={"pooling": design.pooling, "attention": design.attention,
                                             "pooling_kwargs": design.pooling_kwargs,
-                                            "mask_instruction": design.mask_instruction or self.base.mask_instruction})
+                                            "mask_instruction": design.mask_instruction or self.base.mask_instruction,
+                                            "echo": design.echo or self.base.echo})
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

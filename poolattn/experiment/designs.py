@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 
 class Design(BaseModel):
@@ -15,6 +15,7 @@ class Design(BaseModel):
     attention: Literal["causal", "bidirectional"] = "causal"
     pooling_kwargs: dict[str, Any] = {}
     mask_instruction: bool = False  # leave instruction tokens out of pooling (NV-Embed's pool mask)
+    echo: bool = False  # feed the text twice, pool the second copy (echo embeddings; causal attention only)
     seed: int | None = None  # set when the grid is replicated over `seeds` (the name then ends in -s<seed>)
     replicate_of: str | None = None  # the configured design this replicate belongs to
     # A lever: TrainConfig fields this design trains with instead of the experiment's `train` (max_length, lora,
@@ -35,6 +36,13 @@ class Design(BaseModel):
         if unknown:
             raise ValueError(f"unknown training field(s) {sorted(unknown)}; valid: {', '.join(TrainConfig.model_fields)}")
         return v
+
+    @model_validator(mode="after")
+    def _echo_causal(self) -> Design:
+        if self.echo and self.attention != "causal":
+            raise ValueError(f"design {self.name!r}: echo: true needs attention: causal (echo repeats the text so "
+                             f"that a causal model's pooled tokens see all of it)")
+        return self
 
 
 # The paper's five designs as its reference code (yixuantt/PoolingAndAttn @57791d5, model_loaders/model1-5.py)
@@ -73,6 +81,13 @@ EXTRA_DESIGNS = [
     # is SimCSE without MNTP, not LLM2Vec's recipe).
     Design(name="llm2vec-mntp-bidirectional", pooling="mean", attention="bidirectional",
            train={"adapt": {"objective": "mntp"}}),
+    # Echo embeddings (Springer et al. 2024; jakespringer/echo-embeddings @c752c46, poolattn.echo): causal
+    # attention, the text twice, the second copy pooled. The reference's EchoPooling offers both of its strategies
+    # and a checkpoint for each: `mean` (its default; echo-mistral-7b-instruct-meantoken) over the second copy and
+    # EOS, and `last` (example.py's; -lasttoken), the EOS after the second copy. echo-mean-causal is the first,
+    # echo-eos-causal the second (design 1 with echo).
+    Design(name="echo-eos-causal", pooling="eos", attention="causal", echo=True),
+    Design(name="echo-mean-causal", pooling="mean", attention="causal", echo=True),
 ]
 NAMED_DESIGNS = {d.name: d for d in PAPER_DESIGNS + MEAN_BASELINES + EXTRA_DESIGNS}
 

@@ -218,7 +218,7 @@ def _step_seconds(run: Path) -> float:
 
 def _changes(design, base) -> str:
     """What a lever design changes against the design it is a lever of, in config terms (dotted field: new value)."""
-    keys = {"pooling", "attention", "mask_instruction", "pooling_kwargs", "train"}
+    keys = {"pooling", "attention", "mask_instruction", "echo", "pooling_kwargs", "train"}
     old, new = base.model_dump(include=keys), design.model_dump(include=keys)
 
     def value(field: str):

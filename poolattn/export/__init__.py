@@ -4,7 +4,8 @@ sentence-transformers: the backbone with the LoRA merged (checked against the un
 in its config for bidirectional designs, a tokenizer that appends EOS as poolattn does, ST's own Pooling for
 eos/mean/weighted_mean designs and, for latent/multilayer ones, `poolattn_pooler.py` + a verbatim `pooling.py` (only
 torch, safetensors and sentence-transformers imported: loads with trust_remote_code=True, without poolattn), the
-task instructions as ST prompts, Normalize. hf: the merged backbone and tokenizer only, for servers with built-in
+task instructions as ST prompts, Normalize. An echo design also gets `poolattn_echo.py` + a verbatim `echo.py`, a
+first module that writes each text twice as poolattn does (and the PoolattnPooler, which pools the second copy). hf: the merged backbone and tokenizer only, for servers with built-in
 mean or last-token pooling (text-embeddings-inference, vLLM). Both carry a model card and an mteb ModelMeta-style
 model_meta.json. Both tokenizers truncate at the model's max_length, as poolattn does. A Matryoshka-trained model's
 widths go into config.json as `matryoshka_dimensions` (vLLM's key) and into the model card. The folder is written whole or
@@ -31,27 +32,36 @@ PROBE = ["the cat sat on the mat", "how do I reset my password?", "Paris is the 
          "A man is playing a guitar on the street while people walk by.", "x"]
 MERGE_MIN_COS = 0.99999
 POOLER_MODULE = "poolattn_pooler.PoolattnPooler"
+ECHO_MODULE = "poolattn_echo.PoolattnEcho"
 
 
-def _code_files() -> dict[str, Path]:
-    """The code a sentence-transformers export of a trainable pooler carries, as this poolattn writes it."""
+def _code_files(echo: bool = False) -> dict[str, Path]:
+    """The code a sentence-transformers export of a trainable pooler (or of any echo design) carries, as this
+    poolattn writes it."""
+    from .. import echo as echo_module
     from .. import pooling
 
-    return {"pooling.py": Path(pooling.__file__), "poolattn_pooler.py": Path(__file__).with_name("poolattn_pooler.py")}
+    here = Path(__file__)
+    files = {"pooling.py": Path(pooling.__file__), "poolattn_pooler.py": here.with_name("poolattn_pooler.py")}
+    if echo:
+        files.update({"echo.py": Path(echo_module.__file__), "poolattn_echo.py": here.with_name("poolattn_echo.py")})
+    return files
 
 
 def is_own_export(folder: str | Path) -> bool:
     """Whether `folder` is a sentence-transformers export written by this poolattn, so loading it with
     trust_remote_code runs only poolattn's own code: its modules outside sentence-transformers are PoolattnPooler
-    alone, its code files are byte-identical to this version's, and its config.json maps no code (auto_map)."""
+    (and PoolattnEcho), its code files are byte-identical to this version's, and its config.json maps no code
+    (auto_map)."""
     folder = Path(folder)
     try:
         modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
         custom = {m["type"] for m in modules if not m["type"].startswith("sentence_transformers.")}
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        if custom != {POOLER_MODULE} or "auto_map" in config:
+        if custom not in ({POOLER_MODULE}, {POOLER_MODULE, ECHO_MODULE}) or "auto_map" in config:
             return False
-        return all((folder / name).read_bytes() == ours.read_bytes() for name, ours in _code_files().items())
+        files = _code_files(echo=ECHO_MODULE in custom)
+        return all((folder / name).read_bytes() == ours.read_bytes() for name, ours in files.items())
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -134,35 +144,44 @@ def _write_json(path: Path, data) -> None:
 
 
 def _st_native(model) -> bool:
-    """Whether sentence-transformers' own Pooling computes this design (last layer, no options)."""
-    return model.config.pooling in ST_POOLING and not model.pooler.get_config()
+    """Whether sentence-transformers' own Pooling computes this design (last layer, no options, no echo: the
+    pooled tokens of an echo design are its PoolattnEcho's to say)."""
+    return model.config.pooling in ST_POOLING and not model.pooler.get_config() and not model.config.echo
 
 
 def _sentence_transformers(model, out: Path) -> None:
     cfg, dim = model.config, model.embedding_dim
-    mask_prompt = bool(getattr(cfg, "mask_instruction", False))
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    mask_prompt = bool(getattr(cfg, "mask_instruction", False)) or cfg.echo
+    # (path, type) in order; an echo design's first module writes every text twice (sentence-transformers
+    # tokenizes through the first module), the Transformer then runs the backbone on it.
+    modules = [("", "sentence_transformers.models.Transformer")]
+    if cfg.echo:
+        modules.insert(0, ("0_PoolattnEcho", ECHO_MODULE))
+        _write_json(out / "0_PoolattnEcho" / "config.json",
+                    {"max_length": cfg.max_length, "prompts": sorted(set(_prompts(model).values()))})
+    n = len(modules)
     if _st_native(model):
-        modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
+        modules.append((f"{n}_Pooling", "sentence_transformers.models.Pooling"))
         # word_embedding_dimension: the key every sentence-transformers version reads (6.x renames it on load)
-        _write_json(out / "1_Pooling" / "config.json", {"word_embedding_dimension": dim, "pooling_mode": ST_POOLING[cfg.pooling],
-                                                        "include_prompt": not mask_prompt})
+        _write_json(out / f"{n}_Pooling" / "config.json", {"word_embedding_dimension": dim, "pooling_mode": ST_POOLING[cfg.pooling],
+                                                           "include_prompt": not mask_prompt})
     else:
-        modules.append({"idx": 1, "name": "1", "path": "1_PoolattnPooler", "type": POOLER_MODULE})
-        for name, source in _code_files().items():
+        modules.append((f"{n}_PoolattnPooler", POOLER_MODULE))
+        for name, source in _code_files(cfg.echo).items():
             shutil.copyfile(source, out / name)
         bc = model.backbone.config
-        _write_json(out / "1_PoolattnPooler" / "config.json",
+        _write_json(out / f"{n}_PoolattnPooler" / "config.json",
                     {"pooling": cfg.pooling, "hidden_size": bc.hidden_size, "num_layers": bc.num_hidden_layers,
                      "options": model.pooler.get_config(), "mask_prompt": mask_prompt})
         from safetensors.torch import save_file
 
         save_file({f"pooler.{k}": v.detach().float().contiguous().cpu() for k, v in model.pooler.state_dict().items()},
-                  str(out / "1_PoolattnPooler" / "model.safetensors"), metadata={"format": "pt"})
+                  str(out / f"{n}_PoolattnPooler" / "model.safetensors"), metadata={"format": "pt"})
     if cfg.normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (out / "2_Normalize").mkdir()
-    _write_json(out / "modules.json", modules)
+        modules.append((f"{n + 1}_Normalize", "sentence_transformers.models.Normalize"))
+        (out / f"{n + 1}_Normalize").mkdir()
+    _write_json(out / "modules.json", [{"idx": i, "name": str(i), "path": path, "type": kind}
+                                       for i, (path, kind) in enumerate(modules)])
     _write_json(out / "sentence_bert_config.json", {"max_seq_length": cfg.max_length, "do_lower_case": False})
     import sentence_transformers
     import transformers
@@ -185,6 +204,9 @@ def export_model(folder: str | Path, out: str | Path, fmt: Literal["sentence-tra
     if fmt not in ("sentence-transformers", "hf"):
         raise ValueError(f"unknown export format {fmt!r}; valid: sentence-transformers, hf")
     model = EmbeddingModel.from_pretrained(folder, dtype="float32", device="cpu").eval()
+    if fmt == "hf" and model.config.echo:
+        raise ValueError("--format hf cannot echo: a server's own pooling reads the text once; an echo design "
+                         "writes it twice before the backbone (use --format sentence-transformers)")
     if fmt == "hf" and not _st_native(model):
         raise ValueError(f"--format hf needs a design with built-in pooling (eos, mean of the last layer; "
                          f"weighted_mean: ST only), not {model.config.pooling!r} {model.pooler.get_config() or ''}: "

@@ -42,6 +42,9 @@ def model_card(model, folder: Path, fmt: str, meta: dict, merge_cos: float | Non
              f"- pooler: `{cfg.pooling}` {json.dumps(model.pooler.get_config())}",
              f"- attention: {cfg.attention}" + (" (`is_causal: false` in config.json)" if cfg.attention == "bidirectional" else ""),
              f"- instruction format: `{cfg.instruction_template!r}` (queries get it; documents none)"]
+    if cfg.echo:
+        lines.append("- echo embeddings (Springer et al. 2024): every text is written twice, the second copy pooled "
+                     "(`poolattn_echo.py`); about twice the tokens per text")
     if cfg.lora is not None:
         lines.append(f"- LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha}, merged into the weights"
                      + (f" (merged vs unmerged min cosine {merge_cos:.7f}, fp32)" if merge_cos is not None else ""))

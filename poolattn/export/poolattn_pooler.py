@@ -16,7 +16,8 @@ from .pooling import build_pooler
 
 class PoolattnPooler(Module):
     """Feeds the backbone's hidden states (embeddings + one per layer when the pooler needs them, else the last
-    layer) and the mask to the pooler; `mask_prompt` leaves the prompt (instruction) tokens out of pooling."""
+    layer) and the mask to the pooler; `mask_prompt` leaves the prompt (instruction) tokens out of pooling, or
+    under echo (poolattn_echo.py) all but the second copy's."""
     config_keys = ["pooling", "hidden_size", "num_layers", "options", "mask_prompt"]
 
     def __init__(self, pooling: str, hidden_size: int, num_layers: int, options: dict[str, Any] | None = None,
@@ -36,8 +37,9 @@ class PoolattnPooler(Module):
             states = (features["token_embeddings"],)
         pool = mask
         if self.mask_prompt and features.get("prompt_length") is not None:
-            pl = features["prompt_length"]
-            n = int(pl[0].item()) if isinstance(pl, torch.Tensor) else int(pl)
+            # One length for the batch (a sentence-transformers prompt) or one per text (poolattn_echo's).
+            n = torch.as_tensor(features["prompt_length"], device=mask.device).reshape(-1, 1)
+            n = n if n.shape[0] == mask.shape[0] else n[:1]
             real = mask.long().cumsum(1)  # 1.. over the real tokens, whatever the padding side
             pool = mask * (real > n).to(mask.dtype)
         features["sentence_embedding"] = self.pooler(states, pool).float()
