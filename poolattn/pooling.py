@@ -71,9 +71,10 @@ class EOSPooling(Pooler):
 
 
 class MeanPooling(Pooler):
-    """Masked token mean of the last layer; with `layers` (as select_layers: [1] = the first decoder layer,
-    "last:4", ...), the mean over those layers of each one's masked token mean. An untrained decoder's early layers
-    can embed far better than its last (`poolattn layers`; measured: docs/results.md#figures-behind-config-comments)."""
+    """Masked token mean of the last layer; with `layers` (as select_layers: [1] = the first decoder layer, "1..11"
+    = layers 1 to 11, 0 = the input embeddings, "last:4", ...), the mean over those layers of each one's masked token
+    mean. An untrained decoder's early layers can embed far better than its last (`poolattn layers`; measured:
+    docs/results.md#figures-behind-config-comments). Without `layers` it is the plain last-layer mean, unchanged."""
     name = "mean"
 
     def __init__(self, hidden_size: int, num_layers: int, layers: str | int | Sequence[int] | None = None):
@@ -302,7 +303,9 @@ class LatentPooling(TrainablePooler):
 
 
 def select_layers(spec: str | int | Sequence[int], num_layers: int) -> list[int]:
-    """'all' | 'last:K' | K (the last K) | list of layer numbers (1 = first decoder layer, negatives from the end)."""
+    """Indices into hidden_states (0 = the input embeddings, 1 = the first decoder layer, ..., num_layers = the last;
+    negatives count from the end as in Python: -1 = the last layer). 'all' (1..num_layers) | 'last:K' | K (the last
+    K) | 'A..B' (A to B, both included: '1..8', '-4..-1') | a list of indices."""
     if spec == "all":
         return list(range(1, num_layers + 1))
     if isinstance(spec, str) and spec.startswith("last:"):
@@ -311,12 +314,19 @@ def select_layers(spec: str | int | Sequence[int], num_layers: int) -> list[int]
         if not 1 <= spec <= num_layers:
             raise ValueError(f"layers: last {spec} of {num_layers} layers is out of range")
         return list(range(num_layers - spec + 1, num_layers + 1))
-    if isinstance(spec, str):
-        raise ValueError(f"layers: {spec!r} is not 'all', 'last:K' or a list of layer numbers")
-    layers = [i if i > 0 else num_layers + 1 + i for i in spec]
-    bad = [i for i, j in zip(spec, layers) if not 1 <= j <= num_layers]
+    ends = spec.split("..") if isinstance(spec, str) else []
+    if isinstance(spec, str) and (len(ends) != 2 or not all(e.strip().lstrip("-").isdigit() for e in ends)):
+        raise ValueError(f"layers: {spec!r} is not 'all', 'last:K', a range 'A..B' or a list of layer numbers")
+    bounds = [int(e) for e in ends] if ends else list(spec)
+    layers = [i if i >= 0 else num_layers + 1 + i for i in bounds]
+    bad = [i for i, j in zip(bounds, layers) if not 0 <= j <= num_layers]
     if bad or not layers:
-        raise ValueError(f"layers {bad or spec} out of range 1..{num_layers} (negatives count from the end)")
+        raise ValueError(f"layers {bad or spec} out of range: the model has {num_layers} layers (0 = the embeddings, "
+                         f"1..{num_layers} its layers, -1..-{num_layers + 1} the same counted from the end)")
+    if ends:
+        if layers[0] > layers[1]:
+            raise ValueError(f"layers: range {spec!r} is empty ({layers[0]}..{layers[1]} on {num_layers} layers)")
+        layers = list(range(layers[0], layers[1] + 1))
     return layers
 
 

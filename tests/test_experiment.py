@@ -175,6 +175,27 @@ def test_named_designs_and_extends(tmp_path):
         ExperimentConfig.load(tmp_path / "b.yaml")
 
 
+def test_mean_layers_design_is_configuration_over_the_mean_pooler(tmp_path):
+    """mean-layers-causal: the mean pooler with a layer range, by name, with overrides, and from a YAML file; on
+    SmolLM2's 30 layers it averages layers 1 and 2, and a backbone too shallow for its range is named in the error."""
+    from poolattn.pooling import build_pooler
+
+    first = lambda designs: ExperimentConfig.model_validate({"designs": designs}).designs[0]
+    cfg = ExperimentConfig.model_validate({"designs": ["mean-layers-causal"]})
+    d, plain = cfg.designs[0], first(["mean-causal"])
+    tail = first([{"name": "mean-layers-causal", "pooling_kwargs": {"layers": "-4..-1"}}])
+    assert (d.pooling, d.attention, d.pooling_kwargs) == ("mean", "causal", {"layers": "1..2"})
+    assert (plain.pooling, plain.attention, plain.pooling_kwargs) == ("mean", "causal", {})
+    mc = cfg.model_config_for(d)
+    assert (mc.pooling, mc.pooling_kwargs) == ("mean", {"layers": "1..2"})
+    assert build_pooler(mc.pooling, 576, 30, **mc.pooling_kwargs).layers == [1, 2]
+    assert build_pooler(tail.pooling, 576, 30, **tail.pooling_kwargs).layers == [27, 28, 29, 30]
+    with pytest.raises(ValueError, match="the model has 1 layers"):
+        build_pooler(mc.pooling, 64, 1, **mc.pooling_kwargs)
+    (tmp_path / "x.yaml").write_text("designs: [mean-layers-causal]\n")
+    assert ExperimentConfig.load(tmp_path / "x.yaml").designs[0] == d
+
+
 def test_design_levers_merge_into_the_shared_training_and_are_checked(tmp_path):
     from poolattn.experiment import merge_train, train_config_for
 

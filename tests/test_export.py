@@ -25,7 +25,7 @@ DESIGNS = {  # name: (pooling, attention, pooling_kwargs)
     "latent": ("latent", "causal", {"num_latents": 4, "num_heads": 4}),
     "latent-nvembed": ("latent", "bidirectional", {"preset": "nvembed", "num_latents": 4, "num_heads": 4}),
     "multilayer-bi": ("multilayer", "bidirectional", {"num_latents": 4, "num_heads": 4}),
-    "mean-layers": ("mean", "causal", {"layers": [1]}),  # not ST's own Pooling: exported with the module file
+    "mean-layers": ("mean", "causal", {"layers": "0..2"}),  # not ST's own Pooling: the module file; 0 = embeddings
     "multilayer-meaninit": ("multilayer", "bidirectional", {"num_latents": 4, "num_heads": 2, "head_dim": 32,
                                                             "init": "mean", "layers": [1, 2]}),
 }
@@ -65,6 +65,9 @@ def test_sentence_transformers_export_equals_poolattn_for_every_design(tiny_llam
     config = json.loads((tmp_path / "mean-bi-st" / "config.json").read_text())
     assert config["is_causal"] is False
     assert json.loads((tmp_path / "multilayer-bi-st" / "config.json").read_text())["output_hidden_states"] is True
+    assert json.loads((tmp_path / "mean-layers-st" / "config.json").read_text())["output_hidden_states"] is True
+    pooler = json.loads((tmp_path / "mean-layers-st" / "1_PoolattnPooler" / "config.json").read_text())
+    assert (pooler["pooling"], pooler["options"]) == ("mean", {"layers": "0..2"})
 
 
 def test_hf_export_and_model_meta(tiny_llama, tmp_path):

@@ -43,10 +43,11 @@ def test_truncation_warns_once_with_count(tiny_llama, caplog):
     assert m.tokenize(["word " * 50])["input_ids"].shape[1] == 8
 
 
-@pytest.mark.parametrize("pooling", ["eos", "latent", "multilayer"])
-def test_save_load_roundtrip_identical(tiny_llama, tmp_path, pooling):
-    m = _model(tiny_llama, pooling=pooling, attention="bidirectional",
-               pooling_kwargs={"num_latents": 4, "num_heads": 4} if pooling != "eos" else {})
+@pytest.mark.parametrize("pooling, kwargs", [("eos", {}), ("latent", {"num_latents": 4, "num_heads": 4}),
+                                            ("multilayer", {"num_latents": 4, "num_heads": 4}),
+                                            ("mean", {"layers": "0..2"})])
+def test_save_load_roundtrip_identical(tiny_llama, tmp_path, pooling, kwargs):
+    m = _model(tiny_llama, pooling=pooling, attention="bidirectional", pooling_kwargs=kwargs)
     m.add_lora(r=4, alpha=8, dropout=0.0)
     with torch.no_grad():  # make LoRA non-trivial (B starts at zero)
         for n, p in m.backbone.named_parameters():
@@ -59,6 +60,8 @@ def test_save_load_roundtrip_identical(tiny_llama, tmp_path, pooling):
     assert np.abs(a - b).max() < 1e-6
     assert loaded.fingerprint() == m.fingerprint()
     assert loaded.config.attention == "bidirectional" and loaded.config.lora.r == 4
+    assert loaded.pooler.get_config() == m.pooler.get_config()
+    assert all(loaded.config.pooling_kwargs[k] == v for k, v in kwargs.items())  # saved with its defaults
 
     # An inference load keeps the vectors (fp32 backbone: nothing to cast) and the fingerprint, and refuses to save.
     inference = EmbeddingModel.from_pretrained(folder, inference=True)
@@ -92,6 +95,26 @@ def test_fingerprint_changes_with_weights_and_design(tiny_llama):
         m.pooler.latents.add_(1.0)
     assert m.fingerprint() != f
     assert _model(tiny_llama).fingerprint() != _model(tiny_llama, attention="bidirectional").fingerprint()
+
+
+def test_mean_over_layers_in_the_model(tiny_llama):
+    """layers: the backbone's own hidden states (0 = the embeddings) averaged as asked, through encode's path
+    (sorting, padding, the shared instruction run once); without it, the plain mean model's vectors to the bit."""
+    plain, last = _model(tiny_llama, pooling="mean"), _model(tiny_llama, pooling="mean", pooling_kwargs={"layers": [-1]})
+    instr = "Retrieve semantically similar text."
+    for kw in ({}, {"instruction": instr}):
+        assert np.array_equal(plain.encode(TEXTS, batch_size=3, **kw), last.encode(TEXTS, batch_size=3, **kw))
+    ranged = _model(tiny_llama, pooling="mean", pooling_kwargs={"layers": "0..1"})
+    batch = ranged.tokenize([TEXTS[2]], instruction=instr)
+    with torch.no_grad():
+        hs = ranged.backbone(**batch, output_hidden_states=True).hidden_states
+    want = torch.nn.functional.normalize((hs[0][0].mean(0) + hs[1][0].mean(0)) / 2, dim=0).numpy()
+    got = ranged.encode(TEXTS, instruction=instr)
+    assert np.abs(got[2] - want).max() < 1e-5
+    assert np.abs(got - plain.encode(TEXTS, instruction=instr)).max() > 1e-3
+    prints = {plain.fingerprint(), ranged.fingerprint(),
+              _model(tiny_llama, pooling="mean", pooling_kwargs={"layers": "1..2"}).fingerprint()}
+    assert len(prints) == 3  # the embedding cache keeps the layer ranges apart
 
 
 def test_mismatched_weights_give_clear_error(tiny_llama, tmp_path):

@@ -234,6 +234,66 @@ def test_mean_over_chosen_layers():
         build_pooler("mean", 16, 3, layers=[4])
 
 
+def test_mean_without_layers_is_the_last_layer_mean_bit_for_bit():
+    """The default mean pooler is the masked token mean of the last layer alone, to the bit (left and right padding,
+    an all-pad row), and asks for no other layer: the layers option changes nothing for designs that omit it."""
+    hs = _states(B=3)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [0, 0, 0, 0, 0]])
+    pool = build_pooler("mean", 16, 3)
+    m = mask.float().unsqueeze(-1)
+    want = (hs[-1].float() * m).sum(1) / m.sum(1).clamp(min=1.0)  # the mean pooler before the layers option
+    assert torch.equal(pool(hs, mask), want)
+    assert torch.equal(pool(hs[-1:], mask), want)  # the last layer's states alone suffice
+    assert pool.get_config() == {} and not pool.needs_all_layers
+    assert torch.equal(build_pooler("mean", 16, 3, layers=[-1])(hs, mask), want)
+
+
+def test_mean_over_a_layer_range_averages_exactly_those_layers():
+    hs = _states(B=2, L=5)
+    mask = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+
+    def by_hand(layers):  # per row: each layer's mean over its real tokens, then the mean over the layers
+        rows = []
+        for b in range(2):
+            real = mask[b].bool()
+            rows.append(torch.stack([hs[i][b, real].mean(0) for i in layers]).mean(0))
+        return torch.stack(rows)
+
+    for spec, layers in [("1..3", [1, 2, 3]), ("0..1", [0, 1]), ("-2..-1", [4, 5]), ("2..2", [2]),
+                         ([0, -1], [0, 5])]:
+        pool = build_pooler("mean", 16, 5, layers=spec)
+        assert pool.needs_all_layers and pool.get_config() == {"layers": spec}
+        assert torch.allclose(pool(hs, mask), by_hand(layers), atol=1e-6), spec
+    pool = build_pooler("mean", 16, 5, layers="1..3")
+    out = pool(hs, mask)
+    noise = torch.randn(2, 5, 16)
+    outside = tuple(h + noise if i in (0, 4, 5) else h for i, h in enumerate(hs))
+    assert torch.equal(pool(outside, mask), out)  # the embeddings and layers 4-5 do not enter
+    inside = tuple(h + noise if i == 2 else h for i, h in enumerate(hs))
+    assert not torch.allclose(pool(inside, mask), out)
+    padded = tuple(torch.where(mask.bool()[..., None], h, torch.full_like(h, 1e4)) for h in hs)
+    assert torch.allclose(pool(padded, mask), out, atol=1e-5)  # padding never enters
+    with pytest.raises(ValueError, match="expects 6 hidden states"):
+        pool(hs[-1:], mask)
+
+
+def test_layer_ranges_negative_indices_and_errors_name_the_layer_count():
+    assert select_layers("1..8", 30) == list(range(1, 9))
+    assert select_layers("-3..-1", 30) == [28, 29, 30]
+    assert select_layers("0..2", 30) == [0, 1, 2] and select_layers([-31], 30) == [0]  # -31: the embeddings
+    assert select_layers("-30..1", 30) == [1]
+    for bad in ([31], [-32], "1..31", "-32..-1"):
+        with pytest.raises(ValueError, match="out of range: the model has 30 layers"):
+            select_layers(bad, 30)
+    with pytest.raises(ValueError, match="range '5..2' is empty"):
+        select_layers("5..2", 30)
+    for bad in ("1-8", "1..", "a..b", "1..2..3"):
+        with pytest.raises(ValueError, match="is not 'all', 'last:K', a range 'A..B'"):
+            select_layers(bad, 30)
+    with pytest.raises(ValueError, match="the model has 3 layers"):
+        build_pooler("mean", 16, 3, layers="1..4")
+
+
 @pytest.mark.parametrize("name,kw", [("multilayer", {"tokens": "mean"}), ("multilayer", {"tokens": "last"}),
                                      ("latent", {"tokens": "all"})])
 def test_mean_init_starts_as_the_mean_of_standardised_context(name, kw):

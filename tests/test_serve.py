@@ -234,3 +234,22 @@ def test_a_round_takes_whole_requests():
     assert len({j for r in rounds for j in set(r)}) == 3
     for a, b in zip(rounds, rounds[1:]):
         assert not set(a) & set(b)  # no request in two rounds
+
+
+def test_mean_over_a_layer_range_serves_as_saved(tiny_llama, tmp_path):
+    """A saved `layers` option is what the server loads (as `poolattn serve FOLDER` does): its vectors, not the
+    plain last-layer mean's."""
+    model = EmbeddingModel(ModelConfig(backbone=tiny_llama, pooling="mean", dtype="float32",
+                                       pooling_kwargs={"layers": "1..2"}))
+    instr = "Retrieve semantically similar text."
+    ref = model.encode(TEXTS, instruction=instr)
+    plain = EmbeddingModel(ModelConfig(backbone=tiny_llama, pooling="mean", dtype="float32"))
+    assert np.abs(ref - plain.encode(TEXTS, instruction=instr)).max() > 1e-3  # the range matters
+    served = EmbeddingModel.from_pretrained(model.save_pretrained(tmp_path / "m"), inference=True)
+    assert served.pooler.get_config() == {"layers": "1..2"}
+
+    async def calls(client):
+        return await client.embeddings.create(model="tiny", input=TEXTS, extra_body={"instruction": instr})
+
+    resp = run_with_client(create_app(served, settings()), calls)
+    assert np.abs(np.array([d.embedding for d in resp.data]) - ref).max() < 1e-5
