@@ -152,6 +152,14 @@ def test_shipped_configs_run_the_reference_codes_designs():
     assert ablation.train == ExperimentConfig.load(root / "default.yaml").train
     assert {"5c-no-latent-residual", "5b-no-layer-embedding", "5a-per-layer-last-token"} <= {d.name for d in
                                                                                                ablation.designs}
+    beyond = ExperimentConfig.load(root / "beyond.yaml")  # issue 30: the other answers under the same protocol
+    assert beyond.train == ablation.train and beyond.seeds == [42, 43, 44] and beyond.report.reference == "1-eos-causal"
+    rows = {d.name: d for d in beyond.designs}
+    assert {"1-eos-causal", "llm2vec-mntp-bidirectional", "echo-eos-causal", "mean-layers-causal", "1-matryoshka",
+            "multilayer-meaninit-bidirectional"} <= set(rows)
+    assert rows["llm2vec-mntp-bidirectional"].train["adapt"]["objective"] == "mntp"
+    assert beyond.model_config_for(rows["echo-eos-causal"]).echo and rows["1-matryoshka"].lever_of == "1-eos-causal"
+    assert beyond.eval.dimensions == [64, 128, 256]
 
 
 def test_named_designs_and_extends(tmp_path):

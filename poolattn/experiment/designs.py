@@ -92,8 +92,8 @@ EXTRA_DESIGNS = [
     # best: `poolattn layers --tasks BIOSSES --n-texts 200 --dtype float32` (causal, mean pooling, BIOSSES x 100):
     # layer 1 63.9, layer 2 67.1, layers 3-11 49.3-63.7, then a drop (12-30: 24.5-39.9; the last, as mean-causal,
     # 39.9). The mean pooler over layers 1..2 scores 65.6, the best of the ranges of two or more layers (1..11, the
-    # block before the drop: 58.2; 1..30: 30.4). Picked on BIOSSES's test pairs, a lite task, untrained: the trained
-    # design may prefer other layers (docs/results.md's levers: 5-meaninit-first10).
+    # layers before the drop at 12: 58.2; 1..30: 30.4). Picked on BIOSSES's test pairs, a lite task, untrained: the
+    # trained design may prefer other layers (docs/results.md's levers: 5-meaninit-first10).
     Design(name="mean-layers-causal", pooling="mean", attention="causal", pooling_kwargs={"layers": "1..2"}),
 ]
 NAMED_DESIGNS = {d.name: d for d in PAPER_DESIGNS + MEAN_BASELINES + EXTRA_DESIGNS}

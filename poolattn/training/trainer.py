@@ -96,7 +96,10 @@ class Trainer:
         if device.type == "cuda":
             torch.cuda.set_device(device)  # accelerate puts a process on the current CUDA device
         self.acc = acc = Accelerator(cpu=device.type == "cpu",
-                                     kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+                                     # a pooler over chosen layers leaves the later layers' LoRA without gradients
+                                     kwargs_handlers=[DistributedDataParallelKwargs(
+                                         broadcast_buffers=False,
+                                         find_unused_parameters="layers" in cfg.model.pooling_kwargs)],
                                      log_with=None if cfg.report_to == tracking.NONE else cfg.report_to,
                                      project_dir=str(self.out))
         if acc.device.type != device.type or (device.type == "cuda" and acc.device.index not in (None, device.index)):
