@@ -11,10 +11,9 @@ and the training step time of designs 1 and 5, each with every saving on and wit
     no-fused-lora     a trained model's LoRA linears run through peft, unfused (from_pretrained(fuse_lora=False))
     all-off           all of them off: what evaluation cost before the savings
 
-plus the largest main-score difference (x100) between each run and the `on` run of the same model. Training has two
-savings (prefix reuse; on a CPU, fast LoRA dropout masks): its rows (on, each off, all off) give the median seconds
-per step over --steps steps through the real trainer (the first step, warm-up, left out) and the largest loss
-difference per step against `on`. Evaluation runs without the embedding cache. A saving the installed poolattn does
+plus the largest main-score difference (x100) between each run and the `on` run of the same model. Training has one
+saving (prefix reuse): its rows (on, off) give the median seconds per step over --steps steps through the real
+trainer (the first step, warm-up, left out) and the largest loss difference per step against `on`. Evaluation runs without the embedding cache. A saving the installed poolattn does
 not have yet prints n/a.
 
     python benchmarks/eval_cost.py                                  # default experiment's designs, untrained
@@ -50,10 +49,8 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "all-off": {"prefix_reuse": False, "all_splits": True, "dedup": False, "fuse_lora": False},
 }
 TRAIN_VARIANTS: dict[str, dict[str, bool]] = {
-    "on": {"prefix_reuse": True, "fast_dropout": True},
-    "no-prefix-reuse": {"prefix_reuse": False, "fast_dropout": True},
-    "no-fast-dropout": {"prefix_reuse": True, "fast_dropout": False},
-    "all-off": {"prefix_reuse": False, "fast_dropout": False},
+    "on": {"prefix_reuse": True},
+    "no-prefix-reuse": {"prefix_reuse": False},
 }
 EVAL_ROWS = ("baseline", "1-eos-causal", "5-multilayer-bidirectional")
 TRAIN_ROWS = ("1-eos-causal", "5-multilayer-bidirectional")
@@ -232,11 +229,11 @@ def report(machine: dict, evals: list[dict], trains: list[dict], diffs: dict, ar
                                            for v in variants if v != "on"))
     if trains:
         variants = args.train_variants
-        print(f"\ntraining, median s/step over steps 2-{args.steps} (same batches; in brackets: all-off / it)")
+        print(f"\ntraining, median s/step over steps 2-{args.steps} (same batches; in brackets: {variants[-1]} / it)")
         print(f"{'design':<30}" + "".join(f"{v:>19}" for v in variants) + f"{'max |dloss| vs on':>19}")
         for design in dict.fromkeys(r["design"] for r in trains):
             rows = {r["variant"]: r for r in trains if r["design"] == design}
-            base = rows.get("all-off", {}).get("median_step_s")
+            base = rows.get(variants[-1], {}).get("median_step_s")
             cells = []
             for v in variants:
                 t = rows.get(v, {}).get("median_step_s")

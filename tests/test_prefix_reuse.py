@@ -30,7 +30,7 @@ def spy(monkeypatch):
     real = prefix.shared_states
 
     def counted(*args):
-        calls.append(args[-1])
+        calls.append(args[5])  # the shared tokens (then the memo)
         return real(*args)
     monkeypatch.setattr(prefix, "shared_states", counted)
     return calls

@@ -52,10 +52,6 @@ class TrainConfig(BaseModel):
     prefix_reuse: bool = Field(
         True, description="run the instruction all texts of a batch start with once per batch, not once per text, "
         "where attention is causal (exact: the same loss and gradients up to rounding); false: every text whole")
-    fast_dropout: bool = Field(
-        True, description="on a CPU, LoRA's dropout masks from 16-bit slices of 64-bit random draws "
-        "(poolattn.training.fastdropout: the same dropout in distribution, another random stream; torch's masks "
-        "took a quarter of a causal step); false: torch's dropout, as peft runs it")
     scale: float = Field(20.0, description="cosine similarity x scale = 1 / temperature (20: temperature 0.05)")
     hard_negatives: bool = Field(True, description="false: rows' `negative` texts are dropped in the step (never "
                                  "encoded): in-batch negatives only, same batches")

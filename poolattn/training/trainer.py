@@ -40,7 +40,6 @@ from .checkpoint import list_checkpoints
 from .config import TrainConfig
 from .data import Example, MixedBatchSampler, load_sources
 from .distill import distill_loss
-from .fastdropout import use_fast_dropout
 from .gradcache import contrastive_backward
 from .losses import info_nce, matryoshka_loss
 
@@ -130,8 +129,6 @@ class Trainer:
             with warnings.catch_warnings():  # peft asks transformers a deprecated question; not ours to fix
                 warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
                 model.add_lora(**cfg.lora.model_dump())
-            if cfg.fast_dropout and acc.device.type == "cpu":
-                use_fast_dropout(model.backbone)
         elif cfg.full_finetune:
             model.backbone.requires_grad_(True)
             model.config = model.config.model_copy(update={"full_finetune": True})
