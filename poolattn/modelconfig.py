@@ -87,8 +87,10 @@ class ModelConfig(BaseModel):
     @field_validator("matryoshka_dims")
     @classmethod
     def _widths(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (not v or v[0] < 1 or any(b <= a for a, b in zip(v, v[1:]))):
-            raise ValueError(f"matryoshka_dims must be positive and increasing; got {v}")
+        if v is not None:
+            from .matryoshka import check_widths
+
+            check_widths(v)
         return v
 
     @model_validator(mode="after")
