@@ -84,7 +84,7 @@ def main():
     ours = {p: EmbeddingModel(ModelConfig(backbone=args.backbone, pooling=p, dtype=dtype_name), device=device)
             for p in ("eos", "mean", "latent", "multilayer")}
     eos_model = ours["eos"]
-    lengths = [len(x) for x in eos_model._token_ids(texts, None)]
+    lengths = [len(x) for x in eos_model._token_ids(texts, None)[0]]
     flops = forward_flops(eos_model, lengths)
     threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device) \
         if device.type == "cuda" else str(device)

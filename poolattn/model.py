@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import prefix
+from . import prefix, tokenization
 from .attention import set_attention
 from .backbone import load_backbone, load_tokenizer
-from .echo import echo_tokens
 from .errors import UserError
 from .fileio import atomic_dir, check_weights, read_json
 from .modelconfig import CONFIG_NAME, FIXED_ON_LOAD, POOLER_NAME, Instruction, LoraSettings, MaxLengthScope, ModelConfig
@@ -38,14 +37,6 @@ def quiet_peft():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         yield
-
-
-def _per_text(instruction: Instruction, n: int) -> list[str | None]:
-    if instruction is None or isinstance(instruction, str):
-        return [instruction] * n
-    if len(instruction) != n:
-        raise ValueError(f"{len(instruction)} instructions for {n} texts")
-    return list(instruction)
 
 
 class EmbeddingModel(nn.Module):
@@ -135,93 +126,24 @@ class EmbeddingModel(nn.Module):
     def embedding_dim(self) -> int:
         return self.pooler.output_dim
 
-    # ---- tokenization -------------------------------------------------------------------------------------
+    # ---- tokenization (poolattn.tokenization) ------------------------------------------------------------
     def format(self, texts: list[str], instruction: Instruction = None) -> list[str]:
-        """The strings the tokenizer sees: `instruction_template` around every text that has an instruction
-        (one for all texts, or one per text); evaluation and training both build their inputs here."""
-        per_text = _per_text(instruction, len(texts))
-        return [self.config.instruction_template.format(instruction=i, text=t) if i else t
-                for t, i in zip(texts, per_text)]
-
-    def _prefix_chars(self, texts: list[str], instruction: Instruction) -> list[int]:
-        """Characters of each formatted string that belong to the instruction (0 where there is none)."""
-        out = []
-        for t, i in zip(texts, _per_text(instruction, len(texts))):
-            out.append(len(self.config.instruction_template.format(instruction=i, text=t)) - len(t) if i else 0)
-        if any(out) and not self.config.instruction_template.endswith("{text}"):
-            raise ValueError("counting the instruction's tokens (mask_instruction, max_length_applies_to: text) "
-                             "needs an instruction_template that ends with {text}")
-        return out
+        """The strings the tokenizer sees (tokenization.format_texts)."""
+        return tokenization.format_texts(self.config, texts, instruction)
 
     def _token_ids(self, texts: list[str], instruction: Instruction, max_length_applies_to: MaxLengthScope = "all",
                    max_length: int | None = None) -> tuple[list[list[int]], list[int]]:
-        """Token ids ending in exactly one EOS (appended as the paper does, unless the tokenizer already added
-        it), truncated to max_length (default: the config's) with one warning; and per text the number of leading
-        tokens left out of pooling: the instruction's under mask_instruction, all but the second copy's under echo
-        (_echo_ids), else 0. max_length_applies_to "text": max_length counts the tokens after the instruction only
-        (the text's and EOS), the instruction's (those mask_instruction leaves out of pooling, BOS included) come
-        on top."""
-        if max_length_applies_to not in ("all", "text"):
-            raise ValueError(f"max_length_applies_to must be 'all' or 'text', got {max_length_applies_to!r}")
-        max_length = max_length or self.config.max_length
-        if self.config.echo:
-            return self._echo_ids(texts, instruction, max_length_applies_to, max_length)
-        tok = self.tokenizer
-        counted = self.config.mask_instruction or max_length_applies_to == "text"
-        chars = self._prefix_chars(texts, instruction) if counted else [0] * len(texts)
-        enc = tok(self.format(texts, instruction), add_special_tokens=True, truncation=False,
-                  return_offsets_mapping=any(chars), verbose=False)  # truncated below, with our own warning
-        ids = enc["input_ids"]
-        # A token is the text's if it ends inside the text (a token straddling the boundary, e.g. " word" whose
-        # space closes the template, is the text's); special tokens (offsets (0, 0)) before the text are not.
-        head = [sum(1 for _, end in offsets if end <= p) if p else 0
-                for offsets, p in zip(enc["offset_mapping"], chars)] if any(chars) else chars
-        on_top = head if max_length_applies_to == "text" else [0] * len(texts)
-        limits = [max_length - 1 + n for n in on_top]
-        eos = tok.eos_token_id
-        ids = [x[:-1] if x and x[-1] == eos else x for x in ids]
-        truncated = sum(len(x) > limit for x, limit in zip(ids, limits))
-        if truncated:
-            log.warning("%d of %d texts are longer than max_length=%d tokens%s and were truncated", truncated,
-                        len(ids), max_length, " after the instruction" if any(on_top) else "")
-        skip = head if self.config.mask_instruction else [0] * len(texts)
-        return [x[:limit] + [eos] for x, limit in zip(ids, limits)], [min(s, limit) for s, limit in zip(skip, limits)]
-
-    def _echo_ids(self, texts: list[str], instruction: Instruction, max_length_applies_to: MaxLengthScope,
-                  max_length: int) -> tuple[list[list[int]], list[int]]:
-        """_token_ids under echo (poolattn.echo.echo_tokens, as the sentence-transformers export runs it): all but
-        the second copy's tokens and EOS left out of pooling (mask_instruction adds nothing); a long text cut to
-        the same tokens in both copies; max_length_applies_to "text": the tokens before the first copy on top."""
-        prefix = self.config.instruction_template[:-len("{text}")]  # the config ensures it ends with {text}
-        out = [echo_tokens(self.tokenizer, t, prefix.format(instruction=i) if i else None, max_length,
-                           max_length_applies_to == "text") for t, i in zip(texts, _per_text(instruction, len(texts)))]
-        truncated = sum(cut for *_, cut in out)
-        if truncated:
-            log.warning("%d of %d texts are too long to echo within max_length=%d tokens and were cut (the same "
-                        "tokens in both copies)", truncated, len(out), max_length)
-        return [ids for ids, _, _ in out], [skip for _, skip, _ in out]
+        """Token ids ending in one EOS, and per text the leading tokens left out of pooling
+        (tokenization.token_ids)."""
+        return tokenization.token_ids(self.tokenizer, self.config, texts, instruction, max_length_applies_to,
+                                      max_length)
 
     def _pad(self, ids: list[list[int]], skip: list[int] | None = None) -> dict[str, torch.Tensor]:
-        width = max(len(x) for x in ids)
-        pad = self.tokenizer.pad_token_id
-        left = self.config.padding_side == "left"
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, x in enumerate(ids):
-            sl = slice(width - len(x), width) if left else slice(0, len(x))
-            input_ids[i, sl] = torch.tensor(x)
-            mask[i, sl] = 1
-        out = {"input_ids": input_ids, "attention_mask": mask}
-        if skip is not None and any(skip):
-            pool = mask.clone()
-            for i, (x, n) in enumerate(zip(ids, skip)):
-                start = width - len(x) if left else 0
-                pool[i, start:start + n] = 0
-            out["pool_mask"] = pool
-        return out
+        return tokenization.pad(self.tokenizer, self.config, ids, skip)
 
     def tokenize(self, texts: list[str], instruction: Instruction = None,
-                 max_length_applies_to: MaxLengthScope = "all") -> dict[str, torch.Tensor]:
+                 max_length_applies_to: MaxLengthScope = "all", max_length: int | None = None
+                 ) -> dict[str, torch.Tensor]:
         """input_ids and attention_mask (and pool_mask when tokens are left out of pooling: the instruction's under
         mask_instruction, all but the second copy's under echo).
 
@@ -229,8 +151,9 @@ class EmbeddingModel(nn.Module):
             texts: the texts.
             instruction: one for all texts, or one per text (None: none).
             max_length_applies_to: "all" (max_length counts every token) or "text" (the tokens after the
-                instruction only; training's option of the same name)."""
-        return self._pad(*self._token_ids(list(texts), instruction, max_length_applies_to))
+                instruction only; training's option of the same name).
+            max_length: the truncation (None: the config's max_length)."""
+        return self._pad(*self._token_ids(list(texts), instruction, max_length_applies_to, max_length))
 
     # ---- forward / encode ---------------------------------------------------------------------------------
     def _pooler_for(self, dtype: torch.dtype) -> nn.Module:

@@ -36,7 +36,7 @@ def test_eos_is_appended_and_instruction_prefixed(tiny_llama):
 
 def test_truncation_warns_once_with_count(tiny_llama, caplog):
     m = _model(tiny_llama, max_length=8)
-    with caplog.at_level(logging.WARNING, logger="poolattn.model"):
+    with caplog.at_level(logging.WARNING, logger="poolattn.tokenization"):
         m.encode(["word " * 50, "word " * 40, "short"], batch_size=1)
     msgs = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
     assert len(msgs) == 1 and msgs[0].startswith("2 of 3")
