@@ -212,6 +212,19 @@ def test_training_texts_get_instructions_as_evaluation_does(tiny_llama, tmp_path
     assert torch.equal(evaluated["input_ids"], trained["input_ids"])
 
 
+def test_passage_max_length_truncates_documents_only(tiny_llama, tmp_path):
+    """passage_max_length cuts positives and hard negatives; queries keep max_length."""
+    t, batch = trainer_and_batch(tiny_config(tiny_llama, tmp_path, chunk_size=None, max_length=4,
+                                             passage_max_length=7))
+    m = t.unwrapped
+    widths = []
+    real_tokenize = m.tokenize
+    m.tokenize = lambda *a, **k: (lambda enc: widths.append(enc["input_ids"].shape[1]) or enc)(real_tokenize(*a, **k))
+    t.backward_step(batch)
+    assert widths[0] == 4 and widths[1] == 7 and widths[2] == 7  # queries, positives, negatives (all long enough)
+    assert t.config.max_length == 4 and m.config.max_length == 4
+
+
 def test_lora_dropout_replayed_and_checkpointing_keeps_gradients(tiny_llama, tmp_path):
     cfg = tiny_config(tiny_llama, tmp_path, chunk_size=3)  # LoRA dropout 0.1
     t, batch = trainer_and_batch(cfg)

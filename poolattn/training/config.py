@@ -46,6 +46,10 @@ class TrainConfig(BaseModel):
     max_steps: int = Field(1000, ge=1, description="optimizer steps to train")
     max_length: int | None = Field(None, description="training truncation; None: model.max_length (the saved model "
                                    "keeps model's)")
+    passage_max_length: int | None = Field(
+        None, ge=2, description="training truncation of positives and hard negatives (the documents side); None: "
+        "max_length for both sides. Retrieval documents run long (e.g. 32 for queries, 128 for passages); counted "
+        "as max_length_applies_to says")
     max_length_applies_to: Literal["all", "text"] = Field(
         "all", description="what training's max_length counts: `all` every token (instruction included), `text` "
         "the tokens after the instruction (the text's and EOS), the instruction's tokens coming on top")

@@ -246,8 +246,9 @@ class Trainer:
                  ([e.positive for e in examples], doc_ins),
                  ([examples[i].negative for i in has_neg], [doc_ins[i] for i in has_neg]))
         size = cfg.chunk_size or len(examples)
-        groups = [[m.tokenize(t[i:i + size], ins[i:i + size], cfg.max_length_applies_to)
-                   for i in range(0, len(t), size)] for t, ins in texts]
+        lengths = (None, cfg.passage_max_length, cfg.passage_max_length)  # None: the model's (cfg.max_length)
+        groups = [[m.tokenize(t[i:i + size], ins[i:i + size], cfg.max_length_applies_to, n)
+                   for i in range(0, len(t), size)] for (t, ins), n in zip(texts, lengths)]
         device = self.acc.device
         neg_index = torch.tensor(has_neg, dtype=torch.long, device=device)
         neg_mask = torch.zeros(len(examples), dtype=torch.bool, device=device)
