@@ -158,9 +158,62 @@ def test_evaluation_is_probed_per_pooler_kind_and_attention(tiny_llama, tmp_path
     def seconds(model, samples, batch_size):
         probed.append((model.config.pooling, model.config.attention))
         return speed[probed[-1]]
-    monkeypatch.setattr(budget, "_probe_step", lambda config, design: (1.0, 0.0))
+    monkeypatch.setattr(budget, "_probe_step", lambda config, design: (1.0, 0.0, None, 0))
     monkeypatch.setattr(budget, "_suite_samples", lambda config: [(None, ["a text"], 100.0)])
     monkeypatch.setattr(budget, "_eval_seconds", seconds)
     m = budget.measure(cfg)
     assert probed == [("mean", "causal"), ("latent", "causal"), ("latent", "bidirectional")]  # one per kind
     assert m.eval_seconds_by_design == {"eos": 10.0, "lat-c": 20.0, "ml-c": 20.0, "lat-b": 40.0, "ml-b": 40.0}
+
+
+def test_echo_and_adaptation_designs_are_probed_and_charged_their_own_cost(tiny_llama, tmp_path, monkeypatch):
+    """Echo (twice the tokens) and an adaptation stage get their own step probe and evaluation group; the stage's
+    steps are charged at the stage's measured rate (the estimate had left them out)."""
+    designs = [Design(name="eos", pooling="eos"), Design(name="echo", pooling="eos", echo=True),
+               Design(name="mntp", pooling="mean", attention="bidirectional", train={"adapt": {"steps": 7}}),
+               Design(name="mean-b", pooling="mean", attention="bidirectional")]
+    cfg = ExperimentConfig(output_dir=str(tmp_path / "exp"), designs=designs, train={"max_steps": 20},
+                           base={"backbone": tiny_llama, "dtype": "float32"}, device="cpu")
+    probes = {"eos": (1.0, 5.0, None, 0), "echo": (2.0, 5.0, None, 0), "mntp": (1.5, 6.0, 3.0, 7)}
+    probed, evaluated = [], []
+
+    def probe(config, design):
+        probed.append(design.name)
+        return probes[design.name]
+
+    def seconds(model, samples, batch_size):
+        evaluated.append((model.config.attention, model.config.echo))
+        return 60.0 * (2 if model.config.echo else 1)
+    monkeypatch.setattr(budget, "_probe_step", probe)
+    monkeypatch.setattr(budget, "_suite_samples", lambda config: [(None, ["a text"], 100.0)])
+    monkeypatch.setattr(budget, "_eval_seconds", seconds)
+    m = budget.measure(cfg)
+    assert probed == ["eos", "echo", "mntp"]  # mean-b: no stage, no trainable pooler, no echo: eos's group
+    assert m.step_seconds == {"eos": 1.0, "echo": 2.0, "mntp": 1.5, "mean-b": 1.0}
+    assert m.adapt_step_seconds == {"mntp": 3.0} and m.adapt_steps == {"mntp": 7}
+    assert evaluated == [("causal", False), ("causal", True), ("bidirectional", False)]
+    assert m.eval_seconds_by_design["echo"] == 120.0
+    e = estimate(cfg, m, steps=20, seeds=1)
+    assert e["design_minutes"]["mntp"] == pytest.approx((6 + 20 * 1.5 + 7 * 3.0 + 60) / 60)
+    assert e["design_minutes"]["echo"] == pytest.approx((6 + 20 * 2.0 + 120) / 60)
+    out = io.StringIO()
+    print_estimate({"estimate": e, "measured": json.loads(json.dumps(m.__dict__)) | {"eval_seconds": m.eval_seconds}},
+                   Console(file=out, width=200))
+    assert "1.50 (+7 adapt x 3.00)" in out.getvalue()
+
+
+def test_adaptation_stage_is_probed_for_real(tiny_llama, tmp_path):
+    """The probe runs PROBE_STEPS of the stage and of contrastive training on the tiny model and tells them apart."""
+    from poolattn.experiment.budget import PROBE_STEPS, _probe_step
+
+    from helpers import write_data
+
+    data = write_data(tmp_path / "data")
+    cfg = ExperimentConfig(output_dir=str(tmp_path / "exp"), designs=[Design(name="eos", pooling="eos")],
+                           base={"backbone": tiny_llama, "dtype": "float32", "max_length": 32}, device="cpu",
+                           train={"data": data, "batch_size": 4, "max_steps": 50, "progress": False,
+                                  "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+                                  "adapt": {"steps": 40, "batch_size": 2, "max_length": 16}})
+    step, overhead, adapt_step, adapt_steps = _probe_step(cfg, cfg.designs[0])
+    assert step > 0 and adapt_step is not None and adapt_step > 0 and overhead >= 0
+    assert adapt_steps == 40 and PROBE_STEPS < 40  # the stage's configured steps, not the probe's

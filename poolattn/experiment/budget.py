@@ -2,15 +2,17 @@
 trains, estimate the whole run, and (with `budget_minutes`) pick steps and seeds from the recipe table.
 
 Measured (once per experiment folder, in a throwaway folder):
-  * training: PROBE_STEPS real steps of the first trainable design at the experiment's settings; designs with a
-    trainable pooler (latent, multilayer) cost more per step, so the first of them is probed too and every design
-    with a trainable pooler is charged its step time (the others the first design's). Step time = the trainer's
-    elapsed time from the first logged step to the last over the steps between (the first step warms up);
-    the rest of the probe's wall time (model load, first step, saving) is charged once per design as overhead;
+  * training: PROBE_STEPS real steps of the first design of every step group (_step_group: a trainable pooler
+    (latent, multilayer) or not, echo or not, which adaptation stage), each design charged its group's step time:
+    a trainable pooler costs more per step, echo feeds twice the tokens. Step time = the trainer's elapsed time
+    from the first logged step to the last over the steps between (the first step warms up); the rest of the
+    probe's wall time (model load, first step, saving) is charged once per design as overhead. A design with an
+    adaptation stage (`adapt:`) is probed with PROBE_STEPS of the stage too, and charged its steps at that rate;
   * evaluation: per task, a sample of its texts (EVAL_PROBE_TEXTS over the suite) encoded with the task's instruction
-    as evaluation applies it, by the untrained baseline model and by the first design of every other (trainable
-    pooler or not, attention) pair, each design charged its pair's speed: a trainable pooler costs more, and a
-    bidirectional design cannot reuse the instruction's prefix pass (a causal design can); a task's time = its
+    as evaluation applies it, by the untrained baseline model and by the first design of every other evaluation
+    group (_eval_group: trainable pooler or not, attention, echo), each design charged its group's speed: a
+    trainable pooler costs more, a bidirectional design cannot reuse the instruction's prefix pass (a causal design
+    can), echo encodes every text twice; a task's time = its
     characters to encode (poolattn.evaluation.pack.encode_cost) / the characters per second of its sample. Without
     the instructions and the pooler the estimate was half the default experiment's real evaluations (measured:
     docs/results.md#evaluation); with one probe for every pooler design, causal and bidirectional, it overstated
@@ -18,7 +20,7 @@ Measured (once per experiment folder, in a throwaway folder):
   * peers (`peers:`): each one's evaluation, from its own encoding speed over the same sample (a peer encodes as
     it was published: no instruction).
 Estimate = baseline evaluation + every peer's evaluation + for every design x seed: overhead + steps x step time +
-evaluation.
+adaptation steps x their step time + evaluation.
 
 With `budget_minutes` the chooser takes the largest recipe of RECIPES (ordered, smallest useful first) whose
 estimate fits; every design gets its steps, lr and warmup, and the experiment its number of seeds. It writes the
@@ -95,6 +97,8 @@ class Measurement:
     eval_chars: float  # characters the suite encodes per model
     eval_seconds_by_design: dict[str, float] = field(default_factory=dict)  # a design's evaluation, when measured
     peer_eval_seconds: dict[str, float] = field(default_factory=dict)  # a peer's row name -> its evaluation
+    adapt_step_seconds: dict[str, float] = field(default_factory=dict)  # a design with `adapt:` -> s per stage step
+    adapt_steps: dict[str, int] = field(default_factory=dict)  # a design with `adapt:` -> the stage's steps
 
     @property
     def eval_seconds(self) -> float:
@@ -105,40 +109,51 @@ class Measurement:
         return self.eval_seconds_by_design.get(design, self.eval_seconds)
 
 
-def _probe_designs(designs: list[Design]) -> dict[str, Design]:
-    """The first design, and the first with a trainable pooler if that is another one."""
-    picks = [designs[0]] + [d for d in designs if is_trainable(d.pooling)][:1]
-    return {d.name: d for d in picks}
+def _adapt_objective(config: ExperimentConfig, design: Design) -> str | None:
+    adapt = {**(config.train.get("adapt") or {}), **(design.train.get("adapt") or {})}
+    return adapt.get("objective", "mntp") if adapt else None
 
 
-def _eval_group(design: Design) -> tuple[bool, str]:
-    """What a design's evaluation speed depends on: a trainable pooler or not, and the attention."""
-    return is_trainable(design.pooling), design.attention
+def _step_group(config: ExperimentConfig, design: Design) -> tuple[bool, bool, str | None]:
+    """What a design's training step time depends on: a trainable pooler or not, echo (twice the tokens) or not,
+    and its adaptation stage's objective (None: none)."""
+    return is_trainable(design.pooling), design.echo, _adapt_objective(config, design)
 
 
-def _charged(design: Design, probes: dict[str, Design]) -> str:
-    """Which probe's step time a design is charged."""
-    pooled = [n for n, d in probes.items() if is_trainable(d.pooling)]
-    plain = [n for n, d in probes.items() if not is_trainable(d.pooling)]
-    return (pooled or plain)[0] if is_trainable(design.pooling) else (plain or pooled)[0]
+def _eval_group(design: Design) -> tuple[bool, str, bool]:
+    """What a design's evaluation speed depends on: a trainable pooler or not, the attention, echo or not."""
+    return is_trainable(design.pooling), design.attention, design.echo
 
 
-def _probe_step(config: ExperimentConfig, design: Design) -> tuple[float, float]:
-    """(seconds per step, overhead seconds) from PROBE_STEPS real steps in a throwaway folder."""
+def _probe_step(config: ExperimentConfig, design: Design) -> tuple[float, float, float | None, int]:
+    """(seconds per step, overhead seconds, seconds per adaptation step or None, the stage's steps) from
+    PROBE_STEPS real steps (and as many of the design's adaptation stage, when it has one) in a throwaway folder."""
     from ..training import train
     from .config import train_config_for
 
     with tempfile.TemporaryDirectory(prefix="poolattn-probe-") as tmp:
-        tc = train_config_for(config, design, Path(tmp)).model_copy(update={
+        tc = train_config_for(config, design, Path(tmp))
+        adapt, adapt_steps = tc.adapt, tc.adapt.steps if tc.adapt else 0
+        tc = tc.model_copy(update={
             "max_steps": PROBE_STEPS, "save_every": PROBE_STEPS, "progress": False, "max_time_minutes": None,
-            "adapt": None})  # contrastive steps only: an adaptation stage is not estimated
+            "adapt": adapt.model_copy(update={"steps": PROBE_STEPS}) if adapt else None})
         t0 = time.perf_counter()
         train(tc)
         wall = time.perf_counter() - t0
         rows = [json.loads(line) for line in (Path(tc.output_dir) / "metrics.jsonl").read_text().splitlines()]
-    elapsed = [r["elapsed_s"] for r in rows if "elapsed_s" in r]
-    step = (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1) if len(elapsed) > 1 else wall / PROBE_STEPS
-    return step, max(wall - PROBE_STEPS * step, 0.0)
+
+    def per_step(elapsed: list[float]) -> float | None:
+        return (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1) if len(elapsed) > 1 else None
+
+    from ..training.adapt import STAGE
+
+    step = per_step([r["elapsed_s"] for r in rows if "elapsed_s" in r and r.get("stage") != STAGE])
+    adapt_step = per_step([r["elapsed_s"] for r in rows if "elapsed_s" in r and r.get("stage") == STAGE])
+    step = step if step is not None else wall / PROBE_STEPS
+    if adapt and adapt_step is None:
+        adapt_step = step
+    spent = PROBE_STEPS * (step + (adapt_step or 0.0))
+    return step, max(wall - spent, 0.0), adapt_step, adapt_steps
 
 
 def _strings(part, k: int) -> list[str]:
@@ -195,8 +210,11 @@ def measure(config: ExperimentConfig) -> Measurement:
     from .peers import reference_model
 
     designs = config.base_designs()
-    probes = _probe_designs(designs)
-    timed = {name: _probe_step(config, d) for name, d in probes.items()}
+    probes = {}  # step group -> the first design of it
+    for d in designs:
+        probes.setdefault(_step_group(config, d), d)
+    timed = {group: _probe_step(config, d) for group, d in probes.items()}
+    charged = {d.name: timed[_step_group(config, d)] for d in designs}
     samples = _suite_samples(config)
     eval_chars = sum(chars for _, _, chars in samples)
     baseline = config.baseline or designs[0]
@@ -210,14 +228,16 @@ def measure(config: ExperimentConfig) -> Measurement:
     peers = {}
     for peer in config.peer_rows():
         peers[peer.name] = _eval_seconds(reference_model(config, peer), samples, config.eval.batch_size)
-    return Measurement({d.name: timed[_charged(d, probes)][0] for d in designs},
-                       max(o for _, o in timed.values()), eval_chars / max(plain, 1e-6), eval_chars,
-                       {d.name: by_group[_eval_group(d)] for d in designs}, peers)
+    return Measurement({n: t[0] for n, t in charged.items()}, max(t[1] for t in timed.values()),
+                       eval_chars / max(plain, 1e-6), eval_chars, {d.name: by_group[_eval_group(d)] for d in designs},
+                       peers, {n: t[2] for n, t in charged.items() if t[2] is not None},
+                       {n: t[3] for n, t in charged.items() if t[2] is not None})
 
 
 def estimate(config: ExperimentConfig, m: Measurement, steps: int, seeds: int) -> dict:
     """Minutes for the baseline evaluation, every peer's and every design x seed at `steps` steps."""
-    per_design = {name: seeds * (m.overhead_seconds + steps * s + m.eval_for(name)) / 60
+    per_design = {name: seeds * (m.overhead_seconds + steps * s + m.eval_for(name)
+                                 + m.adapt_steps.get(name, 0) * m.adapt_step_seconds.get(name, 0.0)) / 60
                   for name, s in m.step_seconds.items()}
     base = m.eval_seconds / 60 if config.baseline else 0.0
     peers = {name: s / 60 for name, s in m.peer_eval_seconds.items()}
@@ -288,8 +308,11 @@ def print_estimate(record: dict, console) -> None:
         table.add_row("baseline (evaluation only)", "-", f"{est['baseline_minutes']:.1f}")
     for name, minutes in est.get("peer_minutes", {}).items():  # a budget.json from before peers were counted
         table.add_row(f"{name} (evaluation only)", "-", f"{minutes:.1f}")
+    adapt = m.get("adapt_step_seconds") or {}  # a budget.json from before the stage was estimated has none
     for name, minutes in est["design_minutes"].items():
-        table.add_row(name, f"{m['step_seconds'][name]:.2f}", f"{minutes:.1f}")
+        step = f"{m['step_seconds'][name]:.2f}" + (
+            f" (+{m['adapt_steps'][name]} adapt x {adapt[name]:.2f})" if name in adapt else "")
+        table.add_row(name, step, f"{minutes:.1f}")
     console.print(table)
     pooled = sorted({v for v in (m.get("eval_seconds_by_design") or {}).values() if v != m["eval_seconds"]})
     console.print(f"evaluation: {m['eval_chars'] / 1e6:.2f} M characters per model, with the tasks' instructions: "
