@@ -170,3 +170,37 @@ def test_single_seed_report_says_so_first(report):
     first = md.split("## What holds", 1)[1].strip().splitlines()[0]
     assert "these tests are about these trained models, not about the designs" in first
     assert data["seed_level"]["level"] == "models"
+
+
+def test_truncated_widths_table_pools_seeds_and_marks_trained_widths(tmp_path):
+    """eval.dimensions: every row's eval-d<N>/summary.json is read; per configured design the category average's
+    mean and SD over its seeds at each width, `trained` only where the design's matryoshka_dims has that width."""
+    runs = {f"{A}-s{s}": (0.0, 10 + s) for s in (1, 2)} | {f"{B}-s{s}": (1.0, 20 + s) for s in (1, 2)}
+    folder = write_synthetic_experiment(tmp_path / "exp", designs=runs, baseline=None,
+                                        tasks={"STS1": ("STS", 200), "STS2": ("STS", 200)})
+    cfg = yaml.safe_load((folder / "experiment.yaml").read_text())
+    cfg["designs"] = [{"name": A, "pooling": "eos"},
+                      {"name": B, "pooling": "eos", "train": {"matryoshka_dims": [8, 16]}}]
+    cfg["seeds"], cfg["eval"]["dimensions"] = [1, 2], [8]
+    (folder / "experiment.yaml").write_text(yaml.safe_dump(cfg))
+    cut = {}  # run -> its STS average at width 8 (the full score minus a run-specific loss)
+    for k, run in enumerate(runs):
+        summary = json.loads((folder / "runs" / run / "eval" / "summary.json").read_text())
+        for row in summary["tasks"]:
+            row["main_score"] -= 0.01 * (k + 1)
+        cut[run] = sum(r["main_score"] for r in summary["tasks"]) / 2
+        (folder / "runs" / run / "eval-d8").mkdir()
+        (folder / "runs" / run / "eval-d8" / "summary.json").write_text(json.dumps(summary))
+    paths = write_report(folder, progress=False)
+    w = json.loads(paths["json"].read_text())["widths"]
+    assert w["dimensions"] == [8]
+    rows = {(r["design"], r["dimensions"]): r for r in w["rows"]}
+    assert set(rows) == {(A, 8), (A, None), (B, 8), (B, None)}
+    a8 = [cut[f"{A}-s1"], cut[f"{A}-s2"]]
+    assert rows[A, 8]["mean"]["STS"] == pytest.approx(sum(a8) / 2) and rows[A, 8]["runs"] == 2
+    assert rows[A, 8]["sd"]["STS"] == pytest.approx(abs(a8[0] - a8[1]) / 2 ** 0.5)
+    assert rows[B, 8]["trained"] and not rows[A, 8]["trained"] and rows[A, None]["trained"]
+    assert rows[A, None]["mean"]["STS"] > rows[A, 8]["mean"]["STS"]
+    md = paths["md"].read_text()
+    table = md.split("## Truncated widths", 1)[1].split("\n## ", 1)[0]
+    assert f"| {A} | 8 | no | 2 |" in table and f"| {B} | 8 | yes | 2 |" in table and f"| {B} | full | yes | 2 |" in table

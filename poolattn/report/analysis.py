@@ -108,6 +108,7 @@ def analyse(exp: Experiment, settings: ReportSettings, items: dict[tuple[str, st
         "win_tie_loss": wtl, "notes": notes, "config": exp.config, "environment": exp.environment,
         "training": training or {}, "budget": exp.budget,
         "replicates": replicates(exp.config, exp.designs, means),
+        "widths": widths(exp, table, groups),
         "seed_level": seed_level(design_runs(table, exp.designs, first),
                                  groups, items, settings.alpha, settings.confidence, settings.n_resamples,
                                  settings.seed),
@@ -136,3 +137,29 @@ def oriented(rows: list[dict], key: str, a: str, b: str, k: str, cls):
             res = cls(**{f: v for f, v in r.items() if f not in ("a", "b", key)})
             return res if r["b"] == b else res.flip()
     return None
+
+
+def widths(exp: Experiment, table: dict[str, dict], groups: dict[str, list[str]]) -> dict:
+    """Scores at eval.dimensions' widths beside the full width: per configured design (its seeds pooled) or
+    reference row and width, the mean and SD over runs of each category average, and whether the design was
+    trained at that width (train.matryoshka_dims). Empty without eval.dimensions."""
+    if not exp.width_scores:
+        return {}
+    cfg_train = exp.config.get("train") or {}
+    by_design: dict[str, list[str]] = {}
+    for run in exp.columns:
+        by_design.setdefault(table.get(run, {}).get("replicate_of") or run, []).append(run)
+    rows = []
+    for design, runs in by_design.items():
+        trained = ({**cfg_train, **(table.get(runs[0], {}).get("train") or {})}.get("matryoshka_dims") or [])
+        for n in list(exp.width_scores) + [None]:
+            scores = exp.scores if n is None else exp.width_scores[n]
+            mean, sd = {}, {}
+            for g, ts in groups.items():
+                vals = [float(np.mean([scores[r][t].main_score for t in ts])) for r in runs
+                        if r in scores and all(t in scores[r] for t in ts)]
+                mean[g] = float(np.mean(vals)) if vals else None
+                sd[g] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+            rows.append({"design": design, "dimensions": n, "trained": n is None or n in trained,
+                         "runs": sum(r in scores for r in runs), "mean": mean, "sd": sd})
+    return {"dimensions": list(exp.width_scores), "rows": rows}

@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from ..evaluation.items import load_items
-from ..evaluation.summary import TaskScore, read_summary
+from ..evaluation.summary import SUMMARY_FILE, TaskScore, read_summary
 from ..evaluation.tasktypes import TASK_TYPES
 from ..experiment import ExperimentConfig
 from ..experiment.layout import ExperimentLayout
@@ -40,6 +40,8 @@ class Experiment:
     # Reference rows with results (the baseline first, then the peers): columns beside the designs, not designs.
     references: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)  # reference row (with results or not) -> its column label
+    # eval.dimensions: width -> run -> task -> score of the vectors cut to that width (runs/<run>/eval-d<N>/)
+    width_scores: dict[int, dict[str, dict[str, TaskScore]]] = field(default_factory=dict)
 
     @property
     def layout(self) -> ExperimentLayout:
@@ -114,9 +116,13 @@ def load_experiment(folder: str | Path) -> Experiment:
         raise ValueError(f"{folder}: no design has results yet ({layout.summary('<design>').relative_to(folder)})")
     budget = json.loads(layout.budget.read_text()) if layout.budget.exists() else None
     expected = configured + ([baseline] if config.get("baseline") else []) + [p.name for p in peers]
+    widths = {}
+    for n in (config.get("eval") or {}).get("dimensions") or []:
+        at = {d: layout.at_width(layout.eval(d), n) / SUMMARY_FILE for d in designs + references}
+        widths[n] = {d: read_summary(path) for d, path in at.items() if path.exists()}
     return Experiment(folder, config, config_text, environment, designs,
                       baseline if baseline in scores else None, {d: scores[d] for d in designs + references},
-                      [d for d in expected if d not in scores], budget, references, labels)
+                      [d for d in expected if d not in scores], budget, references, labels, widths)
 
 
 def training_summary(folder: Path, designs: list[str]) -> dict[str, dict]:

@@ -190,6 +190,9 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
                        for r in data["replicates"].values()] for g in data["categories"]]
         doc.table(["category"] + [f"{n} (n={len(data['replicates'][n]['runs'])})" for n in names], rows)
 
+    if (data.get("widths") or {}).get("rows"):
+        _widths(doc, data)
+
     others = [d for d in data["tested"] if d != ref]
     if others:
         doc.h(2, f"Differences against {ref}")
@@ -212,6 +215,22 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
         _method(doc, data)
     _closing(doc, data)
     return doc
+
+
+def _widths(doc: _Doc, data: dict) -> None:
+    w = data["widths"]
+    doc.h(2, "Truncated widths")
+    doc.p(f"Every row scored again with its vectors cut to the first {', '.join(map(str, w['dimensions']))} "
+          "dimensions and renormalised (eval.dimensions). Cell = category average x100, mean ± SD over the "
+          "design's seeds where it has several. trained: the design's loss covered that width (matryoshka_dims); "
+          "otherwise the cut is plain truncation.")
+    cats = list(data["categories"])
+    rows = []
+    for r in w["rows"]:
+        cells = [_f(r["mean"][g]) + (f" ± {_f(r['sd'][g])}" if r["sd"].get(g) is not None else "") for g in cats]
+        rows.append([data["labels"].get(r["design"], r["design"]), str(r["dimensions"] or "full"),
+                     "yes" if r["trained"] else "no", str(r["runs"])] + cells)
+    doc.table(["design", "width", "trained", "runs"] + cats, rows)
 
 
 def _family_sections(doc: _Doc, data: dict, alpha: float, n_wil: int, scope: str) -> None:
