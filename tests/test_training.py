@@ -411,6 +411,26 @@ def test_two_processes_match_one(tiny_llama, tmp_path):
     assert json.loads((Path(cfg.output_dir) / "train_summary.json").read_text())["world_size"] == 2
 
 
+def test_two_processes_train_a_pooler_over_chosen_layers(tiny_llama, tmp_path):
+    """A mean over layer 1 only leaves the later layers' LoRA without a gradient; DDP then has to be told to look
+    for unused parameters (else its reducer stops the second step). Two gloo processes finish and reach the
+    weights one process reaches."""
+    cfg = tiny_config(tiny_llama, tmp_path, **{"lora.dropout": 0.0, "max_steps": 2, "model.pooling": "mean",
+                                               "model.pooling_kwargs": {"layers": "1..1"}})
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    (tmp_path / "node.py").write_text(NODE_SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(tmp_path / "node.py"), str(tmp_path / "cfg.json")],
+                          capture_output=True, text=True, timeout=600, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads((Path(cfg.output_dir) / "train_summary.json").read_text())["world_size"] == 2
+    two = EmbeddingModel.from_pretrained(Path(cfg.output_dir) / "final").trainable_state_dict()
+    one = EmbeddingModel.from_pretrained(train(cfg.model_copy(update={"output_dir": str(tmp_path / "one")})))
+    assert_same(one.trainable_state_dict(), two, atol=1e-4)
+    moved = [k for k, v in two.items() if "lora_B" in k and v.abs().max() > 0]
+    assert moved and all(".layers.0." in k for k in moved)  # only layer 1's adapter learned anything
+
+
 NODE_SCRIPT = """
 import sys
 from poolattn.training import TrainConfig, train
