@@ -225,6 +225,33 @@ def test_design_levers_merge_into_the_shared_training_and_are_checked(tmp_path):
     assert train_config_for(cfg, cfg.designs[0], tmp_path).max_length == 32
 
 
+def test_a_design_may_use_another_backbone_and_the_report_says_it_is_outside_the_protocol(tmp_path):
+    """Design.backbone (issue 29's Gemma-3 lever): that design's model and training use it, the others the base's;
+    the report's design table shows the backbone and flags the design as outside the paper's protocol."""
+    from poolattn.experiment import train_config_for
+
+    from synthetic import write_synthetic_experiment
+
+    cfg = ExperimentConfig(base={"backbone": "smollm2-135m"}, designs=[
+        Design(name="1-eos-causal", pooling="eos"),
+        Design(name="1-gemma", pooling="eos", lever_of="1-eos-causal", backbone="gemma3-270m")])
+    assert cfg.model_config_for(cfg.designs[1]).backbone == "gemma3-270m"
+    assert train_config_for(cfg, cfg.designs[1], tmp_path).model.backbone == "gemma3-270m"
+    assert train_config_for(cfg, cfg.designs[0], tmp_path).model.backbone == "smollm2-135m"
+    folder = write_synthetic_experiment(tmp_path / "exp", designs={"1-eos-causal": (0.0, 1), "1-gemma-x": (0.5, 2)},
+                                        baseline=None, tasks={"STS1": ("STS", 100)})
+    raw = yaml.safe_load((folder / "experiment.yaml").read_text())
+    raw["base"] = {"backbone": "smollm2-135m"}
+    raw["designs"] = [{"name": "1-eos-causal", "pooling": "eos"},
+                      {"name": "1-gemma-x", "pooling": "eos", "backbone": "gemma3-270m"}]
+    (folder / "experiment.yaml").write_text(yaml.safe_dump(raw))
+    md = write_report(folder, progress=False)["md"].read_text()
+    designs = md.split("## Designs", 1)[1].split("\n## ", 1)[0]
+    assert "| 1-gemma-x | eos | causal | {} | 0 | gemma3-270m |" in designs
+    assert "| 1-eos-causal | eos | causal | {} | 0 | smollm2-135m |" in designs
+    assert "1-gemma-x use another backbone" in designs
+
+
 def test_report_reference_is_checked_when_the_config_loads():
     # Not after hours of training, when the report is written: the error names what it could be.
     designs = [Design(name="a", pooling="eos"), Design(name="b", pooling="mean")]

@@ -3,14 +3,14 @@ trains, estimate the whole run, and (with `budget_minutes`) pick steps and seeds
 
 Measured (once per experiment folder, in a throwaway folder):
   * training: PROBE_STEPS real steps of the first design of every step group (_step_group: a trainable pooler
-    (latent, multilayer) or not, echo or not, which adaptation stage), each design charged its group's step time:
+    (latent, multilayer) or not, echo or not, which adaptation stage, which backbone), each design charged its group's step time:
     a trainable pooler costs more per step, echo feeds twice the tokens. Step time = the trainer's elapsed time
     from the first logged step to the last over the steps between (the first step warms up); the rest of the
     probe's wall time (model load, first step, saving) is charged once per design as overhead. A design with an
     adaptation stage (`adapt:`) is probed with PROBE_STEPS of the stage too, and charged its steps at that rate;
   * evaluation: per task, a sample of its texts (EVAL_PROBE_TEXTS over the suite) encoded with the task's instruction
     as evaluation applies it, by the untrained baseline model and by the first design of every other evaluation
-    group (_eval_group: trainable pooler or not, attention, echo), each design charged its group's speed: a
+    group (_eval_group: trainable pooler or not, attention, echo, backbone), each design charged its group's speed: a
     trainable pooler costs more, a bidirectional design cannot reuse the instruction's prefix pass (a causal design
     can), echo encodes every text twice; a task's time = its
     characters to encode (poolattn.evaluation.pack.encode_cost) / the characters per second of its sample. Without
@@ -114,15 +114,16 @@ def _adapt_objective(config: ExperimentConfig, design: Design) -> str | None:
     return adapt.get("objective", "mntp") if adapt else None
 
 
-def _step_group(config: ExperimentConfig, design: Design) -> tuple[bool, bool, str | None]:
+def _step_group(config: ExperimentConfig, design: Design) -> tuple[bool, bool, str | None, str | None]:
     """What a design's training step time depends on: a trainable pooler or not, echo (twice the tokens) or not,
-    and its adaptation stage's objective (None: none)."""
-    return is_trainable(design.pooling), design.echo, _adapt_objective(config, design)
+    its adaptation stage's objective (None: none) and its own backbone (None: the base's)."""
+    return is_trainable(design.pooling), design.echo, _adapt_objective(config, design), design.backbone
 
 
-def _eval_group(design: Design) -> tuple[bool, str, bool]:
-    """What a design's evaluation speed depends on: a trainable pooler or not, the attention, echo or not."""
-    return is_trainable(design.pooling), design.attention, design.echo
+def _eval_group(design: Design) -> tuple[bool, str, bool, str | None]:
+    """What a design's evaluation speed depends on: a trainable pooler or not, the attention, echo or not, and its
+    own backbone."""
+    return is_trainable(design.pooling), design.attention, design.echo, design.backbone
 
 
 def _probe_step(config: ExperimentConfig, design: Design) -> tuple[float, float, float | None, int]:

@@ -214,7 +214,8 @@ class ExperimentConfig(BaseModel):
         return self.base.model_copy(update={"pooling": design.pooling, "attention": design.attention,
                                             "pooling_kwargs": design.pooling_kwargs,
                                             "mask_instruction": design.mask_instruction or self.base.mask_instruction,
-                                            "echo": design.echo or self.base.echo})
+                                            "echo": design.echo or self.base.echo,
+                                            "backbone": design.backbone or self.base.backbone})
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

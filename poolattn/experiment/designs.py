@@ -16,6 +16,9 @@ class Design(BaseModel):
     pooling_kwargs: dict[str, Any] = {}
     mask_instruction: bool = False  # leave instruction tokens out of pooling (NV-Embed's pool mask)
     echo: bool = False  # feed the text twice, pool the second copy (echo embeddings; causal attention only)
+    # Another backbone than the experiment's base.backbone (a lever outside the paper's protocol, which fixes the
+    # base model; the report says so); None: the base's.
+    backbone: str | None = None
     seed: int | None = None  # set when the grid is replicated over `seeds` (the name then ends in -s<seed>)
     replicate_of: str | None = None  # the configured design this replicate belongs to
     # A lever: TrainConfig fields this design trains with instead of the experiment's `train` (max_length, lora,

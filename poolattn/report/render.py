@@ -120,16 +120,23 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
         default_seed = (cfg.get("seeds") or [cfg.get("seed", "")])[0]
 
         levers = any(c.get("train") for c in designs_cfg.values())
+        base_backbone = (cfg.get("base") or {}).get("backbone")
+        other = sorted(d for d, c in designs_cfg.items() if d in data["designs"] and c.get("backbone")
+                       and c["backbone"] != base_backbone)
 
         def row(d):
             c = designs_cfg.get(d, {})
             seed = c.get("seed") if c.get("seed") is not None else default_seed
             return [d, str(c.get("pooling", "")), str(c.get("attention", "")),
                     json.dumps(c.get("pooling_kwargs") or {}), str(seed)] + (
+                       [str(c.get("backbone") or base_backbone or "")] if other else []) + (
                        [json.dumps(c.get("train") or {})] if levers else [])
         doc.h(2, "Designs")
-        doc.table(["design", "pooling", "attention", "pooling kwargs", "seed"] + (
+        doc.table(["design", "pooling", "attention", "pooling kwargs", "seed"] + (["backbone"] if other else []) + (
             ["training changes"] if levers else []), [row(d) for d in data["designs"]], numeric=False)
+        if other:
+            doc.p("**Outside the paper's protocol:** " + ", ".join(other) + " use another backbone than the "
+                  f"experiment's {base_backbone} (the paper compares designs on one base model).")
         distilled = sorted(d for d, c in designs_cfg.items() if d in data["designs"] and (
             (c.get("train") or {}).get("distill") or (cfg.get("train") or {}).get("distill")))
         if distilled:
