@@ -130,8 +130,9 @@ def test_duplicate_design_names_rejected():
         ExperimentConfig(designs=[Design(name="a", pooling="eos"), Design(name="a", pooling="mean")])
 
 
-def test_shipped_configs_run_the_reference_codes_designs():
+def test_shipped_configs_run_the_reference_codes_designs(data_dir):
     """default and paper run the paper's five designs as its reference code defines them; ablation extends default."""
+    from poolattn.evaluation.selection import resolve_tasks
     from poolattn.experiment import PAPER_DESIGNS
     from poolattn.pooling import build_pooler
 
@@ -160,6 +161,15 @@ def test_shipped_configs_run_the_reference_codes_designs():
     assert rows["llm2vec-mntp-bidirectional"].train["adapt"]["objective"] == "mntp"
     assert beyond.model_config_for(rows["echo-eos-causal"]).echo and rows["1-matryoshka"].lever_of == "1-eos-causal"
     assert beyond.eval.dimensions == [64, 128, 256]
+    # issue 29: levers of best_cpu's recipe with retrieval in the metric, each one change against `best`
+    levers = ExperimentConfig.load(root / "levers_retrieval.yaml")
+    best = ExperimentConfig.load(root / "best_cpu.yaml")
+    assert levers.train == best.train and levers.seeds == [42, 43, 44] and levers.report.reference == "best"
+    rows = {d.name: d for d in levers.designs}
+    assert all(d.lever_of == "best" for n, d in rows.items() if n != "best")
+    assert rows["best-passage128"].train == {"passage_max_length": 128}
+    assert levers.model_config_for(rows["best-gemma3"]).backbone == "gemma3-270m"
+    assert {"SciFactNano", "NFCorpusNano", "ARCChallengeNano"} <= set(resolve_tasks(levers.eval.tasks, data_dir))
 
 
 def test_named_designs_and_extends(tmp_path):
