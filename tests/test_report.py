@@ -191,6 +191,8 @@ def test_truncated_widths_table_pools_seeds_and_marks_trained_widths(tmp_path):
         cut[run] = sum(r["main_score"] for r in summary["tasks"]) / 2
         (folder / "runs" / run / "eval-d8").mkdir()
         (folder / "runs" / run / "eval-d8" / "summary.json").write_text(json.dumps(summary))
+        (folder / "runs" / run / "timing.json").write_text(json.dumps({"train_seconds": 60.0 * (k + 1),
+                                                                       "eval_seconds": 30.0}))
     paths = write_report(folder, progress=False)
     w = json.loads(paths["json"].read_text())["widths"]
     assert w["dimensions"] == [8]
@@ -203,4 +205,6 @@ def test_truncated_widths_table_pools_seeds_and_marks_trained_widths(tmp_path):
     assert rows[A, None]["mean"]["STS"] > rows[A, 8]["mean"]["STS"]
     md = paths["md"].read_text()
     table = md.split("## Truncated widths", 1)[1].split("\n## ", 1)[0]
+    seeds = md.split("## Mean over seeds", 1)[1].split("\n## ", 1)[0]  # each design's cost over its seeds
+    assert "| training (min) | 1.5 (1.0-2.0) | 3.5 (3.0-4.0) |" in seeds and "| evaluation (min) | 0.5 (0.5-0.5) |" in seeds
     assert f"| {A} | 8 | no | 2 |" in table and f"| {B} | 8 | yes | 2 |" in table and f"| {B} | full | yes | 2 |" in table

@@ -191,10 +191,17 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
     if data.get("replicates"):
         doc.h(2, "Mean over seeds")
         doc.p("Each design was trained once per seed; cell = mean ± standard deviation over seeds of the category "
-              "average (x100). The per-run tests compare one seed's runs; What holds tests the designs over seeds.")
+              "average (x100); the time rows: mean (range) over seeds of the runner's wall time per run. The per-run "
+              "tests compare one seed's runs; What holds tests the designs over seeds.")
         names = list(data["replicates"])
         rows = [[g] + [f"{_f(r['mean'][g])} ± {_f(r['sd'][g])}" if r["mean"].get(g) is not None else "—"
                        for r in data["replicates"].values()] for g in data["categories"]]
+        for key, what in (("train_seconds", "training (min)"), ("eval_seconds", "evaluation (min)")):
+            # the runner's wall time per run (timing.json; an adaptation stage counts as training)
+            mins = [[training[run][key] / 60 for run in r["runs"] if (training.get(run) or {}).get(key) is not None]
+                    for r in data["replicates"].values()]
+            if any(mins):
+                rows.append([what] + [f"{np.mean(m):.1f} ({min(m):.1f}-{max(m):.1f})" if m else "—" for m in mins])
         doc.table(["category"] + [f"{n} (n={len(data['replicates'][n]['runs'])})" for n in names], rows)
 
     if (data.get("widths") or {}).get("rows"):
