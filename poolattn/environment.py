@@ -51,7 +51,10 @@ def collect_environment() -> dict:
     try:
         import torch
 
+        from .device import fast_bf16
+
         env["torch_threads"] = torch.get_num_threads()
+        env["cpu_fast_bf16"] = fast_bf16(torch.device("cpu"))  # AVX512-BF16 or AMX: bf16 is then the auto dtype
         if torch.cuda.is_available():
             env["gpus"] = [f"{torch.cuda.get_device_name(i)} "
                            f"({torch.cuda.get_device_properties(i).total_memory / 2 ** 30:.0f} GiB)"

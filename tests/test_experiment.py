@@ -25,6 +25,8 @@ def test_tiny_experiment_end_to_end_and_resume(tiny_llama, data_dir, tmp_path):
     training = json.loads(paths["json"].read_text())["training"]
     assert training["eos-causal"]["steps"] == 3 and training["multilayer-bi"]["max_steps"] == 3
     assert training["eos-causal"]["eval_seconds"] > 0 and "steps" not in training["baseline"]
+    from poolattn.environment import cpu_name  # each run records the machine it ran on (folders resumed elsewhere)
+    assert training["eos-causal"]["cpu"] == cpu_name() and isinstance(training["eos-causal"]["cpu_fast_bf16"], bool)
     assert "| multilayer-bi | 3 / 3 |" in report and "baseline (untrained) | untrained" in report
     pinned = yaml.safe_load((exp / "experiment.yaml").read_text())
     assert [d["name"] for d in pinned["designs"]] == ["eos-causal", "multilayer-bi"]

@@ -162,9 +162,10 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
         if (not only or peer.name in only) and not layout.done(peer.name):
             check_peer(peer)
     config = _plan_budget(config, folder, console)
+    machine = collect_environment()
     if is_main():  # launchers set RANK before any process group exists
         write_config_once(folder, config)
-        write_json(layout.environment, collect_environment())
+        write_json(layout.environment, machine)
     started = time.time()
     steps, references = config.steps(), {r.name for r in config.reference_rows()}
     for k, design in enumerate(steps, 1):
@@ -193,9 +194,12 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
             model.prefix_reuse = config.prefix_reuse
         evaluate_design(model, config, layout.eval(design.name), cache)
         del model
-        if is_main():  # wall time of this invocation's work (a resumed training counts only its resumed part)
+        if is_main():  # wall time of this invocation's work (a resumed training counts only its resumed part), and
+            # the machine it ran on: a folder resumed across sessions may hold runs of several CPU kinds
             write_json(layout.timing(design.name),
-                       {"train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.time() - t1, 1)})
+                       {"train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.time() - t1, 1),
+                        "cpu": machine["cpu"], "cpu_fast_bf16": machine.get("cpu_fast_bf16"),
+                        "gpus": machine["gpus"], "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         if world()[1] > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()
     console.print(f"all designs done in {(time.time() - started) / 60:.1f} min")

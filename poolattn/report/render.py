@@ -157,6 +157,18 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
             loss = (f"{t['loss_first']:.3f} → {t['loss_last']:.3f}" if "loss_first" in t else "—")
             rows.append([label(c), steps, loss, mins("elapsed_s"), mins("eval_seconds")])
         doc.table(["design", "steps", "loss (first 5 → last 5 steps)", "training (min)", "evaluation (min)"], rows)
+        machines = {}
+        for c in cols:
+            t = training.get(c, {})
+            if t.get("cpu"):
+                kind = t["cpu"] + (" + " + ", ".join(t["gpus"]) if t.get("gpus") else
+                                   "" if t.get("cpu_fast_bf16") is None else
+                                   ", fast bf16" if t["cpu_fast_bf16"] else ", no fast bf16 (fp32)")
+                machines.setdefault(kind, []).append(c)
+        if len(machines) > 1:  # a folder resumed on other machines: times (and the auto dtype) differ between them
+            doc.p("**Runs of this folder ran on different machines** (their times compare machines, not designs; "
+                  "`dtype: auto` is bf16 only with fast bf16): " + "; ".join(
+                      f"{kind}: {', '.join(runs)}" for kind, runs in machines.items()) + ".")
         total = sum((t.get("train_seconds") or 0) + (t.get("eval_seconds") or 0) for t in training.values())
         if total:
             doc.p(f"Training and evaluation took {total / 60:.1f} min in all (runner's wall time, this folder's "
