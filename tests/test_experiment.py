@@ -135,7 +135,7 @@ def test_duplicate_design_names_rejected():
 def test_shipped_configs_run_the_reference_codes_designs(data_dir):
     """default and paper run the paper's five designs as its reference code defines them; ablation extends default."""
     from poolattn.evaluation.selection import resolve_tasks
-    from poolattn.experiment import PAPER_DESIGNS
+    from poolattn.experiment import PAPER_DESIGNS, train_config_for
     from poolattn.pooling import build_pooler
 
     root = Path(__file__).resolve().parents[1] / "configs"
@@ -172,6 +172,11 @@ def test_shipped_configs_run_the_reference_codes_designs(data_dir):
     assert rows["best-passage128"].train == {"passage_max_length": 128}
     assert levers.model_config_for(rows["best-gemma3"]).backbone == "gemma3-270m"
     assert {"SciFactNano", "NFCorpusNano", "ARCChallengeNano"} <= set(resolve_tasks(levers.eval.tasks, data_dir))
+    hour = ExperimentConfig.load(root / "hour_schedules.yaml")  # issue 29: the steps an hour buys, with schedules
+    steps = {d.name: train_config_for(hour, d, Path("x")) for d in hour.designs}
+    assert steps["best"].max_steps == 120 and all(t.max_steps == 960 and t.max_time_minutes == 60
+                                                  for n, t in steps.items() if n != "best")
+    assert steps["hour-cosine"].schedule == "cosine" and steps["hour-cosine-3e-4"].lr == 3e-4
 
 
 def test_named_designs_and_extends(tmp_path):
