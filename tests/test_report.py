@@ -212,3 +212,19 @@ def test_truncated_widths_table_pools_seeds_and_marks_trained_widths(tmp_path):
     seeds = md.split("## Mean over seeds", 1)[1].split("\n## ", 1)[0]  # each design's cost over its seeds
     assert "| training (min) | 1.5 (1.0-2.0) | 3.5 (3.0-4.0) |" in seeds and "| evaluation (min) | 0.5 (0.5-0.5) |" in seeds
     assert f"| {A} | 8 | no | 2 |" in table and f"| {B} | 8 | yes | 2 |" in table and f"| {B} | full | yes | 2 |" in table
+
+
+def test_training_table_counts_the_adaptation_stage(tmp_path):
+    """A design adapted first (MNTP, SimCSE) trains twice: the Training table's time is both stages, the adaptation
+    named with its steps and minutes, and the loss column stays contrastive training's."""
+    folder = write_synthetic_experiment(tmp_path / "exp", baseline=None)
+    train = folder / "runs" / B / "train"
+    train.mkdir(parents=True, exist_ok=True)
+    rows = [{"stage": "adapt", "objective": "mntp", "step": s, "loss": 6.0, "elapsed_s": 60.0 * s} for s in (1, 2, 3)]
+    rows += [{"step": s, "loss": 1.0, "elapsed_s": 10.0 * s} for s in range(1, 6)]
+    (train / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (train / "train_summary.json").write_text(json.dumps({"status": "completed", "steps": 5, "max_steps": 5,
+                                                          "elapsed_s": 60.0}))
+    md = write_report(folder, progress=False)["md"].read_text()
+    table = md.split("## Training", 1)[1].split("\n## ", 1)[0]
+    assert f"| {B} | 5 / 5 | 1.000 → 1.000 | 4.0 (adapt 3 steps: 3.0) |" in table

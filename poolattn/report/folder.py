@@ -127,7 +127,7 @@ def load_experiment(folder: str | Path) -> Experiment:
 
 def training_summary(folder: Path, designs: list[str]) -> dict[str, dict]:
     """Per design: steps trained, time, and the loss at the start and end (mean of the first and last 5 steps),
-    from the trainer's train_summary.json / metrics.jsonl and the runner's timing.json. A design trained for fewer
+    plus the adaptation stage's steps and time where there was one, from the trainer's train_summary.json / metrics.jsonl and the runner's timing.json. A design trained for fewer
     steps than configured (a time cap) is a confound the reader must see."""
     layout, out = ExperimentLayout(folder), {}
     for d in designs:
@@ -139,6 +139,10 @@ def training_summary(folder: Path, designs: list[str]) -> dict[str, dict]:
         if losses:
             row["loss_first"] = float(np.mean(losses[:5]))
             row["loss_last"] = float(np.mean(losses[-5:]))
+        adapt = metric_rows(layout.train(d), "adapt")  # an adaptation stage before it (MNTP, SimCSE): its own time
+        if adapt:
+            row["adapt_steps"] = len(adapt)
+            row["adapt_elapsed_s"] = adapt[-1].get("elapsed_s")
         if row:
             out[d] = row
     return out

@@ -155,7 +155,11 @@ def render(data: dict, plots: dict[str, Path]) -> _Doc:
                 steps += " (stopped early)"
             mins = lambda k: f"{t[k] / 60:.1f}" if t.get(k) is not None else "—"
             loss = (f"{t['loss_first']:.3f} → {t['loss_last']:.3f}" if "loss_first" in t else "—")
-            rows.append([label(c), steps, loss, mins("elapsed_s"), mins("eval_seconds")])
+            train_min = mins("elapsed_s")
+            if t.get("adapt_elapsed_s") is not None:  # the adaptation stage ran first: its time is training too
+                total = (t.get("elapsed_s") or 0) + t["adapt_elapsed_s"]
+                train_min = f"{total / 60:.1f} (adapt {t['adapt_steps']} steps: {t['adapt_elapsed_s'] / 60:.1f})"
+            rows.append([label(c), steps, loss, train_min, mins("eval_seconds")])
         doc.table(["design", "steps", "loss (first 5 → last 5 steps)", "training (min)", "evaluation (min)"], rows)
         machines = {}
         for c in cols:
