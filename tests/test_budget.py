@@ -174,7 +174,8 @@ def test_echo_and_adaptation_designs_are_probed_and_charged_their_own_cost(tiny_
                Design(name="mean-b", pooling="mean", attention="bidirectional")]
     cfg = ExperimentConfig(output_dir=str(tmp_path / "exp"), designs=designs, train={"max_steps": 20},
                            base={"backbone": tiny_llama, "dtype": "float32"}, device="cpu")
-    probes = {"eos": (1.0, 5.0, None, 0), "echo": (2.0, 5.0, None, 0), "mntp": (1.5, 6.0, 3.0, 7)}
+    probes = {"eos": (1.0, 5.0, None, 0), "echo": (2.0, 5.0, None, 0), "mntp": (1.5, 6.0, 3.0, 7),
+              "mean-b": (1.2, 5.0, None, 0)}
     probed, evaluated = [], []
 
     def probe(config, design):
@@ -188,8 +189,8 @@ def test_echo_and_adaptation_designs_are_probed_and_charged_their_own_cost(tiny_
     monkeypatch.setattr(budget, "_suite_samples", lambda config: [(None, ["a text"], 100.0)])
     monkeypatch.setattr(budget, "_eval_seconds", seconds)
     m = budget.measure(cfg)
-    assert probed == ["eos", "echo", "mntp"]  # mean-b: no stage, no trainable pooler, no echo: eos's group
-    assert m.step_seconds == {"eos": 1.0, "echo": 2.0, "mntp": 1.5, "mean-b": 1.0}
+    assert probed == ["eos", "echo", "mntp", "mean-b"]  # mean-b: bidirectional, no prefix reuse: its own group
+    assert m.step_seconds == {"eos": 1.0, "echo": 2.0, "mntp": 1.5, "mean-b": 1.2}
     assert m.adapt_step_seconds == {"mntp": 3.0} and m.adapt_steps == {"mntp": 7}
     assert evaluated == [("causal", False), ("causal", True), ("bidirectional", False)]
     assert m.eval_seconds_by_design["echo"] == 120.0
@@ -217,3 +218,27 @@ def test_adaptation_stage_is_probed_for_real(tiny_llama, tmp_path):
     step, overhead, adapt_step, adapt_steps = _probe_step(cfg, cfg.designs[0])
     assert step > 0 and adapt_step is not None and adapt_step > 0 and overhead >= 0
     assert adapt_steps == 40 and PROBE_STEPS < 40  # the stage's configured steps, not the probe's
+
+
+def test_levers_that_change_a_steps_work_get_their_own_probe(tiny_llama, tmp_path, monkeypatch):
+    """A lever of the batch (GradCache chunks), the passage length, the LoRA rank or a teacher changes what a step
+    costs: each is probed, while a lever of the temperature or Matryoshka widths shares its reference's probe."""
+    designs = [Design(name="ref", pooling="eos"),
+               Design(name="scale", pooling="eos", lever_of="ref", train={"scale": 50.0}),
+               Design(name="matry", pooling="eos", lever_of="ref", train={"matryoshka_dims": [8]}),
+               Design(name="b64", pooling="eos", lever_of="ref", train={"batch_size": 64, "chunk_size": 16}),
+               Design(name="p128", pooling="eos", lever_of="ref", train={"passage_max_length": 128}),
+               Design(name="r32", pooling="eos", lever_of="ref", train={"lora": {"r": 32, "alpha": 64}})]
+    cfg = ExperimentConfig(output_dir=str(tmp_path / "exp"), designs=designs, train={"max_steps": 20},
+                           base={"backbone": tiny_llama, "dtype": "float32"}, device="cpu")
+    probed = []
+
+    def probe(config, design):
+        probed.append(design.name)
+        return (float(len(probed)), 0.0, None, 0)
+    monkeypatch.setattr(budget, "_probe_step", probe)
+    monkeypatch.setattr(budget, "_suite_samples", lambda config: [(None, ["a text"], 100.0)])
+    monkeypatch.setattr(budget, "_eval_seconds", lambda model, samples, batch_size: 1.0)
+    m = budget.measure(cfg)
+    assert probed == ["ref", "b64", "p128", "r32"]
+    assert m.step_seconds == {"ref": 1.0, "scale": 1.0, "matry": 1.0, "b64": 2.0, "p128": 3.0, "r32": 4.0}

@@ -3,7 +3,8 @@ trains, estimate the whole run, and (with `budget_minutes`) pick steps and seeds
 
 Measured (once per experiment folder, in a throwaway folder):
   * training: PROBE_STEPS real steps of the first design of every step group (_step_group: a trainable pooler
-    (latent, multilayer) or not, echo or not, which adaptation stage, which backbone), each design charged its group's step time:
+    (latent, multilayer) or not, attention, echo or not, which adaptation stage, which backbone, and the training
+    fields that set a step's work: batch, chunks, lengths, LoRA rank, teacher), each design charged its group's step time:
     a trainable pooler costs more per step, echo feeds twice the tokens. Step time = the trainer's elapsed time
     from the first logged step to the last over the steps between (the first step warms up); the rest of the
     probe's wall time (model load, first step, saving) is charged once per design as overhead. A design with an
@@ -114,10 +115,20 @@ def _adapt_objective(config: ExperimentConfig, design: Design) -> str | None:
     return adapt.get("objective", "mntp") if adapt else None
 
 
-def _step_group(config: ExperimentConfig, design: Design) -> tuple[bool, bool, str | None, str | None]:
-    """What a design's training step time depends on: a trainable pooler or not, echo (twice the tokens) or not,
-    its adaptation stage's objective (None: none) and its own backbone (None: the base's)."""
-    return is_trainable(design.pooling), design.echo, _adapt_objective(config, design), design.backbone
+def _step_group(config: ExperimentConfig, design: Design) -> tuple:
+    """What a design's training step time depends on: a trainable pooler or not, the attention (only a causal
+    design reuses the instruction's prefix pass), echo (twice the tokens) or not, its adaptation stage's objective
+    (None: none), its own backbone (None: the base's), and the training fields that set a step's work: texts per
+    step and GradCache chunks, query and passage lengths, hard negatives, the LoRA rank (or full fine-tuning), a
+    distillation teacher, gradient checkpointing (a lever of `batch_size: 64` or `passage_max_length: 128` was
+    charged the reference's step time)."""
+    from .config import train_config_for
+
+    tc = train_config_for(config, design, Path("."))
+    return (is_trainable(design.pooling), design.attention, design.echo, _adapt_objective(config, design),
+            design.backbone, tc.batch_size, tc.chunk_size, tc.max_length, tc.passage_max_length,
+            tc.max_length_applies_to, tc.hard_negatives, tc.lora.r if tc.lora else None, tc.full_finetune,
+            tc.distill.teacher if tc.distill else None, tc.gradient_checkpointing)
 
 
 def _eval_group(design: Design) -> tuple[bool, str, bool, str | None]:
