@@ -94,13 +94,17 @@ def trained_folder(root: Path, name: str) -> Path | None:
     return None
 
 
-def load(config: Any, design: Any, trained: Path | None, device: str, fuse_lora: bool = True) -> tuple[Any, str]:
+def load(config: Any, design: Any, trained: Path | None, device: str, fuse_lora: bool = True,
+         dtype: str | None = None) -> tuple[Any, str]:
+    """The row's model: trained from --trained (in `dtype` when given, else as saved), else untrained."""
     from poolattn import EmbeddingModel
 
     folder = trained_folder(trained, design.name) if trained and design.name != "baseline" else None
     if folder is not None:
         kw = {"fuse_lora": fuse_lora} if "fuse_lora" in inspect.signature(EmbeddingModel.from_pretrained).parameters \
             else {}
+        if dtype:
+            kw["dtype"] = dtype
         return EmbeddingModel.from_pretrained(folder, inference=True, device=device, **kw), str(folder)
     return EmbeddingModel(config.model_config_for(design), device=device), "untrained"
 
@@ -123,7 +127,7 @@ def evaluate_row(config: Any, design: Any, trained: Path | None, args: argparse.
     for fuse in dict.fromkeys(VARIANTS[v]["fuse_lora"] for v in args.variants):
         # an untrained model has no LoRA to fuse: one load serves both (a second would draw another random pooler)
         models[fuse] = next(iter(models.values())) if models and models[not fuse][1] == "untrained" else (
-            load(config, design, trained, args.device, fuse))
+            load(config, design, trained, args.device, fuse, args.dtype))
     model, source = next(iter(models.values()))
     for m, _ in models.values():
         m.encode(["warm-up"] * 4, show_progress_bar=False)
@@ -263,12 +267,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. base.backbone=PATH or train.batch_size=8 (repeatable)")
     p.add_argument("--device", help="auto, cpu, cuda:N (default: the config's device)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="every model's dtype, trained ones included (default: the config's for untrained rows, as "
+                        "saved for trained ones); float32 shows what the savings change beyond bf16 rounding")
     p.add_argument("--out", default="eval_cost.json", help="results as JSON")
     args = p.parse_args(argv)
 
     from poolattn.experiment import ExperimentConfig
 
-    config = ExperimentConfig.load(args.config, args.set)
+    config = ExperimentConfig.load(args.config, args.set + ([f"base.dtype={args.dtype}"] if args.dtype else []))
     args.data = args.data or config.eval.data_dir
     args.tasks = args.tasks or ",".join([config.eval.tasks] if isinstance(config.eval.tasks, str)
                                         else config.eval.tasks)

@@ -57,3 +57,20 @@ def test_eval_cost_runs_every_row_on_a_tiny_model(tiny_llama, tmp_path, monkeypa
     assert set(trains) == {(d, v) for d in ("1-eos-causal", "5-multilayer-bidirectional")
                            for v in ("on", "no-prefix-reuse")}
     assert len(trains["1-eos-causal", "on"]["step_s"]) == 2 and trains["1-eos-causal", "on"]["median_step_s"] > 0
+
+
+def test_eval_cost_loads_trained_models_in_the_dtype_asked(tiny_llama, tmp_path):
+    """--dtype float32 reaches a trained model saved in bf16 (the exactness of the savings is measured in fp32)."""
+    import torch
+
+    from poolattn import EmbeddingModel, ModelConfig
+    from poolattn.experiment import ExperimentLayout
+    from poolattn.experiment.designs import Design
+
+    EmbeddingModel(ModelConfig(backbone=tiny_llama, pooling="eos", dtype="bfloat16"), device="cpu").save_pretrained(
+        ExperimentLayout(tmp_path).final("1-eos-causal"))
+    cost, design = _script("eval_cost"), Design(name="1-eos-causal", pooling="eos")
+    as_saved, _ = cost.load(None, design, tmp_path, "cpu")
+    fp32, source = cost.load(None, design, tmp_path, "cpu", dtype="float32")
+    assert source.endswith("final")
+    assert next(as_saved.parameters()).dtype == torch.bfloat16 and next(fp32.parameters()).dtype == torch.float32
