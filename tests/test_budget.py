@@ -242,3 +242,24 @@ def test_levers_that_change_a_steps_work_get_their_own_probe(tiny_llama, tmp_pat
     m = budget.measure(cfg)
     assert probed == ["ref", "b64", "p128", "r32"]
     assert m.step_seconds == {"ref": 1.0, "scale": 1.0, "matry": 1.0, "b64": 2.0, "p128": 3.0, "r32": 4.0}
+
+
+def test_a_levers_own_steps_and_time_cap_are_estimated(tiny_llama, tmp_path):
+    """A lever's own max_steps is what it trains (960 steps against the reference's 120, or 30 at batch 64), and its
+    max_time_minutes caps the training time; the table names the steps where they differ."""
+    designs = [Design(name="ref", pooling="eos"),
+               Design(name="long", pooling="eos", lever_of="ref", train={"max_steps": 960}),
+               Design(name="capped", pooling="eos", lever_of="ref", train={"max_steps": 960, "max_time_minutes": 10})]
+    cfg = ExperimentConfig(output_dir=str(tmp_path / "exp"), designs=designs, baseline=None,
+                           train={"max_steps": 120}, base={"backbone": tiny_llama, "dtype": "float32"}, device="cpu")
+    m = budget.Measurement(step_seconds={"ref": 3.0, "long": 3.0, "capped": 3.0}, overhead_seconds=0.0,
+                           chars_per_second=1.0, eval_chars=60.0)  # 60 s of evaluation per design
+    e = estimate(cfg, m, steps=120, seeds=1)
+    assert e["design_steps"] == {"ref": 120, "long": 960, "capped": 960}
+    assert e["design_minutes"]["ref"] == pytest.approx((120 * 3 + 60) / 60)
+    assert e["design_minutes"]["long"] == pytest.approx((960 * 3 + 60) / 60)
+    assert e["design_minutes"]["capped"] == pytest.approx(10 + 1)
+    out = io.StringIO()
+    print_estimate({"estimate": e, "measured": json.loads(json.dumps(m.__dict__)) | {"eval_seconds": m.eval_seconds}},
+                   Console(file=out, width=200))
+    assert "3.00 x 960 steps" in out.getvalue() and "3.00 x 120" not in out.getvalue()

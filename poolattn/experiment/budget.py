@@ -246,15 +246,33 @@ def measure(config: ExperimentConfig) -> Measurement:
                        {n: t[3] for n, t in charged.items() if t[2] is not None})
 
 
+def _training(config: ExperimentConfig, steps: int, step_seconds: dict[str, float]) -> dict[str, tuple[int, float]]:
+    """Per design: (steps, training seconds): `steps`, or its own lever's `max_steps` (a lever of 960 steps, or of 30
+    at batch 64, was charged the experiment's steps), at its step time, capped at its `max_time_minutes`."""
+    from .config import merge_train
+
+    designs = {d.name: d for d in config.base_designs()}
+    out = {}
+    for name, s in step_seconds.items():
+        lever = designs[name].train if name in designs else {}
+        n = int(lever.get("max_steps", steps))
+        cap = merge_train(config.train, lever).get("max_time_minutes")
+        out[name] = (n, min(n * s, cap * 60) if cap is not None else n * s)
+    return out
+
+
 def estimate(config: ExperimentConfig, m: Measurement, steps: int, seeds: int) -> dict:
-    """Minutes for the baseline evaluation, every peer's and every design x seed at `steps` steps."""
-    per_design = {name: seeds * (m.overhead_seconds + steps * s + m.eval_for(name)
+    """Minutes for the baseline evaluation, every peer's and every design x seed at `steps` steps (a design's own
+    `max_steps` where its lever sets one)."""
+    training = _training(config, steps, m.step_seconds)
+    per_design = {name: seeds * (m.overhead_seconds + training[name][1] + m.eval_for(name)
                                  + m.adapt_steps.get(name, 0) * m.adapt_step_seconds.get(name, 0.0)) / 60
-                  for name, s in m.step_seconds.items()}
+                  for name in m.step_seconds}
     base = m.eval_seconds / 60 if config.baseline else 0.0
     peers = {name: s / 60 for name, s in m.peer_eval_seconds.items()}
     return {"steps": steps, "seeds": seeds, "baseline_minutes": base, "peer_minutes": peers,
-            "design_minutes": per_design, "total_minutes": base + sum(peers.values()) + sum(per_design.values())}
+            "design_minutes": per_design, "design_steps": {name: n for name, (n, _) in training.items()},
+            "total_minutes": base + sum(peers.values()) + sum(per_design.values())}
 
 
 def choose(config: ExperimentConfig, m: Measurement, budget_minutes: float,
@@ -322,7 +340,8 @@ def print_estimate(record: dict, console) -> None:
         table.add_row(f"{name} (evaluation only)", "-", f"{minutes:.1f}")
     adapt = m.get("adapt_step_seconds") or {}  # a budget.json from before the stage was estimated has none
     for name, minutes in est["design_minutes"].items():
-        step = f"{m['step_seconds'][name]:.2f}" + (
+        own = (est.get("design_steps") or {}).get(name, est["steps"])  # a lever's own max_steps
+        step = f"{m['step_seconds'][name]:.2f}" + (f" x {own} steps" if own != est["steps"] else "") + (
             f" (+{m['adapt_steps'][name]} adapt x {adapt[name]:.2f})" if name in adapt else "")
         table.add_row(name, step, f"{minutes:.1f}")
     console.print(table)
