@@ -457,6 +457,9 @@ def _two_nodes(tmp_path, cfg_file, port):
 
 
 @pytest.mark.integration
+# slow: on 2 loaded cores node 1's torchrun agent once hung for 10 minutes after both workers had finished (2026-12-07,
+# Intel Xeon): four torchrun launches are too fragile for the default run's time; run with -m slow
+@pytest.mark.slow
 def test_save_on_each_node_resumes_without_shared_storage(tiny_llama, tmp_path):
     """Every node holds whole checkpoints (its own RNG state included) and the final model, and a run extended on
     both nodes resumes from them: the two nodes end with the same weights."""
