@@ -166,9 +166,11 @@ def test_shipped_configs_run_the_reference_codes_designs(data_dir):
     # issue 29: levers of best_cpu's recipe with retrieval in the metric, each one change against `best`
     levers = ExperimentConfig.load(root / "levers_retrieval.yaml")
     best = ExperimentConfig.load(root / "best_cpu.yaml")
-    # the studies keep the 120-step recipe they were measured against, whatever best_cpu.yaml has become since
+    # the studies keep the 120-step recipe they were measured against (best_cpu_120.yaml), whatever best_cpu.yaml
+    # has become since
     before = {**best.train, "max_steps": 120, "schedule": "constant", "warmup_steps": 5, "passage_max_length": None,
               "distill": None}
+    assert ExperimentConfig.load(root / "best_cpu_120.yaml").train == before
     assert levers.train == before and levers.seeds == [42, 43, 44] and levers.report.reference == "best"
     assert ExperimentConfig.load(root / "hour_schedules.yaml").train == before
     rows = {d.name: d for d in levers.designs}
