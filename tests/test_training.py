@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -223,6 +224,17 @@ def test_passage_max_length_truncates_documents_only(tiny_llama, tmp_path):
     t.backward_step(batch)
     assert widths[0] == 4 and widths[1] == 7 and widths[2] == 7  # queries, positives, negatives (all long enough)
     assert t.config.max_length == 4 and m.config.max_length == 4
+
+
+def test_training_warns_about_truncation_once_not_per_batch(tiny_llama, tmp_path, caplog):
+    """Every batch of this run truncates (max_length 4): one warning for the run, then none after it."""
+    with caplog.at_level(logging.WARNING, logger="poolattn.tokenization"):
+        train(tiny_config(tiny_llama, tmp_path, max_steps=3, max_length=4))
+        msgs = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+        assert len(msgs) == 1 and "logs this once" in msgs[0], msgs
+        m = EmbeddingModel.from_pretrained(tmp_path / "run" / "final")
+        m.encode(["word " * 50])  # outside training: warned again
+    assert sum("truncated" in r.getMessage() for r in caplog.records) == 2
 
 
 def test_lora_dropout_replayed_and_checkpointing_keeps_gradients(tiny_llama, tmp_path):

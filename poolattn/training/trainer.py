@@ -51,13 +51,16 @@ class TrainingDiverged(RuntimeError):
 
 
 class _FirstOnly(logging.Filter):
-    """Let the first record through: the model warns about truncation on every batch otherwise."""
+    """Let the first record through, saying so: tokenization warns about truncation on every batch otherwise
+    (training truncates by design: max_length, passage_max_length)."""
 
     def __init__(self):
         super().__init__()
         self.seen = False
 
     def filter(self, record):
+        if not self.seen:
+            record.msg = f"{record.msg} (training logs this once, not for every batch)"
         seen, self.seen = self.seen, True
         return not seen
 
@@ -295,14 +298,14 @@ class Trainer:
         contrastive training; the final model folder."""
         if self.acc is None:
             self.setup()
-        model_log, once = logging.getLogger("poolattn.model"), _FirstOnly()
-        model_log.addFilter(once)
+        token_log, once = logging.getLogger("poolattn.tokenization"), _FirstOnly()
+        token_log.addFilter(once)
         try:
             if self.config.adapt is not None and not list_checkpoints(self.out):
                 Adaptation(self).run()
             return self._train()
         finally:
-            model_log.removeFilter(once)
+            token_log.removeFilter(once)
 
     def _train(self) -> Path:
         from tqdm.auto import tqdm
