@@ -4,7 +4,9 @@ out of pooling. EmbeddingModel's format / tokenize / _token_ids / _pad call thes
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -13,6 +15,36 @@ from .echo import echo_tokens
 from .modelconfig import Instruction, MaxLengthScope, ModelConfig
 
 log = logging.getLogger(__name__)
+
+
+class TruncationCount(logging.Filter):
+    """Counts token_ids' truncation warnings instead of letting them through: evaluation encodes a task in many
+    batches, and one line per task (how many texts were cut) says more than one warning per batch.
+
+    Args: none; `truncated` is the number of texts cut so far, `max_length` the last limit they were cut at."""
+
+    def __init__(self):
+        super().__init__()
+        self.truncated, self.max_length = 0, None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        cut = getattr(record, "truncation", None)
+        if cut is None:
+            return True
+        self.truncated += cut[0]
+        self.max_length = cut[2]
+        return False
+
+
+@contextlib.contextmanager
+def counting_truncation() -> Iterator[TruncationCount]:
+    """Within the block, truncation warnings are counted (TruncationCount), not logged."""
+    count = TruncationCount()
+    log.addFilter(count)
+    try:
+        yield count
+    finally:
+        log.removeFilter(count)
 
 
 def per_text(instruction: Instruction, n: int) -> list[str | None]:
@@ -72,7 +104,8 @@ def token_ids(tokenizer: Any, config: ModelConfig, texts: list[str], instruction
     truncated = sum(len(x) > limit for x, limit in zip(ids, limits))
     if truncated:
         log.warning("%d of %d texts are longer than max_length=%d tokens%s and were truncated", truncated,
-                    len(ids), max_length, " after the instruction" if any(on_top) else "")
+                    len(ids), max_length, " after the instruction" if any(on_top) else "",
+                    extra={"truncation": (truncated, len(ids), max_length)})
     skip = head if config.mask_instruction else [0] * len(texts)
     return [x[:limit] + [eos] for x, limit in zip(ids, limits)], [min(s, limit) for s, limit in zip(skip, limits)]
 
@@ -88,7 +121,8 @@ def echo_ids(tokenizer: Any, config: ModelConfig, texts: list[str], instruction:
     truncated = sum(cut for *_, cut in out)
     if truncated:
         log.warning("%d of %d texts are too long to echo within max_length=%d tokens and were cut (the same "
-                    "tokens in both copies)", truncated, len(out), max_length)
+                    "tokens in both copies)", truncated, len(out), max_length,
+                    extra={"truncation": (truncated, len(out), max_length)})
     return [ids for ids, _, _ in out], [skip for _, skip, _ in out]
 
 

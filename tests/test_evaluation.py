@@ -515,3 +515,24 @@ def test_minilm_reproduces_published_scores(data_dir, tmp_path):
 @pytest.mark.parametrize("task", ["SciFact", "NFCorpus"])
 def test_minilm_reproduces_published_retrieval_scores(data_dir, tmp_path, task):
     _check_fidelity(data_dir, [task], tmp_path)
+
+
+def test_evaluation_counts_truncated_texts_per_task_instead_of_warning_per_batch(tiny_backbones, tiny_pack,
+                                                                                tmp_path, caplog):
+    """Texts cut at max_length are one number per task (TaskScore.truncated, summary.json), not a warning per
+    encoded batch; a model whose max_length fits every text reports 0."""
+    import logging
+
+    from poolattn import EmbeddingModel, ModelConfig
+
+    short = EmbeddingModel(ModelConfig(backbone=tiny_backbones["llama"], pooling="mean", dtype="float32",
+                                       max_length=4))
+    with caplog.at_level(logging.WARNING, logger="poolattn.tokenization"):
+        cut = evaluate(short, "STSBenchmark", data_dir=tiny_pack, output_dir=tmp_path / "short", batch_size=8,
+                       progress=False, cache=False)["STSBenchmark"]
+    assert not [r for r in caplog.records if "truncated" in r.getMessage()]
+    assert 0 < cut.truncated <= cut.encoded and cut.encoded > 8  # several batches, each cutting some texts
+    row = json.loads((tmp_path / "short" / "summary.json").read_text())["tasks"][0]
+    assert row["truncated"] == cut.truncated
+    full = EmbeddingModel(ModelConfig(backbone=tiny_backbones["llama"], pooling="mean", dtype="float32"))
+    assert evaluate(full, "STSBenchmark", data_dir=tiny_pack, progress=False, cache=False)["STSBenchmark"].truncated == 0

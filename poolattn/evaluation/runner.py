@@ -12,7 +12,8 @@ from typing import Any
 
 from ..distributed import broadcast, world
 from ..fileio import write_json, write_text
-from .encoders import EncodeRunner, mteb_encoder
+from ..tokenization import counting_truncation
+from .encoders import EncodeRunner, PoolattnEncoder, mteb_encoder
 from .instructions import load_overrides
 from .items import Source, items_path, needs_predictions, query_part, write_part
 from .loading import fingerprint, load_model
@@ -185,7 +186,7 @@ def evaluate(model: Any, tasks: str | Iterable[str], data_dir: str | Path | None
                 bars.update(overall, completed=done_cost)
                 s = results[spec.name]
                 console.log(f"[{k}/{len(loaded)}] {s.task}: {s.main_metric} {s.main_score_x100:.2f} "
-                            f"({s.seconds:.1f} s, {s.encoded} texts encoded)")
+                            f"({s.seconds:.1f} s, {s.encoded} texts encoded{_cut(s)})")
     finally:
         runner.close()
         if bars_were_on:
@@ -225,6 +226,10 @@ def _check_dimensions(model: Any, width: int | None, dimensions: int | None) -> 
     return f"scoring the first {dimensions} of {width} dimensions, renormalised: {how}"
 
 
+def _cut(score: TaskScore) -> str:
+    return f", {score.truncated} cut at max_length" if score.truncated else ""
+
+
 @contextlib.contextmanager
 def _quiet_superseded():
     """mteb warns twice (log + warning) per run that e.g. STSBenchmark has a .v2; we run the original tasks on
@@ -251,7 +256,8 @@ def _run_one(spec: Any, task: Any, runner: EncodeRunner, encoder: Any, batch_siz
              mteb: Any) -> TaskScore:
     from mteb.types import PromptType
 
-    if hasattr(encoder, "aliases"):
+    ours = isinstance(encoder, PoolattnEncoder)  # a poolattn model: its tokenization counts truncated texts
+    if ours:
         encoder.aliases[spec.mteb_task] = spec.name
     kind = task.metadata.type
     queries = task_type(kind).queries
@@ -262,7 +268,7 @@ def _run_one(spec: Any, task: Any, runner: EncodeRunner, encoder: Any, batch_siz
     t0, c0 = time.monotonic(), time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) if needs_predictions(kind) else None
-        with _quiet_superseded():
+        with _quiet_superseded(), counting_truncation() as cut:
             res = mteb.evaluate(runner, task, cache=None, overwrite_strategy="always", prediction_folder=folder,
                                 encode_kwargs={"batch_size": batch_size, "show_progress_bar": False},
                                 show_progress_bar=False, co2_tracker=False, raise_error=True)
@@ -281,7 +287,8 @@ def _run_one(spec: Any, task: Any, runner: EncodeRunner, encoder: Any, batch_siz
     score = TaskScore(task=spec.name, mteb_task=spec.mteb_task, type=kind, category=spec.category,
                       source=spec.source, main_metric=task.metadata.main_score, main_score=main_score,
                       seconds=round(seconds, 2), cpu_seconds=round(cpu_seconds, 2),
-                      encoded=runner.encoded - encoded_before, instruction=instruction, main_split=split,
+                      encoded=runner.encoded - encoded_before, truncated=cut.truncated if ours else None,
+                      instruction=instruction, main_split=split,
                       splits=list(task.eval_splits))
     if output is not None:
         score.result_file = str(output / f"{spec.name}.json")

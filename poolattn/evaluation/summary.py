@@ -39,6 +39,8 @@ class TaskScore(BaseModel):
         seconds: wall time, encoding included.
         cpu_seconds: CPU time of this process (all threads): wall time / threads when the CPU is not shared.
         encoded: texts run through the model (the rest came from the embedding cache).
+        truncated: of those encoded, the texts cut at the model's max_length (None: not counted, e.g. a
+            sentence-transformers model).
         instruction: the query instruction the task was encoded with.
         result_file: mteb's result JSON of the task.
         items_file: the per-item scores (poolattn.evaluation.items).
@@ -58,6 +60,7 @@ class TaskScore(BaseModel):
     seconds: float | None = None
     cpu_seconds: float | None = None
     encoded: int | None = None
+    truncated: int | None = None
     instruction: str | None = None
     result_file: str | None = None
     items_file: str | None = None
