@@ -28,7 +28,7 @@ def test_write_then_read_round_trips_in_the_format_on_disk(tmp_path):
     assert list(written) == [*HEADER, "tasks"]
     assert list(written["tasks"][0]) == [
         "task", "mteb_task", "type", "category", "source", "main_metric", "main_score", "seconds", "cpu_seconds",
-        "encoded", "instruction", "result_file", "items_file", "main_split", "splits", "main_score_x100"]
+        "encoded", "instruction", "result_file", "items_file", "main_split", "splits", "truncated", "main_score_x100"]
     assert written["tasks"][0]["main_score_x100"] == 81.23
     md = (tmp_path / "summary.md").read_text()
     assert "total 1:02:05" in md and "| STSBenchmark | STS | cosine_spearman | 81.23 | test | 1.2 | 2.5 | pack |" in md

@@ -60,12 +60,12 @@ class TaskScore(BaseModel):
     seconds: float | None = None
     cpu_seconds: float | None = None
     encoded: int | None = None
-    truncated: int | None = None
     instruction: str | None = None
     result_file: str | None = None
     items_file: str | None = None
     main_split: str | None = None
     splits: list[str] | None = None
+    truncated: int | None = None  # last: older summary.json files keep their key order as a prefix
 
     @property
     def main_score_x100(self) -> float:
