@@ -18,28 +18,35 @@ log = logging.getLogger(__name__)
 
 
 class TruncationCount(logging.Filter):
-    """Counts token_ids' truncation warnings instead of letting them through: evaluation encodes a task in many
-    batches, and one line per task (how many texts were cut) says more than one warning per batch.
+    """Counts token_ids' truncation warnings instead of letting each through: a task or a training run tokenizes
+    in many batches, and one line says more than one warning per batch (training truncates by design).
 
-    Args: none; `truncated` is the number of texts cut so far, `max_length` the last limit they were cut at."""
+    Args:
+        first_note: when given, the first warning is let through with this appended; None: none is.
 
-    def __init__(self):
+    `truncated` is the number of texts cut so far."""
+
+    def __init__(self, first_note: str | None = None):
         super().__init__()
-        self.truncated, self.max_length = 0, None
+        self.first_note, self.truncated, self.seen = first_note, 0, False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        cut = getattr(record, "truncation", None)
+        cut = getattr(record, "truncated", None)
         if cut is None:
             return True
-        self.truncated += cut[0]
-        self.max_length = cut[2]
-        return False
+        self.truncated += cut
+        seen, self.seen = self.seen, True
+        if seen or self.first_note is None:
+            return False
+        record.msg = f"{record.msg}{self.first_note}"
+        return True
 
 
 @contextlib.contextmanager
-def counting_truncation() -> Iterator[TruncationCount]:
-    """Within the block, truncation warnings are counted (TruncationCount), not logged."""
-    count = TruncationCount()
+def counting_truncation(first_note: str | None = None) -> Iterator[TruncationCount]:
+    """Within the block, truncation warnings are counted (TruncationCount), not logged: all of them, or all but
+    the first with first_note."""
+    count = TruncationCount(first_note)
     log.addFilter(count)
     try:
         yield count
@@ -105,7 +112,7 @@ def token_ids(tokenizer: Any, config: ModelConfig, texts: list[str], instruction
     if truncated:
         log.warning("%d of %d texts are longer than max_length=%d tokens%s and were truncated", truncated,
                     len(ids), max_length, " after the instruction" if any(on_top) else "",
-                    extra={"truncation": (truncated, len(ids), max_length)})
+                    extra={"truncated": truncated})
     skip = head if config.mask_instruction else [0] * len(texts)
     return [x[:limit] + [eos] for x, limit in zip(ids, limits)], [min(s, limit) for s, limit in zip(skip, limits)]
 
@@ -122,7 +129,7 @@ def echo_ids(tokenizer: Any, config: ModelConfig, texts: list[str], instruction:
     if truncated:
         log.warning("%d of %d texts are too long to echo within max_length=%d tokens and were cut (the same "
                     "tokens in both copies)", truncated, len(out), max_length,
-                    extra={"truncation": (truncated, len(out), max_length)})
+                    extra={"truncated": truncated})
     return [ids for ids, _, _ in out], [skip for _, skip, _ in out]
 
 

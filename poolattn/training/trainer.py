@@ -34,6 +34,7 @@ from ..datadir import resolve_data_dir
 from ..distributed import close_at_exit, world
 from ..fileio import write_json
 from ..model import EmbeddingModel
+from ..tokenization import counting_truncation
 from . import checkpoint, runfolder, tracking
 from .adapt import Adaptation
 from .checkpoint import list_checkpoints
@@ -48,21 +49,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """Loss or gradient norm became NaN/inf; the last good checkpoint is kept."""
-
-
-class _FirstOnly(logging.Filter):
-    """Let the first record through, saying so: tokenization warns about truncation on every batch otherwise
-    (training truncates by design: max_length, passage_max_length)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = False
-
-    def filter(self, record):
-        if not self.seen:
-            record.msg = f"{record.msg} (training logs this once, not for every batch)"
-        seen, self.seen = self.seen, True
-        return not seen
 
 
 # ---- trainer ------------------------------------------------------------------------------------------------------
@@ -298,14 +284,10 @@ class Trainer:
         contrastive training; the final model folder."""
         if self.acc is None:
             self.setup()
-        token_log, once = logging.getLogger("poolattn.tokenization"), _FirstOnly()
-        token_log.addFilter(once)
-        try:
+        with counting_truncation(" (training logs this once, not for every batch)"):
             if self.config.adapt is not None and not list_checkpoints(self.out):
                 Adaptation(self).run()
             return self._train()
-        finally:
-            token_log.removeFilter(once)
 
     def _train(self) -> Path:
         from tqdm.auto import tqdm
