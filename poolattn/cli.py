@@ -24,9 +24,10 @@ app = typer.Typer(cls=ErrorBoundary, add_completion=False, no_args_is_help=True,
 
 def _version(value: bool) -> None:
     if value:
+        from .allocator import in_use
         from .version import __version__
 
-        typer.echo(f"poolattn {__version__}")
+        typer.echo(f"poolattn {__version__} (memory allocator: {in_use()})")
         raise typer.Exit()
 
 

@@ -35,9 +35,11 @@ def test_unknown_pooling_fails_with_valid_list(tiny_llama, tmp_path):
 
 def test_version():
     from poolattn import __version__
+    from poolattn.allocator import in_use
 
     res = runner.invoke(app, ["--version"])
-    assert res.exit_code == 0 and res.output.strip() == f"poolattn {__version__}"
+    # the allocator mapped into this process (pytest's: the system's, unless the tests run under a preload)
+    assert res.exit_code == 0 and res.output.strip() == f"poolattn {__version__} (memory allocator: {in_use()})"
 
 
 def test_untrained_pooler_on_a_plain_backbone_is_warned_about(tiny_llama, tmp_path):

@@ -7,6 +7,7 @@ import yaml
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
+from poolattn.allocator import in_use
 from poolattn.cli import app
 from poolattn.environment import collect_environment
 from poolattn.evaluation.items import load_items
@@ -113,6 +114,7 @@ def test_collect_environment():
     env = collect_environment()
     assert env["python"].count(".") == 2 and env["cpu_cores"] >= 1 and isinstance(env["gpus"], list)
     assert env["packages"]["numpy"] and env["packages"]["scipy"] and "mteb" in env["packages"]
+    assert env["allocator"] == in_use() and env["allocator"] in ("system", "tcmalloc", "jemalloc")
     assert env["cpu_fast_bf16"] == ("avx512_bf16" in open("/proc/cpuinfo").read() or "amx_bf16" in open("/proc/cpuinfo").read())
     json.dumps(env)
 
@@ -194,7 +196,7 @@ def test_truncated_widths_table_pools_seeds_and_marks_trained_widths(tmp_path):
         (folder / "runs" / run / "eval-d8" / "summary.json").write_text(json.dumps(summary))
         (folder / "runs" / run / "timing.json").write_text(json.dumps({  # the last run resumed on another CPU
             "train_seconds": 60.0 * (k + 1), "eval_seconds": 30.0, "cpu": "CPU B" if k == 3 else "CPU A",
-            "cpu_fast_bf16": k != 3, "gpus": []}))
+            "cpu_fast_bf16": k != 3, "gpus": [], **({"allocator": "tcmalloc"} if k == 3 else {})}))
     paths = write_report(folder, progress=False)
     w = json.loads(paths["json"].read_text())["widths"]
     assert w["dimensions"] == [8]
@@ -208,7 +210,8 @@ def test_truncated_widths_table_pools_seeds_and_marks_trained_widths(tmp_path):
     md = paths["md"].read_text()
     table = md.split("## Truncated widths", 1)[1].split("\n## ", 1)[0]
     assert (f"ran on different machines** (their times compare machines, not designs; `dtype: auto` is bf16 only "
-            f"with fast bf16): CPU A, fast bf16: {A}-s1, {A}-s2, {B}-s1; CPU B, no fast bf16 (fp32): {B}-s2.") in md
+            f"with fast bf16): CPU A, fast bf16: {A}-s1, {A}-s2, {B}-s1; CPU B, no fast bf16 (fp32), tcmalloc malloc: "
+            f"{B}-s2.") in md
     seeds = md.split("## Mean over seeds", 1)[1].split("\n## ", 1)[0]  # each design's cost over its seeds
     assert "| training (min) | 1.5 (1.0-2.0) | 3.5 (3.0-4.0) |" in seeds and "| evaluation (min) | 0.5 (0.5-0.5) |" in seeds
     assert f"| {A} | 8 | no | 2 |" in table and f"| {B} | 8 | yes | 2 |" in table and f"| {B} | full | yes | 2 |" in table
