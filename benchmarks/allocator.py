@@ -28,11 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(choice: str, config: str, steps: int, tmp: Path) -> dict:
     out = tmp / choice
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.LOADED)}
-    env[allocator.ENV] = choice
     cmd = [sys.executable, "-m", "poolattn", "train", config, "--set", f"output_dir={out}", "--set",
            f"max_steps={steps}", "--set", f"save_every={steps + 1}", "--set", "progress=false"]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=allocator.child_env(choice), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)  # this child's own CPU time and peak RSS
     err = proc.stderr.read()
     if status != 0:

@@ -43,8 +43,9 @@ def search_dirs() -> list[Path]:
 
 def find(name: str, dirs: list[Path] | None = None) -> Path | None:
     """The library of allocator `name` (tcmalloc or jemalloc), or None where it is not installed."""
+    dirs = search_dirs() if dirs is None else dirs
     for lib in LIBRARIES[name]:
-        for d in dirs if dirs is not None else search_dirs():
+        for d in dirs:
             if (d / lib).is_file():
                 return d / lib
     return None
@@ -57,6 +58,7 @@ def resolve(choice: str, dirs: list[Path] | None = None) -> Path | None:
         ValueError: an unknown name, or a named allocator that is not installed.
     """
     choice = choice.strip() or "auto"
+    dirs = search_dirs() if dirs is None else dirs
     if choice == "system":
         return None
     if choice == "auto":
@@ -65,7 +67,7 @@ def resolve(choice: str, dirs: list[Path] | None = None) -> Path | None:
         lib = find(choice, dirs)
         if lib is None:
             raise ValueError(f"{ENV}={choice}: no {' or '.join(LIBRARIES[choice])} in "
-                             f"{', '.join(map(str, dirs if dirs is not None else search_dirs()))} (Debian/Ubuntu: "
+                             f"{', '.join(map(str, dirs))} (Debian/Ubuntu: "
                              f"apt-get install {'libtcmalloc-minimal4' if choice == 'tcmalloc' else 'libjemalloc2'})")
         return lib
     if "/" in choice:
@@ -73,6 +75,14 @@ def resolve(choice: str, dirs: list[Path] | None = None) -> Path | None:
             raise ValueError(f"{ENV}={choice}: no such file")
         return Path(choice)
     raise ValueError(f"{ENV}={choice!r} is not an allocator; choose one of {', '.join(CHOICES)} or a library path")
+
+
+def child_env(choice: str) -> dict[str, str]:
+    """This process's environment for a child `poolattn` command that picks allocator `choice` itself: without
+    the preload (and the re-executed marker) that this process may run under."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", LOADED)}
+    env[ENV] = choice
+    return env
 
 
 def preloaded(ld_preload: str) -> bool:

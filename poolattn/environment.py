@@ -40,7 +40,8 @@ def collect_environment() -> dict:
     env = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
            "platform": platform.platform(), "cpu": cpu_name(), "cpu_cores": os.cpu_count(),
            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-           "memory_gib": memory, "allocator": allocator_in_use(), "packages": {p: _version(p) for p in ENV_PACKAGES}, "gpus": []}
+           "memory_gib": memory, "allocator": allocator_in_use(),
+           "packages": {p: _version(p) for p in ENV_PACKAGES}, "gpus": []}
     try:  # the code version the experiment ran with, when run from a git checkout
         root = Path(__file__).resolve().parent
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,

@@ -3,7 +3,6 @@ and a command under tcmalloc computing what it computes under the system's mallo
 machine's installed allocators)."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -87,10 +86,9 @@ def test_main_called_from_python_is_never_executed_again(command_line, monkeypat
 def test_a_command_under_tcmalloc_computes_what_it_computes_under_the_system_malloc(tiny_llama, tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("a first sentence\nand a second, longer one about embeddings\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.LOADED)}
     out = {}
     for choice in ("system", "tcmalloc"):
-        run_env = dict(env, **{allocator.ENV: choice})
+        run_env = allocator.child_env(choice)
         version = subprocess.run([sys.executable, "-m", "poolattn", "--version"], capture_output=True, text=True,
                                  env=run_env, timeout=120)
         assert version.returncode == 0 and f"(memory allocator: {choice})" in version.stdout, version.stderr

@@ -199,7 +199,8 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, cache: bool 
             write_json(layout.timing(design.name),
                        {"train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.time() - t1, 1),
                         "cpu": machine["cpu"], "cpu_fast_bf16": machine.get("cpu_fast_bf16"),
-                        "allocator": machine.get("allocator"), "gpus": machine["gpus"], "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                        "allocator": machine.get("allocator"), "gpus": machine["gpus"],
+                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         if world()[1] > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()
     console.print(f"all designs done in {(time.time() - started) / 60:.1f} min")
